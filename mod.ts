@@ -1,0 +1,48 @@
+/**
+ * A distributed lock for Redis and Valkey that works with the client you
+ * already have (`@db/redis`, `@upstash/redis`, ioredis, node-redis, Bun's
+ * `RedisClient`, Valkey GLIDE) on Deno, Bun, Node and edge runtimes.
+ *
+ * - `await using` releases the lock on every exit path.
+ * - The lease renews itself while held; if ownership can no longer be
+ *   guaranteed, `lock.signal` aborts with a {@linkcode LockLostError} before
+ *   the lease can have run out. Loss is never silent.
+ * - Waiting uses full-jitter exponential backoff bounded by the holder's
+ *   remaining lease and by `timeout`, which is time, not attempts.
+ * - Opt-in fencing tokens, strictly increasing per lock name.
+ *
+ * ```ts ignore
+ * import { Redis } from "npm:ioredis";
+ * import { Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = new Redis();
+ * {
+ *   await using lock = await Lock.acquire(redis, "nightly-report", { timeout: 10_000 });
+ *   await buildReport({ signal: lock.signal }); // aborts if ownership is lost
+ * } // released here
+ * redis.disconnect();
+ * ```
+ *
+ * @module
+ */
+
+export { Lock } from "./src/lock.ts";
+export type { AcquireOptions, LockOptions } from "./src/lock.ts";
+export { LockKeyError, LockLostError, LockTimeoutError } from "./src/errors.ts";
+export {
+  fromBunRedis,
+  fromDbRedis,
+  fromGlide,
+  fromIoredis,
+  fromNodeRedis,
+  fromUpstash,
+} from "./src/client.ts";
+export type {
+  BunRedisClient,
+  GlideClient,
+  IoredisClient,
+  NodeRedisClient,
+  NodeRedisEvalOptions,
+  RedisClient,
+  ScriptClient,
+} from "./src/client.ts";

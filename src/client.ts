@@ -1,0 +1,317 @@
+/**
+ * What deadbolt needs from a Redis client: run a Lua script with keys and
+ * arguments. `@db/redis` and `@upstash/redis` clients have exactly this shape
+ * and are used as they are; the other clients are adapted by shape (or by the
+ * explicit `from*` functions below).
+ *
+ * Scripts reply with integers (or arrays of integers) only, which every client
+ * returns as numbers; deadbolt still coerces with `Number()` so clients that
+ * map integers to strings or bigints work too.
+ *
+ * @example A client of your own
+ * ```ts
+ * import type { ScriptClient } from "@deadbolt/deadbolt";
+ *
+ * const logging = (inner: ScriptClient): ScriptClient => ({
+ *   eval: (script, keys, args) => {
+ *     console.debug("EVAL", keys);
+ *     return inner.eval(script, keys, args);
+ *   },
+ * });
+ * ```
+ */
+export interface ScriptClient {
+  /** Runs `EVAL script numkeys ...keys ...args`. */
+  eval(script: string, keys: string[], args: string[]): Promise<unknown>;
+  /**
+   * Runs `EVALSHA sha1 numkeys ...keys ...args`. When present, deadbolt uses
+   * it first and falls back to `eval` on a `NOSCRIPT` error.
+   */
+  evalsha?(sha1: string, keys: string[], args: string[]): Promise<unknown>;
+}
+
+/** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
+export interface IoredisClient {
+  /** `EVAL` with variadic keys and arguments. */
+  eval(
+    script: string,
+    numkeys: number,
+    ...keysAndArgs: string[]
+  ): Promise<unknown>;
+  /** `EVALSHA` with variadic keys and arguments. */
+  evalsha(
+    sha1: string,
+    numkeys: number,
+    ...keysAndArgs: string[]
+  ): Promise<unknown>;
+  /** Present on ioredis only; used to tell it apart from other clients. */
+  defineCommand(name: string, definition: { lua: string }): unknown;
+}
+
+/** The keys-and-arguments option of node-redis' `eval` and `evalSha`. */
+export interface NodeRedisEvalOptions {
+  /** The script's `KEYS`. */
+  keys: string[];
+  /** The script's `ARGV`. */
+  arguments: string[];
+}
+
+/** The part of a node-redis 5 or 6 client that deadbolt uses. */
+export interface NodeRedisClient {
+  /** `EVAL` with keys and arguments in an options object. */
+  eval(script: string, options: NodeRedisEvalOptions): Promise<unknown>;
+  /** `EVALSHA` with keys and arguments in an options object. */
+  evalSha(sha1: string, options: NodeRedisEvalOptions): Promise<unknown>;
+}
+
+/** The part of Bun's built-in `RedisClient` (Bun ≥ 1.2.9) that deadbolt uses. */
+export interface BunRedisClient {
+  /** Sends a raw command; arguments must be strings. */
+  send(command: string, args: string[]): Promise<unknown>;
+  /** Present on Bun's client; used to tell it apart from other clients. */
+  duplicate(): unknown;
+}
+
+/** The part of a Valkey GLIDE client (`GlideClient`) that deadbolt uses. */
+export interface GlideClient {
+  /** Sends a raw command. */
+  customCommand(args: string[]): Promise<unknown>;
+  /** Present on GLIDE only; used to tell it apart from other clients. */
+  invokeScript(script: never, options?: never): Promise<unknown>;
+}
+
+/**
+ * Any Redis client deadbolt accepts as it is: `@db/redis`, `@upstash/redis`
+ * (or anything with their `eval(script, keys, args)` shape), ioredis,
+ * node-redis, Bun's `RedisClient` or Valkey GLIDE.
+ */
+export type RedisClient =
+  | ScriptClient
+  | IoredisClient
+  | NodeRedisClient
+  | BunRedisClient
+  | GlideClient;
+
+const SUPPORTED =
+  "@db/redis, @upstash/redis, ioredis, node-redis, Bun's RedisClient, Valkey GLIDE, or an object with eval(script, keys, args)";
+
+/**
+ * Adapts an ioredis 5 or 6 client (or `Cluster`).
+ *
+ * @param client A connected ioredis client.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Redis } from "npm:ioredis";
+ * import { fromIoredis, Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = fromIoredis(new Redis());
+ * await using lock = await Lock.acquire(redis, "report");
+ * ```
+ */
+export function fromIoredis(client: IoredisClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      client.eval(script, keys.length, ...keys, ...args),
+    evalsha: (sha1, keys, args) =>
+      client.evalsha(sha1, keys.length, ...keys, ...args),
+  };
+}
+
+/**
+ * Adapts a node-redis 5 or 6 client.
+ *
+ * @param client A connected node-redis client.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { createClient } from "npm:redis";
+ * import { fromNodeRedis, Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = fromNodeRedis(await createClient().connect());
+ * await using lock = await Lock.acquire(redis, "report");
+ * ```
+ */
+export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      client.eval(script, { keys, arguments: args }),
+    evalsha: (sha1, keys, args) =>
+      client.evalSha(sha1, { keys, arguments: args }),
+  };
+}
+
+/**
+ * Adapts Bun's built-in `RedisClient` through `send`, which exists since
+ * Bun 1.2.9.
+ *
+ * @param client A Bun `RedisClient`.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { RedisClient } from "bun";
+ * import { fromBunRedis, Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = fromBunRedis(new RedisClient("redis://localhost:6379"));
+ * await using lock = await Lock.acquire(redis, "report");
+ * ```
+ */
+export function fromBunRedis(client: BunRedisClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      client.send("EVAL", [script, String(keys.length), ...keys, ...args]),
+    evalsha: (sha1, keys, args) =>
+      client.send("EVALSHA", [sha1, String(keys.length), ...keys, ...args]),
+  };
+}
+
+/**
+ * Adapts a Valkey GLIDE client through `customCommand`.
+ *
+ * @param client A connected `GlideClient`.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { GlideClient } from "npm:@valkey/valkey-glide";
+ * import { fromGlide, Lock } from "@deadbolt/deadbolt";
+ *
+ * const glide = await GlideClient.createClient({ addresses: [{ host: "localhost", port: 6379 }] });
+ * await using lock = await Lock.acquire(fromGlide(glide), "report");
+ * ```
+ */
+export function fromGlide(client: GlideClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      client.customCommand([
+        "EVAL",
+        script,
+        String(keys.length),
+        ...keys,
+        ...args,
+      ]),
+    evalsha: (sha1, keys, args) =>
+      client.customCommand([
+        "EVALSHA",
+        sha1,
+        String(keys.length),
+        ...keys,
+        ...args,
+      ]),
+  };
+}
+
+/**
+ * Adapts a `@db/redis` (Deno) client. Its `eval(script, keys, args)` already
+ * has deadbolt's shape, so this only binds the methods; passing the client
+ * itself works too.
+ *
+ * @param client A connected `@db/redis` client.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { connect } from "jsr:@db/redis";
+ * import { fromDbRedis, Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = await connect({ hostname: "127.0.0.1", port: 6379 });
+ * await using lock = await Lock.acquire(fromDbRedis(redis), "report");
+ * ```
+ */
+export function fromDbRedis(client: ScriptClient): ScriptClient {
+  return bindScriptClient(client);
+}
+
+/**
+ * Adapts an `@upstash/redis` client. Its `eval(script, keys, args)` already
+ * has deadbolt's shape, so this only binds the methods; passing the client
+ * itself works too. deadbolt's scripts reply with integers only, so
+ * Upstash's automatic JSON deserialization does not change them.
+ *
+ * @param client An `@upstash/redis` client.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Redis } from "npm:@upstash/redis";
+ * import { fromUpstash, Lock } from "@deadbolt/deadbolt";
+ *
+ * await using lock = await Lock.acquire(fromUpstash(Redis.fromEnv()), "report");
+ * ```
+ */
+export function fromUpstash(client: ScriptClient): ScriptClient {
+  return bindScriptClient(client);
+}
+
+function bindScriptClient(client: ScriptClient): ScriptClient {
+  const adapted: ScriptClient = {
+    eval: (script, keys, args) => client.eval(script, keys, args),
+  };
+  if (typeof client.evalsha === "function") {
+    adapted.evalsha = (sha1, keys, args) => client.evalsha!(sha1, keys, args);
+  }
+  return adapted;
+}
+
+const adapted = new WeakMap<object, ScriptClient>();
+
+/**
+ * Detects the client's shape and returns a {@linkcode ScriptClient} for it,
+ * cached per client object.
+ *
+ * @throws {TypeError} when the client has no supported shape.
+ */
+export function toScriptClient(client: RedisClient): ScriptClient {
+  if (
+    (typeof client !== "object" && typeof client !== "function") ||
+    client === null
+  ) {
+    throw new TypeError(
+      `Cannot use the Redis client as it must be one of ${SUPPORTED}: current value is ${
+        describe(client)
+      }`,
+    );
+  }
+  let script = adapted.get(client);
+  if (!script) {
+    script = adapt(client);
+    adapted.set(client, script);
+  }
+  return script;
+}
+
+function adapt(client: RedisClient): ScriptClient {
+  const has = (method: string) =>
+    typeof (client as unknown as Record<string, unknown>)[method] ===
+      "function";
+  if (has("defineCommand") && has("evalsha")) {
+    return fromIoredis(client as IoredisClient);
+  }
+  if (has("evalSha")) return fromNodeRedis(client as NodeRedisClient);
+  if (has("invokeScript") && has("customCommand")) {
+    return fromGlide(client as GlideClient);
+  }
+  if (has("send") && has("duplicate")) {
+    return fromBunRedis(client as BunRedisClient);
+  }
+  if (has("eval")) return bindScriptClient(client as ScriptClient);
+  throw new TypeError(
+    `Cannot use the Redis client as it must be one of ${SUPPORTED}: current value is ${
+      describe(client)
+    }`,
+  );
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value === "object") {
+    return `an object (${value.constructor?.name ?? "no prototype"})`;
+  }
+  if (typeof value === "function") {
+    return `a function (${value.name || "anonymous"})`;
+  }
+  return `${typeof value} ${String(value)}`;
+}

@@ -1,0 +1,117 @@
+/**
+ * Raised by {@linkcode Lock.acquire} when the lock stayed held by another
+ * owner until the wait's deadline.
+ *
+ * It is only raised when Redis answered and the lock was seen held: a Redis
+ * or connection failure surfaces as its own error, never as a timeout.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Lock, LockTimeoutError } from "@deadbolt/deadbolt";
+ *
+ * try {
+ *   await using lock = await Lock.acquire(redis, "report", { timeout: 1_000 });
+ * } catch (error) {
+ *   if (!(error instanceof LockTimeoutError)) throw error;
+ *   console.log(`busy for another ${error.remainingTtl} ms`);
+ * }
+ * ```
+ */
+export class LockTimeoutError extends Error {
+  /** The lock's name. */
+  readonly lockName: string;
+  /** How long the caller waited, in milliseconds. */
+  readonly waited: number;
+  /**
+   * The other owner's remaining lease as Redis last reported it, in
+   * milliseconds; `-1` when the key has no expiry.
+   */
+  readonly remainingTtl: number;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param lockName The lock's name.
+   * @param waited How long the caller waited, in milliseconds.
+   * @param remainingTtl The holder's remaining lease in milliseconds.
+   */
+  constructor(lockName: string, waited: number, remainingTtl: number) {
+    super(
+      `Cannot acquire lock '${lockName}' as another owner held it for the whole wait of ${
+        Math.round(waited)
+      } ms`,
+    );
+    this.name = "LockTimeoutError";
+    this.lockName = lockName;
+    this.waited = waited;
+    this.remainingTtl = remainingTtl;
+  }
+}
+
+/**
+ * The reason `lock.signal` aborts with when ownership can no longer be
+ * guaranteed: another owner holds the key, the key vanished, or the lease's
+ * validity ran out before a renewal succeeded.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Lock, LockLostError } from "@deadbolt/deadbolt";
+ *
+ * await using lock = await Lock.acquire(redis, "report");
+ * lock.signal.addEventListener("abort", () => {
+ *   const reason = lock.signal.reason as LockLostError;
+ *   console.error(reason.message, reason.cause);
+ * });
+ * ```
+ */
+export class LockLostError extends Error {
+  /** The lock's name. */
+  readonly lockName: string;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param lockName The lock's name.
+   * @param message Why ownership was lost.
+   * @param options `cause`: the renewal error, when one led to the loss.
+   */
+  constructor(lockName: string, message: string, options?: ErrorOptions) {
+    super(`Lost lock '${lockName}': ${message}`, options);
+    this.name = "LockLostError";
+    this.lockName = lockName;
+  }
+}
+
+/**
+ * Raised when the lock's Redis key (or its fence counter) holds a value that
+ * deadbolt did not write: a key of another type, or a fence counter that is
+ * not an integer or has no safe successor. deadbolt never deletes such a key;
+ * rename the lock or remove the key by hand.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Lock, LockKeyError } from "@deadbolt/deadbolt";
+ *
+ * try {
+ *   await Lock.acquire(redis, "name-used-by-a-hash");
+ * } catch (error) {
+ *   if (error instanceof LockKeyError) console.error(error.key, error.message);
+ * }
+ * ```
+ */
+export class LockKeyError extends Error {
+  /** The Redis key that holds the foreign value. */
+  readonly key: string;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param key The Redis key that holds the foreign value.
+   * @param message What is wrong with it.
+   */
+  constructor(key: string, message: string) {
+    super(message);
+    this.name = "LockKeyError";
+    this.key = key;
+  }
+}

@@ -1,0 +1,715 @@
+import {
+  type RedisClient,
+  type ScriptClient,
+  toScriptClient,
+} from "./client.ts";
+import { backoff } from "./backoff.ts";
+import { LockKeyError, LockLostError, LockTimeoutError } from "./errors.ts";
+import { lockKeys } from "./keys.ts";
+import { ACQUIRE, EXTEND, RELEASE, runScript, toIntegers } from "./scripts.ts";
+import {
+  delay,
+  now,
+  setBackgroundTimeout,
+  settle,
+  type Timer,
+} from "./_timers.ts";
+import {
+  checkBoolean,
+  checkInteger,
+  checkName,
+  checkOptionKeys,
+  checkPrefix,
+  checkSignal,
+  MAX_TIMER_MS,
+} from "./_validate.ts";
+
+/** Options of one wait for the lock. */
+export interface AcquireOptions {
+  /**
+   * How long to wait for the lock, in ms, by the monotonic clock: `0` makes
+   * one attempt, `Infinity` waits until the lock is free. An attempt sent
+   * before the deadline may finish after it, within `commandTimeout`.
+   *
+   * @default {10000}
+   */
+  timeout?: number;
+  /** Cancels the wait: the call rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /**
+   * The bound of the first backoff wait, in ms. Waits are full-jitter
+   * exponential: uniform up to `retryDelay · 2^n`, capped by `maxRetryDelay`,
+   * and never past the holder's remaining lease or the deadline.
+   *
+   * @default {5}
+   */
+  retryDelay?: number;
+  /**
+   * The largest backoff wait, in ms.
+   *
+   * @default {1000}
+   */
+  maxRetryDelay?: number;
+}
+
+/** Options of a {@linkcode Lock}; `timeout` and the retry delays are defaults for its waits. */
+export interface LockOptions extends Omit<AcquireOptions, "signal"> {
+  /**
+   * The lease length in ms: how long the key lives in Redis after each
+   * acquisition or renewal. An integer from 10 to 2^31 - 1.
+   *
+   * @default {30000}
+   */
+  ttl?: number;
+  /**
+   * Renew the lease every third of `ttl` while the lock is held. When a
+   * renewal cannot succeed in time, `signal` aborts before `validUntil`.
+   *
+   * @default {true}
+   */
+  autoExtend?: boolean;
+  /**
+   * Issue a fencing token (`fence`) with every acquisition: an integer that
+   * is strictly greater than every fence issued before for this name.
+   *
+   * @default {false}
+   */
+  fencing?: boolean;
+  /**
+   * The prefix of the lock's Redis keys. It may not contain `{` or `}`.
+   *
+   * @default {"deadbolt:"}
+   */
+  prefix?: string;
+  /**
+   * How long one Redis call may take, in ms, before deadbolt gives up on it
+   * (a blackholed connection never answers); `Infinity` waits for the client.
+   *
+   * @default {5000}
+   */
+  commandTimeout?: number;
+}
+
+const DRIFT_FACTOR = 0.01;
+const MIN_TTL = 10;
+const WAIT_KEYS = ["timeout", "retryDelay", "maxRetryDelay"] as const;
+const ACQUIRE_KEYS = [...WAIT_KEYS, "signal"];
+const LOCK_KEYS = [
+  ...WAIT_KEYS,
+  "ttl",
+  "autoExtend",
+  "fencing",
+  "prefix",
+  "commandTimeout",
+];
+
+type Wait = Required<Omit<AcquireOptions, "signal">>;
+
+// Redis expires keys with 1 ms precision and clocks drift: validity is
+// ttl - elapsed - (1% of ttl + 2 ms), elapsed counted from the send time.
+const validity = (ttl: number): number => ttl - (ttl * DRIFT_FACTOR + 2);
+const noop = (): void => {};
+
+function checkWait(action: string, wait: Wait): Wait {
+  const timeout = checkInteger(
+    action,
+    "timeout",
+    wait.timeout,
+    0,
+    Number.MAX_SAFE_INTEGER,
+    true,
+  );
+  const retryDelay = checkInteger(
+    action,
+    "retryDelay",
+    wait.retryDelay,
+    1,
+    MAX_TIMER_MS,
+  );
+  const maxRetryDelay = checkInteger(
+    action,
+    "maxRetryDelay",
+    wait.maxRetryDelay,
+    retryDelay,
+    MAX_TIMER_MS,
+  );
+  return { timeout, retryDelay, maxRetryDelay };
+}
+
+/**
+ * A distributed lock on one Redis key, with a lease that renews itself while
+ * held, an `AbortSignal` that tells when ownership is lost, and opt-in
+ * fencing tokens. It implements `AsyncDisposable`, so `await using` releases
+ * it on every exit path.
+ *
+ * @example Scoped
+ * ```ts ignore
+ * import { Redis } from "npm:ioredis";
+ * import { Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = new Redis();
+ * {
+ *   await using lock = await Lock.acquire(redis, "nightly-report", { ttl: 30_000 });
+ *   await fetch("https://example.com/report", { method: "POST", signal: lock.signal });
+ * } // released here
+ * ```
+ *
+ * @example Managed by hand
+ * ```ts ignore
+ * import { Lock } from "@deadbolt/deadbolt";
+ *
+ * const lock = new Lock(redis, "my_lock", { ttl: 60_000 });
+ * await lock.acquire();
+ * try {
+ *   // critical section
+ * } finally {
+ *   await lock.release();
+ * }
+ * ```
+ */
+export class Lock implements AsyncDisposable {
+  /** The lock's name, as given. */
+  readonly name: string;
+  /** The Redis key that holds the owner's token: `<prefix>{<name>}`. */
+  readonly key: string;
+
+  #fenceKey: string;
+  #client: ScriptClient;
+  #ttl: number;
+  #autoExtend: boolean;
+  #fencing: boolean;
+  #commandTimeout: number;
+  #wait: Wait;
+  // Loss fires this much before validUntil, so a slightly late timer is
+  // still early.
+  #margin: number;
+
+  #token: string = crypto.randomUUID();
+  #fence: number | undefined;
+  #validFrom = 0;
+  #validUntil = 0;
+  // Granted and not yet released: release() must ask Redis.
+  #acquired = false;
+  // Granted, neither released nor lost.
+  #held = false;
+  #pending: AbortController | undefined;
+  #controller = new AbortController();
+  // Bumped on every grant, loss and release; late results compare it.
+  #generation = 0;
+  #timer: Timer | undefined;
+  #renewAt = 0;
+  #renewing = false;
+  #renewFailures = 0;
+  #renewError: unknown;
+
+  /**
+   * Creates a lock handle; nothing is sent to Redis until `acquire()`.
+   *
+   * @param client Your Redis client, as it is (see {@linkcode RedisClient}).
+   * @param name The lock's name: 1 to 1024 UTF-8 bytes, any characters.
+   * @param options Lease, fencing, key prefix and default wait options.
+   * @throws {TypeError} when the client has no supported shape, the name is
+   * not a non-empty well-formed string, or an option has the wrong type or is
+   * unknown.
+   * @throws {RangeError} when a number is out of range.
+   */
+  constructor(client: RedisClient, name: string, options: LockOptions = {}) {
+    checkOptionKeys("Cannot lock", options, LOCK_KEYS);
+    this.name = checkName("Cannot lock", "name", name);
+    const action = `Cannot lock ${JSON.stringify(name)}`;
+    const {
+      ttl = 30_000,
+      autoExtend = true,
+      fencing = false,
+      prefix = "deadbolt:",
+      commandTimeout = 5_000,
+      timeout = 10_000,
+      retryDelay = 5,
+      maxRetryDelay = 1_000,
+    } = options;
+    this.#ttl = checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
+    this.#autoExtend = checkBoolean(action, "autoExtend", autoExtend);
+    this.#fencing = checkBoolean(action, "fencing", fencing);
+    this.#commandTimeout = checkInteger(
+      action,
+      "commandTimeout",
+      commandTimeout,
+      1,
+      MAX_TIMER_MS,
+      true,
+    );
+    this.#wait = checkWait(action, { timeout, retryDelay, maxRetryDelay });
+    const keys = lockKeys(checkPrefix(action, prefix), name);
+    this.#client = toScriptClient(client);
+    this.key = keys.lock;
+    this.#fenceKey = keys.fence;
+    this.#margin = Math.min(25, validity(this.#ttl) / 10);
+  }
+
+  /**
+   * Acquires the lock `name`, waiting up to `timeout` ms for it.
+   *
+   * @param client Your Redis client, as it is.
+   * @param name The lock's name.
+   * @param options Lock and wait options.
+   * @returns The held lock; dispose or release it.
+   * @throws {LockTimeoutError} when another owner held it for the whole wait.
+   * @throws {LockKeyError} when the key holds a value deadbolt did not write.
+   * @throws {TypeError} on bad input, before any Redis command.
+   * @throws {RangeError} on an out-of-range option, before any Redis command.
+   *
+   * @example Usage
+   * ```ts ignore
+   * import { Lock } from "@deadbolt/deadbolt";
+   *
+   * await using lock = await Lock.acquire(redis, "nightly-report", { timeout: 5_000 });
+   * ```
+   */
+  static async acquire(
+    client: RedisClient,
+    name: string,
+    options: LockOptions & AcquireOptions = {},
+  ): Promise<Lock> {
+    checkOptionKeys("Cannot lock", options, ACQUIRE_KEYS.concat(LOCK_KEYS));
+    const { signal, ...lockOptions } = options;
+    const lock = new Lock(client, name, lockOptions);
+    await lock.acquire({ signal });
+    return lock;
+  }
+
+  /**
+   * Makes one attempt to acquire the lock `name`.
+   *
+   * @param client Your Redis client, as it is.
+   * @param name The lock's name.
+   * @param options Lock options, and a `signal` that cancels the attempt.
+   * @returns The held lock, or `null` when another owner holds it, so
+   * `await using lock = await Lock.tryAcquire(…)` works either way.
+   * @throws {LockKeyError} when the key holds a value deadbolt did not write.
+   *
+   * @example Usage
+   * ```ts ignore
+   * import { Lock } from "@deadbolt/deadbolt";
+   *
+   * await using lock = await Lock.tryAcquire(redis, "nightly-report");
+   * if (!lock) console.log("someone else is on it");
+   * ```
+   */
+  static async tryAcquire(
+    client: RedisClient,
+    name: string,
+    options: LockOptions & Pick<AcquireOptions, "signal"> = {},
+  ): Promise<Lock | null> {
+    checkOptionKeys("Cannot lock", options, LOCK_KEYS.concat("signal"));
+    const { signal, ...lockOptions } = options;
+    const lock = new Lock(client, name, lockOptions);
+    return await lock.tryAcquire({ signal }) ? lock : null;
+  }
+
+  /** The token that marks this handle's ownership in Redis, from `crypto.randomUUID()`; new for each acquisition. */
+  get token(): string {
+    return this.#token;
+  }
+
+  /** Whether this handle owns the lock now: acquired, not released, not lost, and its validity not run out. */
+  get held(): boolean {
+    if (this.#held && now() >= this.#validUntil - this.#margin) this.#expire();
+    return this.#held;
+  }
+
+  /**
+   * Aborts with a {@linkcode LockLostError} when ownership can no longer be
+   * guaranteed, before `validUntil` passes. It does not abort on `release()`.
+   * A handle acquired again after a loss gets a new signal.
+   */
+  get signal(): AbortSignal {
+    if (this.#held) this.held;
+    return this.#controller.signal;
+  }
+
+  /** The fencing token of the current acquisition when `fencing` is on; else `undefined`. */
+  get fence(): number | undefined {
+    return this.#fence;
+  }
+
+  /**
+   * The monotonic time (`performance.now()` ms) until which ownership is
+   * guaranteed: send time of the last successful acquire or renewal, plus
+   * `ttl`, minus 1% of `ttl` + 2 ms for clock drift. `0` before acquiring.
+   */
+  get validUntil(): number {
+    return this.#validUntil;
+  }
+
+  /**
+   * Waits up to `timeout` ms for the lock.
+   *
+   * @param options Wait options; defaults come from the constructor.
+   * @returns When the lock is held, with validity left.
+   * @throws {LockTimeoutError} when another owner held it for the whole wait.
+   * @throws {LockKeyError} when the key holds a value deadbolt did not write.
+   * @throws {Error} when this handle already holds the lock or is acquiring it.
+   * @throws {TypeError} on bad options, before any Redis command.
+   * @throws {RangeError} on an out-of-range option, before any Redis command.
+   */
+  async acquire(options: AcquireOptions = {}): Promise<void> {
+    const action = `Cannot acquire lock ${JSON.stringify(this.name)}`;
+    checkOptionKeys(action, options, ACQUIRE_KEYS);
+    const signal = checkSignal(action, options.signal);
+    const {
+      timeout = this.#wait.timeout,
+      retryDelay = this.#wait.retryDelay,
+      maxRetryDelay = this.#wait.maxRetryDelay,
+    } = options;
+    const wait = checkWait(action, { timeout, retryDelay, maxRetryDelay });
+    if (this.#pending) {
+      throw new Error(`${action} as an acquire() of this handle is pending`);
+    }
+    if (this.held) {
+      throw new Error(
+        `${action} as this handle holds it already (not reentrant)`,
+      );
+    }
+    signal?.throwIfAborted();
+    const cancel = new AbortController();
+    this.#pending = cancel;
+    try {
+      // A lost lease may still sit in Redis under our old token.
+      if (this.#acquired) await this.release();
+      await this.#acquire(
+        action,
+        wait,
+        signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
+      );
+    } finally {
+      this.#pending = undefined;
+    }
+  }
+
+  /**
+   * Makes one attempt to acquire the lock.
+   *
+   * @param options A `signal` that cancels the attempt.
+   * @returns `true` when the lock is now held, `false` when another owner holds it.
+   * @throws {LockKeyError} when the key holds a value deadbolt did not write.
+   */
+  async tryAcquire(
+    options: Pick<AcquireOptions, "signal"> = {},
+  ): Promise<boolean> {
+    checkOptionKeys(
+      `Cannot acquire lock ${JSON.stringify(this.name)}`,
+      options,
+      ["signal"],
+    );
+    try {
+      await this.acquire({ signal: options.signal, timeout: 0 });
+      return true;
+    } catch (error) {
+      if (error instanceof LockTimeoutError) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * Renews the lease to `ttl` ms from now, if this handle still owns the key.
+   * It never creates the key again.
+   *
+   * @param ttl The new lease length in ms; the lock's `ttl` by default.
+   * @returns `true` when renewed; `false` when ownership was lost (then
+   * `signal` has aborted).
+   * @throws {Error} when this handle has not acquired the lock or has released it.
+   * @throws {RangeError} when `ttl` is out of range.
+   */
+  async extend(ttl: number = this.#ttl): Promise<boolean> {
+    const action = `Cannot extend lock ${JSON.stringify(this.name)}`;
+    checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
+    if (!this.#acquired) {
+      throw new Error(`${action} as this handle does not hold it`);
+    }
+    if (!this.held) return false;
+    const generation = this.#generation;
+    const sent = now();
+    const reply = await this.#settle(
+      runScript(this.#client, EXTEND, [this.key], [this.#token, String(ttl)]),
+    );
+    if (generation !== this.#generation) return false;
+    const [code] = toIntegers(reply, 1);
+    if (code !== 1) {
+      this.#lose(
+        code === 0
+          ? "its key expired or was deleted"
+          : "another owner holds its key",
+      );
+      return false;
+    }
+    this.#extended(sent, ttl);
+    return true;
+  }
+
+  /**
+   * Stops renewal and deletes the key if it still holds this handle's token.
+   * It never deletes another owner's key. Calling it again is a no-op; calling
+   * it while `acquire()` waits cancels that wait.
+   *
+   * @returns `true` when this call released this handle's own hold; `false`
+   * when the lease had expired, another owner holds the key, or there was
+   * nothing to release.
+   */
+  async release(): Promise<boolean> {
+    this.#pending?.abort(
+      new DOMException(
+        `Lock '${this.name}' was released while acquire() waited`,
+        "AbortError",
+      ),
+    );
+    if (!this.#acquired) return false;
+    this.#acquired = false;
+    this.#held = false;
+    const generation = ++this.#generation;
+    this.#stopTimer();
+    try {
+      const reply = await this.#settle(
+        runScript(this.#client, RELEASE, [this.key], [this.#token]),
+      );
+      return toIntegers(reply, 1)[0] === 1;
+    } catch (error) {
+      // Let a later release() try again, unless the handle moved on.
+      if (generation === this.#generation) this.#acquired = true;
+      throw error;
+    }
+  }
+
+  /**
+   * Stops renewal and releases the lock if this handle holds it, for
+   * `await using`.
+   *
+   * @returns When released; rejects with the Redis error if release failed.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release();
+  }
+
+  async #acquire(
+    action: string,
+    wait: Wait,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const started = now();
+    const deadline = started + wait.timeout;
+    const keys = [this.key, this.#fenceKey];
+    const fencing = this.#fencing ? "1" : "0";
+    let token = crypto.randomUUID();
+    for (let attempt = 0;; attempt++) {
+      const sent = now();
+      const call = runScript(this.#client, ACQUIRE, keys, [
+        token,
+        String(this.#ttl),
+        fencing,
+      ]);
+      let code: number, value: number;
+      try {
+        [code, value] = toIntegers(await this.#settle(call, signal), 2);
+      } catch (error) {
+        // The SET may have landed before the failure, or may land after an
+        // abandoned call: delete it (by token) once the call has settled.
+        const forget = () => this.#forget(token);
+        call.then(forget, forget);
+        throw error;
+      }
+      if (code === 1) {
+        const validUntil = sent + validity(this.#ttl);
+        if (now() < validUntil - this.#margin) {
+          this.#grant(
+            token,
+            sent,
+            validUntil,
+            this.#fencing ? value : undefined,
+          );
+          return;
+        }
+        // The grant arrived with no validity left: void it, retry afresh.
+        this.#forget(token);
+        token = crypto.randomUUID();
+      } else if (code === 2) {
+        throw new LockKeyError(
+          this.key,
+          `${action} as its key '${this.key}' holds a value of another type; deadbolt leaves it alone`,
+        );
+      } else if (code === 3) {
+        throw new LockKeyError(
+          this.#fenceKey,
+          `${action} as its fence counter '${this.#fenceKey}' is not an integer below 2^53 - 1`,
+        );
+      } else if (code !== 0) {
+        throw new TypeError(`${action} as the acquire script replied ${code}`);
+      }
+      const left = deadline - now();
+      if (left <= 0) {
+        if (code === 0) {
+          throw new LockTimeoutError(this.name, now() - started, value);
+        }
+        throw new DOMException(
+          `${action} as Redis answered too slowly to leave any of the ${this.#ttl} ms lease`,
+          "TimeoutError",
+        );
+      }
+      let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
+      if (code === 0 && value >= 0) pause = Math.min(pause, value);
+      await delay(Math.min(pause, left), signal);
+    }
+  }
+
+  #settle(
+    call: Promise<unknown>,
+    signal?: AbortSignal,
+    background = false,
+  ): Promise<unknown> {
+    const timeout = this.#commandTimeout;
+    return settle(call, {
+      timeout,
+      signal,
+      background,
+      onTimeout: () =>
+        new DOMException(
+          `Redis did not answer within ${timeout} ms (lock '${this.name}')`,
+          "TimeoutError",
+        ),
+    });
+  }
+
+  #forget(token: string): void {
+    runScript(this.#client, RELEASE, [this.key], [token]).then(noop, noop);
+  }
+
+  #grant(
+    token: string,
+    sent: number,
+    validUntil: number,
+    fence: number | undefined,
+  ): void {
+    this.#token = token;
+    this.#fence = fence;
+    this.#acquired = true;
+    this.#held = true;
+    this.#generation++;
+    if (this.#controller.signal.aborted) {
+      this.#controller = new AbortController();
+    }
+    this.#renewing = false;
+    this.#renewFailures = 0;
+    this.#renewError = undefined;
+    this.#validFrom = sent;
+    this.#setValidity(sent, validUntil);
+  }
+
+  #extended(sent: number, ttl: number): void {
+    // Replies can overtake each other on pooled clients: keep the newest.
+    if (sent < this.#validFrom) return;
+    this.#validFrom = sent;
+    this.#renewFailures = 0;
+    this.#setValidity(sent, sent + validity(ttl));
+  }
+
+  #setValidity(sent: number, validUntil: number): void {
+    this.#validUntil = validUntil;
+    // Renew when two thirds of a normal lease remain: every ttl/3.
+    this.#renewAt = Math.max(sent, validUntil - (validity(this.#ttl) * 2) / 3);
+    this.#arm();
+  }
+
+  #stopTimer(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  // One timer per held lock: at the next renewal or at the loss deadline.
+  #arm(): void {
+    this.#stopTimer();
+    if (!this.#held) return;
+    const lossAt = this.#validUntil - this.#margin;
+    const at = this.#autoExtend && !this.#renewing
+      ? Math.min(this.#renewAt, lossAt)
+      : lossAt;
+    this.#timer = setBackgroundTimeout(this.#tick, Math.max(0, at - now()));
+  }
+
+  #tick = (): void => {
+    this.#timer = undefined;
+    if (!this.held) return;
+    if (this.#autoExtend && !this.#renewing && now() >= this.#renewAt) {
+      void this.#renew();
+    }
+    this.#arm();
+  };
+
+  async #renew(): Promise<void> {
+    const generation = this.#generation;
+    this.#renewing = true;
+    const sent = now();
+    const timeout = Math.min(
+      this.#commandTimeout,
+      this.#validUntil - this.#margin - sent,
+    );
+    try {
+      const call = runScript(this.#client, EXTEND, [this.key], [
+        this.#token,
+        String(this.#ttl),
+      ]);
+      const reply = await settle(call, {
+        timeout: Math.max(1, timeout),
+        background: true,
+        onTimeout: () =>
+          new DOMException(
+            `Redis did not answer within ${timeout} ms`,
+            "TimeoutError",
+          ),
+      });
+      if (generation !== this.#generation) return;
+      const [code] = toIntegers(reply, 1);
+      if (code === 1) this.#extended(sent, this.#ttl);
+      else {this.#lose(
+          code === 0
+            ? "its key expired or was deleted"
+            : "another owner holds its key",
+        );}
+    } catch (error) {
+      if (generation !== this.#generation) return;
+      this.#renewError = error;
+      const retry = backoff(
+        this.#renewFailures++,
+        this.#wait.retryDelay,
+        this.#wait.maxRetryDelay,
+      );
+      this.#renewAt = now() + retry;
+    } finally {
+      if (generation === this.#generation) {
+        this.#renewing = false;
+        this.#arm();
+      }
+    }
+  }
+
+  #expire(): void {
+    this.#lose(
+      this.#autoExtend
+        ? "its lease ran out before a renewal succeeded"
+        : "its lease ran out (autoExtend is off)",
+      this.#renewError,
+    );
+  }
+
+  #lose(message: string, cause?: unknown): void {
+    if (!this.#held) return;
+    this.#held = false;
+    this.#generation++;
+    this.#renewing = false;
+    this.#stopTimer();
+    this.#controller.abort(
+      new LockLostError(
+        this.name,
+        message,
+        cause === undefined ? undefined : { cause },
+      ),
+    );
+  }
+}

@@ -1,0 +1,133 @@
+import type { ScriptClient } from "./client.ts";
+
+/** A Lua script and its SHA-1, computed once with Web Crypto. */
+export interface LuaScript {
+  /** The script's source. */
+  readonly source: string;
+  /** Its SHA-1 in hex, once {@linkcode runScript} has computed it. */
+  sha?: string;
+}
+
+// Every script replies with integers only: Lua booleans and numeric strings
+// come back differently from different clients (and over RESP2 and RESP3).
+
+/**
+ * KEYS: lock, fence counter. ARGV: token, ttl in ms, "1" to issue a fence.
+ * Replies {1, fence} granted (fence 0 unless fencing), {0, pttl} held by
+ * another owner, {2, 0} the lock key holds another type, {3, 0} the fence
+ * counter is not a safe integer. A fence above 2^53 - 2 is refused because a
+ * Lua number (a double) would round its successor.
+ */
+export const ACQUIRE: LuaScript = {
+  source: `local fencing = ARGV[3] == '1'
+if fencing then
+  local current = redis.pcall('GET', KEYS[2])
+  if type(current) == 'table' then return {3, 0} end
+  if current and not ((current == '0' or string.match(current, '^[1-9]%d*$'))
+      and tonumber(current) < 9007199254740991) then
+    return {3, 0}
+  end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if fencing then return {1, redis.call('INCR', KEYS[2])} end
+  return {1, 0}
+end
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) == 'table' then return {2, 0} end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
+  return {1, 0}
+end
+return {0, redis.call('PTTL', KEYS[1])}`,
+};
+
+/**
+ * KEYS: lock. ARGV: token, ttl in ms. Replies 1 renewed, 0 the key is gone,
+ * -1 another owner holds it. It never creates the key.
+ */
+export const EXTEND: LuaScript = {
+  source: `local holder = redis.pcall('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder == false then return 0 end
+return -1`,
+};
+
+/**
+ * KEYS: lock. ARGV: token. Replies 1 deleted our own key, 0 the key is gone,
+ * -1 another owner (or a key of another type) holds it and was left alone.
+ */
+export const RELEASE: LuaScript = {
+  source: `local holder = redis.pcall('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if holder == false then return 0 end
+return -1`,
+};
+
+const encoder = new TextEncoder();
+
+async function sha1(source: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(source));
+  return Array.from(
+    new Uint8Array(digest),
+    (byte) => byte.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/**
+ * Runs a script with `EVALSHA`, and with `EVAL` (which also loads it) when
+ * the server answers `NOSCRIPT`: after a restart, a failover or `SCRIPT FLUSH`.
+ */
+export async function runScript(
+  client: ScriptClient,
+  script: LuaScript,
+  keys: string[],
+  args: string[],
+): Promise<unknown> {
+  if (client.evalsha) {
+    script.sha ??= await sha1(script.source);
+    try {
+      return await client.evalsha(script.sha, keys, args);
+    } catch (error) {
+      // @db/redis prefixes the message with "-", so no startsWith.
+      if (!/NOSCRIPT/.test(String((error as Error | undefined)?.message))) {
+        throw error;
+      }
+    }
+  }
+  return await client.eval(script.source, keys, args);
+}
+
+/**
+ * Reads an integer reply, or an array of them, as numbers.
+ *
+ * @throws {TypeError} when the reply is not made of integers (a client that
+ * rewrites replies, or a proxy in the way).
+ */
+export function toIntegers(reply: unknown, length: number): number[] {
+  const items = Array.isArray(reply) ? reply : [reply];
+  const numbers = items.map(toNumber);
+  if (numbers.length !== length || !numbers.every(Number.isSafeInteger)) {
+    throw new TypeError(
+      `Cannot read the lock script's reply as it must be ${length} integer(s): current value is ${
+        JSON.stringify(reply, (_, v) => typeof v === "bigint" ? String(v) : v)
+      }`,
+    );
+  }
+  return numbers;
+}
+
+function toNumber(value: unknown): number {
+  if (typeof value === "number" || typeof value === "bigint") {
+    return Number(value);
+  }
+  if (typeof value === "string" && /^-?\d+$/.test(value)) return Number(value);
+  return NaN;
+}
