@@ -375,7 +375,7 @@ export class Lock implements AsyncDisposable {
     this.#pending = cancel;
     try {
       // A lost lease may still sit in Redis under our old token.
-      if (this.#acquired) await this.release();
+      if (this.#acquired) await this.#release();
       await this.#acquire(
         action,
         wait,
@@ -462,6 +462,20 @@ export class Lock implements AsyncDisposable {
         "AbortError",
       ),
     );
+    return await this.#release();
+  }
+
+  /**
+   * Stops renewal and releases the lock if this handle holds it, for
+   * `await using`.
+   *
+   * @returns When released; rejects with the Redis error if release failed.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release();
+  }
+
+  async #release(): Promise<boolean> {
     if (!this.#acquired) return false;
     this.#acquired = false;
     this.#held = false;
@@ -477,16 +491,6 @@ export class Lock implements AsyncDisposable {
       if (generation === this.#generation) this.#acquired = true;
       throw error;
     }
-  }
-
-  /**
-   * Stops renewal and releases the lock if this handle holds it, for
-   * `await using`.
-   *
-   * @returns When released; rejects with the Redis error if release failed.
-   */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.release();
   }
 
   async #acquire(

@@ -461,3 +461,20 @@ Deno.test("one handle refuses misuse without touching another owner's key", asyn
     },
   );
 });
+
+Deno.test("acquire() after a loss deletes the stale lease and hands out a fresh signal", async () => {
+  await using env = await setup();
+  const lock = new Lock(env.redis, "again", { ttl: 200, autoExtend: false });
+  await lock.acquire();
+  const lost = lock.signal;
+  const staleToken = lock.token;
+  await abortedAt(lost);
+  // The key outlives the handle's validity (say, a slow server clock).
+  await env.side.send("PEXPIRE", lock.key, 60_000);
+  await lock.acquire({ timeout: 0 });
+  assert.notEqual(lock.token, staleToken);
+  assert.equal(await env.side.send("GET", lock.key), lock.token);
+  assert.equal(lost.aborted, true);
+  assert.equal(lock.signal.aborted, false);
+  assert.equal(await lock.release(), true);
+});
