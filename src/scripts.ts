@@ -96,10 +96,10 @@ export async function runScript(
     try {
       return await client.evalsha(script.sha, keys, args);
     } catch (error) {
-      // @db/redis prefixes the message with "-", so no startsWith.
-      if (!/NOSCRIPT/.test(String((error as Error | undefined)?.message))) {
-        throw error;
-      }
+      // Not startsWith: @db/redis prefixes "-", and GLIDE renames the code
+      // to "NoScriptError".
+      const message = String((error as Error | undefined)?.message);
+      if (!/noscript/i.test(message)) throw error;
     }
   }
   return await client.eval(script.source, keys, args);
