@@ -28,7 +28,12 @@
 
 export { Lock } from "./src/lock.ts";
 export type { AcquireOptions, LockOptions } from "./src/lock.ts";
-export { LockKeyError, LockLostError, LockTimeoutError } from "./src/errors.ts";
+export {
+  LockKeyError,
+  LockLostError,
+  LockReplicationError,
+  LockTimeoutError,
+} from "./src/errors.ts";
 export {
   fromBunRedis,
   fromDbRedis,

@@ -69,7 +69,7 @@ Deno.bench({
   },
 });
 
-const held = await Lock.acquire(ioredis, "held", { ttl: 600_000 });
+const _holder = await Lock.acquire(ioredis, "held", { ttl: 600_000 });
 Deno.bench({
   name: "tryAcquire of a held lock (ioredis 6)",
   group: "uncontended",

@@ -28,6 +28,11 @@ export interface ScriptClient {
    * it first and falls back to `eval` on a `NOSCRIPT` error.
    */
   evalsha?(sha1: string, keys: string[], args: string[]): Promise<unknown>;
+  /**
+   * Runs `WAIT numreplicas timeout` on the connection that ran the scripts;
+   * needed only for the `waitReplicas` option.
+   */
+  wait?(numreplicas: number, timeout: number): Promise<unknown>;
 }
 
 /** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
@@ -46,6 +51,8 @@ export interface IoredisClient {
   ): Promise<unknown>;
   /** Present on ioredis only; used to tell it apart from other clients. */
   defineCommand(name: string, definition: { lua: string }): unknown;
+  /** `WAIT`, for the `waitReplicas` option. */
+  wait?(numreplicas: number, timeout: number): Promise<unknown>;
 }
 
 /** The keys-and-arguments option of node-redis' `eval` and `evalSha`. */
@@ -62,6 +69,8 @@ export interface NodeRedisClient {
   eval(script: string, options: NodeRedisEvalOptions): Promise<unknown>;
   /** `EVALSHA` with keys and arguments in an options object. */
   evalSha(sha1: string, options: NodeRedisEvalOptions): Promise<unknown>;
+  /** `WAIT`, for the `waitReplicas` option. */
+  wait?(numreplicas: number, timeout: number): Promise<unknown>;
 }
 
 /** The part of Bun's built-in `RedisClient` (Bun ≥ 1.2.9) that deadbolt uses. */
@@ -116,6 +125,7 @@ export function fromIoredis(client: IoredisClient): ScriptClient {
       client.eval(script, keys.length, ...keys, ...args),
     evalsha: (sha1, keys, args) =>
       client.evalsha(sha1, keys.length, ...keys, ...args),
+    ...bindWait(client),
   };
 }
 
@@ -140,6 +150,7 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
       client.eval(script, { keys, arguments: args }),
     evalsha: (sha1, keys, args) =>
       client.evalSha(sha1, { keys, arguments: args }),
+    ...bindWait(client),
   };
 }
 
@@ -165,6 +176,8 @@ export function fromBunRedis(client: BunRedisClient): ScriptClient {
       client.send("EVAL", [script, String(keys.length), ...keys, ...args]),
     evalsha: (sha1, keys, args) =>
       client.send("EVALSHA", [sha1, String(keys.length), ...keys, ...args]),
+    wait: (numreplicas, timeout) =>
+      client.send("WAIT", [String(numreplicas), String(timeout)]),
   };
 }
 
@@ -201,6 +214,8 @@ export function fromGlide(client: GlideClient): ScriptClient {
         ...keys,
         ...args,
       ]),
+    wait: (numreplicas, timeout) =>
+      client.customCommand(["WAIT", String(numreplicas), String(timeout)]),
   };
 }
 
@@ -253,7 +268,15 @@ function bindScriptClient(client: ScriptClient): ScriptClient {
   if (typeof client.evalsha === "function") {
     adapted.evalsha = (sha1, keys, args) => client.evalsha!(sha1, keys, args);
   }
-  return adapted;
+  return Object.assign(adapted, bindWait(client));
+}
+
+// Binds an optional `wait` method; absent when the client has none (Upstash).
+function bindWait(
+  client: { wait?(numreplicas: number, timeout: number): Promise<unknown> },
+): Pick<ScriptClient, "wait"> {
+  if (typeof client.wait !== "function") return {};
+  return { wait: (numreplicas, timeout) => client.wait!(numreplicas, timeout) };
 }
 
 const adapted = new WeakMap<object, ScriptClient>();

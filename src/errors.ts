@@ -115,3 +115,45 @@ export class LockKeyError extends Error {
     this.key = key;
   }
 }
+
+/**
+ * Raised by `acquire` when `waitReplicas` is set and fewer replicas than
+ * asked acknowledged the lock's write within `replicaTimeout`. deadbolt has
+ * deleted the key (by token) before raising it, so nothing is held.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Lock, LockReplicationError } from "@deadbolt/deadbolt";
+ *
+ * try {
+ *   await using lock = await Lock.acquire(redis, "report", { waitReplicas: 1 });
+ * } catch (error) {
+ *   if (error instanceof LockReplicationError) console.error(error.acknowledged);
+ * }
+ * ```
+ */
+export class LockReplicationError extends Error {
+  /** The lock's name. */
+  readonly lockName: string;
+  /** How many replicas acknowledged the write. */
+  readonly acknowledged: number;
+  /** How many were asked for (`waitReplicas`). */
+  readonly required: number;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param lockName The lock's name.
+   * @param acknowledged How many replicas acknowledged the write.
+   * @param required How many were asked for.
+   */
+  constructor(lockName: string, acknowledged: number, required: number) {
+    super(
+      `Cannot acquire lock '${lockName}' as ${acknowledged} of the ${required} required replica(s) acknowledged it in time; it was released`,
+    );
+    this.name = "LockReplicationError";
+    this.lockName = lockName;
+    this.acknowledged = acknowledged;
+    this.required = required;
+  }
+}

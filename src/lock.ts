@@ -4,7 +4,12 @@ import {
   toScriptClient,
 } from "./client.ts";
 import { backoff } from "./backoff.ts";
-import { LockKeyError, LockLostError, LockTimeoutError } from "./errors.ts";
+import {
+  LockKeyError,
+  LockLostError,
+  LockReplicationError,
+  LockTimeoutError,
+} from "./errors.ts";
 import { lockKeys } from "./keys.ts";
 import { ACQUIRE, EXTEND, RELEASE, runScript, toIntegers } from "./scripts.ts";
 import {
@@ -88,6 +93,22 @@ export interface LockOptions extends Omit<AcquireOptions, "signal"> {
    * @default {5000}
    */
   commandTimeout?: number;
+  /**
+   * After each acquisition, send `WAIT` until this many replicas have
+   * acknowledged the lock's write; with fewer, the lock is released and
+   * `acquire` fails with {@linkcode LockReplicationError}. This narrows (it
+   * cannot close) the window in which a failover forgets the lock. Needs a
+   * client that can send `WAIT` on the connection that ran the script.
+   *
+   * @default {0}
+   */
+  waitReplicas?: number;
+  /**
+   * How long `WAIT` may block for `waitReplicas`, in ms.
+   *
+   * @default {1000}
+   */
+  replicaTimeout?: number;
 }
 
 const DRIFT_FACTOR = 0.01;
@@ -101,6 +122,8 @@ const LOCK_KEYS = [
   "fencing",
   "prefix",
   "commandTimeout",
+  "waitReplicas",
+  "replicaTimeout",
 ];
 
 type Wait = Required<Omit<AcquireOptions, "signal">>;
@@ -179,6 +202,8 @@ export class Lock implements AsyncDisposable {
   #autoExtend: boolean;
   #fencing: boolean;
   #commandTimeout: number;
+  #waitReplicas: number;
+  #replicaTimeout: number;
   #wait: Wait;
   // Loss fires this much before validUntil, so a slightly late timer is
   // still early.
@@ -226,6 +251,8 @@ export class Lock implements AsyncDisposable {
       timeout = 10_000,
       retryDelay = 5,
       maxRetryDelay = 1_000,
+      waitReplicas = 0,
+      replicaTimeout = 1_000,
     } = options;
     this.#ttl = checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
     this.#autoExtend = checkBoolean(action, "autoExtend", autoExtend);
@@ -240,7 +267,26 @@ export class Lock implements AsyncDisposable {
     );
     this.#wait = checkWait(action, { timeout, retryDelay, maxRetryDelay });
     const keys = lockKeys(checkPrefix(action, prefix), name);
+    this.#waitReplicas = checkInteger(
+      action,
+      "waitReplicas",
+      waitReplicas,
+      0,
+      1_000,
+    );
+    this.#replicaTimeout = checkInteger(
+      action,
+      "replicaTimeout",
+      replicaTimeout,
+      1,
+      MAX_TIMER_MS,
+    );
     this.#client = toScriptClient(client);
+    if (this.#waitReplicas > 0 && !this.#client.wait) {
+      throw new TypeError(
+        `${action} as 'waitReplicas' needs a client that can send WAIT: current value is ${waitReplicas}`,
+      );
+    }
     this.key = keys.lock;
     this.#fenceKey = keys.fence;
     this.#margin = Math.min(25, validity(this.#ttl) / 10);
@@ -521,6 +567,7 @@ export class Lock implements AsyncDisposable {
         throw error;
       }
       if (code === 1) {
+        if (this.#waitReplicas > 0) await this.#awaitReplicas(token, signal);
         const validUntil = sent + validity(this.#ttl);
         if (now() < validUntil - this.#margin) {
           this.#grant(
@@ -563,16 +610,39 @@ export class Lock implements AsyncDisposable {
     }
   }
 
+  // WAIT must follow the script on the same connection, since it counts the
+  // replicas that have every write that connection made so far.
+  async #awaitReplicas(token: string, signal: AbortSignal): Promise<void> {
+    let acknowledged: number;
+    try {
+      const call = this.#client.wait!(this.#waitReplicas, this.#replicaTimeout);
+      [acknowledged] = toIntegers(
+        await this.#settle(call, signal, this.#replicaTimeout),
+        1,
+      );
+    } catch (error) {
+      this.#forget(token);
+      throw error;
+    }
+    if (acknowledged < this.#waitReplicas) {
+      this.#forget(token);
+      throw new LockReplicationError(
+        this.name,
+        acknowledged,
+        this.#waitReplicas,
+      );
+    }
+  }
+
   #settle(
     call: Promise<unknown>,
     signal?: AbortSignal,
-    background = false,
+    extra = 0,
   ): Promise<unknown> {
-    const timeout = this.#commandTimeout;
+    const timeout = this.#commandTimeout + extra;
     return settle(call, {
       timeout,
       signal,
-      background,
       onTimeout: () =>
         new DOMException(
           `Redis did not answer within ${timeout} ms (lock '${this.name}')`,
