@@ -27,7 +27,7 @@
  */
 
 export { Lock } from "./src/lock.ts";
-export type { AcquireOptions, LockOptions } from "./src/lock.ts";
+export type { AcquireOptions, LockOptions } from "./src/options.ts";
 export {
   LockKeyError,
   LockLostError,

@@ -20,144 +20,29 @@ import {
   type Timer,
 } from "./_timers.ts";
 import {
-  checkBoolean,
   checkInteger,
   checkName,
   checkOptionKeys,
-  checkPrefix,
-  checkSignal,
   MAX_TIMER_MS,
 } from "./_validate.ts";
-
-/** Options of one wait for the lock. */
-export interface AcquireOptions {
-  /**
-   * How long to wait for the lock, in ms, by the monotonic clock: `0` makes
-   * one attempt, `Infinity` waits until the lock is free. An attempt sent
-   * before the deadline may finish after it, within `commandTimeout`.
-   *
-   * @default {10000}
-   */
-  timeout?: number;
-  /** Cancels the wait: the call rejects with `signal.reason`. */
-  signal?: AbortSignal;
-  /**
-   * The bound of the first backoff wait, in ms. Waits are full-jitter
-   * exponential: uniform up to `retryDelay · 2^n`, capped by `maxRetryDelay`,
-   * and never past the holder's remaining lease or the deadline.
-   *
-   * @default {5}
-   */
-  retryDelay?: number;
-  /**
-   * The largest backoff wait, in ms.
-   *
-   * @default {1000}
-   */
-  maxRetryDelay?: number;
-}
-
-/** Options of a {@linkcode Lock}; `timeout` and the retry delays are defaults for its waits. */
-export interface LockOptions extends Omit<AcquireOptions, "signal"> {
-  /**
-   * The lease length in ms: how long the key lives in Redis after each
-   * acquisition or renewal. An integer from 10 to 2^31 - 1.
-   *
-   * @default {30000}
-   */
-  ttl?: number;
-  /**
-   * Renew the lease every third of `ttl` while the lock is held. When a
-   * renewal cannot succeed in time, `signal` aborts before `validUntil`.
-   *
-   * @default {true}
-   */
-  autoExtend?: boolean;
-  /**
-   * Issue a fencing token (`fence`) with every acquisition: an integer that
-   * is strictly greater than every fence issued before for this name.
-   *
-   * @default {false}
-   */
-  fencing?: boolean;
-  /**
-   * The prefix of the lock's Redis keys. It may not contain `{` or `}`.
-   *
-   * @default {"deadbolt:"}
-   */
-  prefix?: string;
-  /**
-   * How long one Redis call may take, in ms, before deadbolt gives up on it
-   * (a blackholed connection never answers); `Infinity` waits for the client.
-   *
-   * @default {5000}
-   */
-  commandTimeout?: number;
-  /**
-   * After each acquisition, send `WAIT` until this many replicas have
-   * acknowledged the lock's write; with fewer, the lock is released and
-   * `acquire` fails with {@linkcode LockReplicationError}. This narrows (it
-   * cannot close) the window in which a failover forgets the lock. Needs a
-   * client that can send `WAIT` on the connection that ran the script.
-   *
-   * @default {0}
-   */
-  waitReplicas?: number;
-  /**
-   * How long `WAIT` may block for `waitReplicas`, in ms.
-   *
-   * @default {1000}
-   */
-  replicaTimeout?: number;
-}
+import {
+  ACQUIRE_KEYS,
+  type AcquireOptions,
+  acquireSettings,
+  LOCK_KEYS,
+  type LockOptions,
+  type LockSettings,
+  lockSettings,
+  MIN_TTL,
+  type WaitSettings,
+} from "./options.ts";
 
 const DRIFT_FACTOR = 0.01;
-const MIN_TTL = 10;
-const WAIT_KEYS = ["timeout", "retryDelay", "maxRetryDelay"] as const;
-const ACQUIRE_KEYS = [...WAIT_KEYS, "signal"];
-const LOCK_KEYS = [
-  ...WAIT_KEYS,
-  "ttl",
-  "autoExtend",
-  "fencing",
-  "prefix",
-  "commandTimeout",
-  "waitReplicas",
-  "replicaTimeout",
-];
-
-type Wait = Required<Omit<AcquireOptions, "signal">>;
 
 // Redis expires keys with 1 ms precision and clocks drift: validity is
 // ttl - elapsed - (1% of ttl + 2 ms), elapsed counted from the send time.
 const validity = (ttl: number): number => ttl - (ttl * DRIFT_FACTOR + 2);
 const noop = (): void => {};
-
-function checkWait(action: string, wait: Wait): Wait {
-  const timeout = checkInteger(
-    action,
-    "timeout",
-    wait.timeout,
-    0,
-    Number.MAX_SAFE_INTEGER,
-    true,
-  );
-  const retryDelay = checkInteger(
-    action,
-    "retryDelay",
-    wait.retryDelay,
-    1,
-    MAX_TIMER_MS,
-  );
-  const maxRetryDelay = checkInteger(
-    action,
-    "maxRetryDelay",
-    wait.maxRetryDelay,
-    retryDelay,
-    MAX_TIMER_MS,
-  );
-  return { timeout, retryDelay, maxRetryDelay };
-}
 
 /**
  * A distributed lock on one Redis key, with a lease that renews itself while
@@ -198,13 +83,7 @@ export class Lock implements AsyncDisposable {
 
   #fenceKey: string;
   #client: ScriptClient;
-  #ttl: number;
-  #autoExtend: boolean;
-  #fencing: boolean;
-  #commandTimeout: number;
-  #waitReplicas: number;
-  #replicaTimeout: number;
-  #wait: Wait;
+  #settings: LockSettings;
   // Loss fires this much before validUntil, so a slightly late timer is
   // still early.
   #margin: number;
@@ -242,54 +121,17 @@ export class Lock implements AsyncDisposable {
     checkOptionKeys("Cannot lock", options, LOCK_KEYS);
     this.name = checkName("Cannot lock", "name", name);
     const action = `Cannot lock ${JSON.stringify(name)}`;
-    const {
-      ttl = 30_000,
-      autoExtend = true,
-      fencing = false,
-      prefix = "deadbolt:",
-      commandTimeout = 5_000,
-      timeout = 10_000,
-      retryDelay = 5,
-      maxRetryDelay = 1_000,
-      waitReplicas = 0,
-      replicaTimeout = 1_000,
-    } = options;
-    this.#ttl = checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
-    this.#autoExtend = checkBoolean(action, "autoExtend", autoExtend);
-    this.#fencing = checkBoolean(action, "fencing", fencing);
-    this.#commandTimeout = checkInteger(
-      action,
-      "commandTimeout",
-      commandTimeout,
-      1,
-      MAX_TIMER_MS,
-      true,
-    );
-    this.#wait = checkWait(action, { timeout, retryDelay, maxRetryDelay });
-    const keys = lockKeys(checkPrefix(action, prefix), name);
-    this.#waitReplicas = checkInteger(
-      action,
-      "waitReplicas",
-      waitReplicas,
-      0,
-      1_000,
-    );
-    this.#replicaTimeout = checkInteger(
-      action,
-      "replicaTimeout",
-      replicaTimeout,
-      1,
-      MAX_TIMER_MS,
-    );
+    this.#settings = lockSettings(action, options);
     this.#client = toScriptClient(client);
-    if (this.#waitReplicas > 0 && !this.#client.wait) {
+    if (this.#settings.waitReplicas > 0 && !this.#client.wait) {
       throw new TypeError(
-        `${action} as 'waitReplicas' needs a client that can send WAIT: current value is ${waitReplicas}`,
+        `${action} as 'waitReplicas' needs a client that can send WAIT: current value is ${this.#settings.waitReplicas}`,
       );
     }
+    const keys = lockKeys(this.#settings.prefix, name);
     this.key = keys.lock;
     this.#fenceKey = keys.fence;
-    this.#margin = Math.min(25, validity(this.#ttl) / 10);
+    this.#margin = Math.min(25, validity(this.#settings.ttl) / 10);
   }
 
   /**
@@ -400,14 +242,11 @@ export class Lock implements AsyncDisposable {
    */
   async acquire(options: AcquireOptions = {}): Promise<void> {
     const action = `Cannot acquire lock ${JSON.stringify(this.name)}`;
-    checkOptionKeys(action, options, ACQUIRE_KEYS);
-    const signal = checkSignal(action, options.signal);
-    const {
-      timeout = this.#wait.timeout,
-      retryDelay = this.#wait.retryDelay,
-      maxRetryDelay = this.#wait.maxRetryDelay,
-    } = options;
-    const wait = checkWait(action, { timeout, retryDelay, maxRetryDelay });
+    const { signal, ...wait } = acquireSettings(
+      action,
+      options,
+      this.#settings,
+    );
     if (this.#pending) {
       throw new Error(`${action} as an acquire() of this handle is pending`);
     }
@@ -466,7 +305,7 @@ export class Lock implements AsyncDisposable {
    * @throws {Error} when this handle has not acquired the lock or has released it.
    * @throws {RangeError} when `ttl` is out of range.
    */
-  async extend(ttl: number = this.#ttl): Promise<boolean> {
+  async extend(ttl: number = this.#settings.ttl): Promise<boolean> {
     const action = `Cannot extend lock ${JSON.stringify(this.name)}`;
     checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
     if (!this.#acquired) {
@@ -541,19 +380,19 @@ export class Lock implements AsyncDisposable {
 
   async #acquire(
     action: string,
-    wait: Wait,
+    wait: WaitSettings,
     signal: AbortSignal,
   ): Promise<void> {
     const started = now();
     const deadline = started + wait.timeout;
     const keys = [this.key, this.#fenceKey];
-    const fencing = this.#fencing ? "1" : "0";
+    const fencing = this.#settings.fencing ? "1" : "0";
     let token = crypto.randomUUID();
     for (let attempt = 0;; attempt++) {
       const sent = now();
       const call = runScript(this.#client, ACQUIRE, keys, [
         token,
-        String(this.#ttl),
+        String(this.#settings.ttl),
         fencing,
       ]);
       let code: number, value: number;
@@ -567,14 +406,16 @@ export class Lock implements AsyncDisposable {
         throw error;
       }
       if (code === 1) {
-        if (this.#waitReplicas > 0) await this.#awaitReplicas(token, signal);
-        const validUntil = sent + validity(this.#ttl);
+        if (this.#settings.waitReplicas > 0) {
+          await this.#awaitReplicas(token, signal);
+        }
+        const validUntil = sent + validity(this.#settings.ttl);
         if (now() < validUntil - this.#margin) {
           this.#grant(
             token,
             sent,
             validUntil,
-            this.#fencing ? value : undefined,
+            this.#settings.fencing ? value : undefined,
           );
           return;
         }
@@ -600,7 +441,7 @@ export class Lock implements AsyncDisposable {
           throw new LockTimeoutError(this.name, now() - started, value);
         }
         throw new DOMException(
-          `${action} as Redis answered too slowly to leave any of the ${this.#ttl} ms lease`,
+          `${action} as Redis answered too slowly to leave any of the ${this.#settings.ttl} ms lease`,
           "TimeoutError",
         );
       }
@@ -615,21 +456,24 @@ export class Lock implements AsyncDisposable {
   async #awaitReplicas(token: string, signal: AbortSignal): Promise<void> {
     let acknowledged: number;
     try {
-      const call = this.#client.wait!(this.#waitReplicas, this.#replicaTimeout);
+      const call = this.#client.wait!(
+        this.#settings.waitReplicas,
+        this.#settings.replicaTimeout,
+      );
       [acknowledged] = toIntegers(
-        await this.#settle(call, signal, this.#replicaTimeout),
+        await this.#settle(call, signal, this.#settings.replicaTimeout),
         1,
       );
     } catch (error) {
       this.#forget(token);
       throw error;
     }
-    if (acknowledged < this.#waitReplicas) {
+    if (acknowledged < this.#settings.waitReplicas) {
       this.#forget(token);
       throw new LockReplicationError(
         this.name,
         acknowledged,
-        this.#waitReplicas,
+        this.#settings.waitReplicas,
       );
     }
   }
@@ -639,7 +483,7 @@ export class Lock implements AsyncDisposable {
     signal?: AbortSignal,
     extra = 0,
   ): Promise<unknown> {
-    const timeout = this.#commandTimeout + extra;
+    const timeout = this.#settings.commandTimeout + extra;
     return settle(call, {
       timeout,
       signal,
@@ -687,7 +531,10 @@ export class Lock implements AsyncDisposable {
   #setValidity(sent: number, validUntil: number): void {
     this.#validUntil = validUntil;
     // Renew when two thirds of a normal lease remain: every ttl/3.
-    this.#renewAt = Math.max(sent, validUntil - (validity(this.#ttl) * 2) / 3);
+    this.#renewAt = Math.max(
+      sent,
+      validUntil - (validity(this.#settings.ttl) * 2) / 3,
+    );
     this.#arm();
   }
 
@@ -701,7 +548,7 @@ export class Lock implements AsyncDisposable {
     this.#stopTimer();
     if (!this.#held) return;
     const lossAt = this.#validUntil - this.#margin;
-    const at = this.#autoExtend && !this.#renewing
+    const at = this.#settings.autoExtend && !this.#renewing
       ? Math.min(this.#renewAt, lossAt)
       : lossAt;
     this.#timer = setBackgroundTimeout(this.#tick, Math.max(0, at - now()));
@@ -710,7 +557,9 @@ export class Lock implements AsyncDisposable {
   #tick = (): void => {
     this.#timer = undefined;
     if (!this.held) return;
-    if (this.#autoExtend && !this.#renewing && now() >= this.#renewAt) {
+    if (
+      this.#settings.autoExtend && !this.#renewing && now() >= this.#renewAt
+    ) {
       void this.#renew();
     }
     this.#arm();
@@ -721,13 +570,13 @@ export class Lock implements AsyncDisposable {
     this.#renewing = true;
     const sent = now();
     const timeout = Math.min(
-      this.#commandTimeout,
+      this.#settings.commandTimeout,
       this.#validUntil - this.#margin - sent,
     );
     try {
       const call = runScript(this.#client, EXTEND, [this.key], [
         this.#token,
-        String(this.#ttl),
+        String(this.#settings.ttl),
       ]);
       const reply = await settle(call, {
         timeout: Math.max(1, timeout),
@@ -740,7 +589,7 @@ export class Lock implements AsyncDisposable {
       });
       if (generation !== this.#generation) return;
       const [code] = toIntegers(reply, 1);
-      if (code === 1) this.#extended(sent, this.#ttl);
+      if (code === 1) this.#extended(sent, this.#settings.ttl);
       else {this.#lose(
           code === 0
             ? "its key expired or was deleted"
@@ -751,8 +600,8 @@ export class Lock implements AsyncDisposable {
       this.#renewError = error;
       const retry = backoff(
         this.#renewFailures++,
-        this.#wait.retryDelay,
-        this.#wait.maxRetryDelay,
+        this.#settings.retryDelay,
+        this.#settings.maxRetryDelay,
       );
       this.#renewAt = now() + retry;
     } finally {
@@ -765,7 +614,7 @@ export class Lock implements AsyncDisposable {
 
   #expire(): void {
     this.#lose(
-      this.#autoExtend
+      this.#settings.autoExtend
         ? "its lease ran out before a renewal succeeded"
         : "its lease ran out (autoExtend is off)",
       this.#renewError,

@@ -1,0 +1,221 @@
+import {
+  checkBoolean,
+  checkInteger,
+  checkOptionKeys,
+  checkPrefix,
+  checkSignal,
+  MAX_TIMER_MS,
+} from "./_validate.ts";
+
+/** Options of one wait for the lock. */
+export interface AcquireOptions {
+  /**
+   * How long to wait for the lock, in ms, by the monotonic clock: `0` makes
+   * one attempt, `Infinity` waits until the lock is free. An attempt sent
+   * before the deadline may finish after it, within `commandTimeout`.
+   *
+   * @default {10000}
+   */
+  timeout?: number;
+  /** Cancels the wait: the call rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /**
+   * The bound of the first backoff wait, in ms. Waits are full-jitter
+   * exponential: uniform up to `retryDelay · 2^n`, capped by `maxRetryDelay`,
+   * and never past the holder's remaining lease or the deadline.
+   *
+   * @default {5}
+   */
+  retryDelay?: number;
+  /**
+   * The largest backoff wait, in ms.
+   *
+   * @default {1000}
+   */
+  maxRetryDelay?: number;
+}
+
+/** Options of a {@linkcode Lock}; `timeout` and the retry delays are defaults for its waits. */
+export interface LockOptions extends Omit<AcquireOptions, "signal"> {
+  /**
+   * The lease length in ms: how long the key lives in Redis after each
+   * acquisition or renewal. An integer from 10 to 2^31 - 1.
+   *
+   * @default {30000}
+   */
+  ttl?: number;
+  /**
+   * Renew the lease every third of `ttl` while the lock is held. When a
+   * renewal cannot succeed in time, `signal` aborts before `validUntil`.
+   *
+   * @default {true}
+   */
+  autoExtend?: boolean;
+  /**
+   * Issue a fencing token (`fence`) with every acquisition: an integer that
+   * is strictly greater than every fence issued before for this name.
+   *
+   * @default {false}
+   */
+  fencing?: boolean;
+  /**
+   * The prefix of the lock's Redis keys. It may not contain `{` or `}`.
+   *
+   * @default {"deadbolt:"}
+   */
+  prefix?: string;
+  /**
+   * How long one Redis call may take, in ms, before deadbolt gives up on it
+   * (a blackholed connection never answers); `Infinity` waits for the client.
+   *
+   * @default {5000}
+   */
+  commandTimeout?: number;
+  /**
+   * After each acquisition, send `WAIT` until this many replicas have
+   * acknowledged the lock's write; with fewer, the lock is released and
+   * `acquire` fails with {@linkcode LockReplicationError}. This narrows (it
+   * cannot close) the window in which a failover forgets the lock. Needs a
+   * client that can send `WAIT` on the connection that ran the script.
+   *
+   * @default {0}
+   */
+  waitReplicas?: number;
+  /**
+   * How long `WAIT` may block for `waitReplicas`, in ms.
+   *
+   * @default {1000}
+   */
+  replicaTimeout?: number;
+}
+
+/** The shortest lease: 10 ms leaves 7.9 ms of validity after drift. */
+export const MIN_TTL = 10;
+const WAIT_KEYS = ["timeout", "retryDelay", "maxRetryDelay"] as const;
+/** The keys `acquire()` accepts. */
+export const ACQUIRE_KEYS: readonly string[] = [...WAIT_KEYS, "signal"];
+/** The keys the `Lock` constructor accepts. */
+export const LOCK_KEYS: readonly string[] = [
+  ...WAIT_KEYS,
+  "ttl",
+  "autoExtend",
+  "fencing",
+  "prefix",
+  "commandTimeout",
+  "waitReplicas",
+  "replicaTimeout",
+];
+
+/** One wait's validated settings. */
+export type WaitSettings = Required<Omit<AcquireOptions, "signal">>;
+
+/** A lock's validated settings. */
+export type LockSettings = Required<LockOptions>;
+
+/**
+ * Validates the constructor's options and fills in the defaults.
+ *
+ * @throws {TypeError} on an unknown key or a value of the wrong type.
+ * @throws {RangeError} on a number out of range.
+ */
+export function lockSettings(
+  action: string,
+  options: LockOptions,
+): LockSettings {
+  checkOptionKeys(action, options, LOCK_KEYS);
+  const {
+    ttl = 30_000,
+    autoExtend = true,
+    fencing = false,
+    prefix = "deadbolt:",
+    commandTimeout = 5_000,
+    waitReplicas = 0,
+    replicaTimeout = 1_000,
+  } = options;
+  return {
+    ttl: checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS),
+    autoExtend: checkBoolean(action, "autoExtend", autoExtend),
+    fencing: checkBoolean(action, "fencing", fencing),
+    prefix: checkPrefix(action, prefix),
+    commandTimeout: checkInteger(
+      action,
+      "commandTimeout",
+      commandTimeout,
+      1,
+      MAX_TIMER_MS,
+      true,
+    ),
+    waitReplicas: checkInteger(action, "waitReplicas", waitReplicas, 0, 1_000),
+    replicaTimeout: checkInteger(
+      action,
+      "replicaTimeout",
+      replicaTimeout,
+      1,
+      MAX_TIMER_MS,
+    ),
+    ...waitSettings(action, options, {
+      timeout: 10_000,
+      retryDelay: 5,
+      maxRetryDelay: 1_000,
+    }),
+  };
+}
+
+/**
+ * Validates one wait's options, falling back to `defaults`.
+ *
+ * @throws {TypeError} on a value of the wrong type.
+ * @throws {RangeError} on a number out of range.
+ */
+export function waitSettings(
+  action: string,
+  options: Omit<AcquireOptions, "signal">,
+  defaults: WaitSettings,
+): WaitSettings {
+  const {
+    timeout = defaults.timeout,
+    retryDelay = defaults.retryDelay,
+    maxRetryDelay = defaults.maxRetryDelay,
+  } = options;
+  const checkedRetryDelay = checkInteger(
+    action,
+    "retryDelay",
+    retryDelay,
+    1,
+    MAX_TIMER_MS,
+  );
+  return {
+    timeout: checkInteger(
+      action,
+      "timeout",
+      timeout,
+      0,
+      Number.MAX_SAFE_INTEGER,
+      true,
+    ),
+    retryDelay: checkedRetryDelay,
+    maxRetryDelay: checkInteger(
+      action,
+      "maxRetryDelay",
+      maxRetryDelay,
+      checkedRetryDelay,
+      MAX_TIMER_MS,
+    ),
+  };
+}
+
+/**
+ * Validates `acquire()`'s options against the lock's defaults.
+ *
+ * @throws {TypeError} on an unknown key or a value of the wrong type.
+ * @throws {RangeError} on a number out of range.
+ */
+export function acquireSettings(
+  action: string,
+  options: AcquireOptions,
+  defaults: WaitSettings,
+): WaitSettings & { signal: AbortSignal | undefined } {
+  checkOptionKeys(action, options, ACQUIRE_KEYS);
+  const signal = checkSignal(action, options.signal);
+  return { ...waitSettings(action, options, defaults), signal };
+}
