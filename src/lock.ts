@@ -12,13 +12,8 @@ import {
 } from "./errors.ts";
 import { lockKeys } from "./keys.ts";
 import { ACQUIRE, EXTEND, RELEASE, runScript, toIntegers } from "./scripts.ts";
-import {
-  delay,
-  now,
-  setBackgroundTimeout,
-  settle,
-  type Timer,
-} from "./_timers.ts";
+import { delay, now, settle } from "./_timers.ts";
+import { Lease } from "./_lease.ts";
 import {
   checkInteger,
   checkName,
@@ -37,11 +32,6 @@ import {
   type WaitSettings,
 } from "./options.ts";
 
-const DRIFT_FACTOR = 0.01;
-
-// Redis expires keys with 1 ms precision and clocks drift: validity is
-// ttl - elapsed - (1% of ttl + 2 ms), elapsed counted from the send time.
-const validity = (ttl: number): number => ttl - (ttl * DRIFT_FACTOR + 2);
 const noop = (): void => {};
 
 /**
@@ -84,27 +74,14 @@ export class Lock implements AsyncDisposable {
   #fenceKey: string;
   #client: ScriptClient;
   #settings: LockSettings;
-  // Loss fires this much before validUntil, so a slightly late timer is
-  // still early.
-  #margin: number;
-
   #token: string = crypto.randomUUID();
   #fence: number | undefined;
-  #validFrom = 0;
-  #validUntil = 0;
+  // The current or last acquisition's lease; ended once released or lost.
+  #lease: Lease | undefined;
   // Granted and not yet released: release() must ask Redis.
   #acquired = false;
-  // Granted, neither released nor lost.
-  #held = false;
   #pending: AbortController | undefined;
   #controller = new AbortController();
-  // Bumped on every grant, loss and release; late results compare it.
-  #generation = 0;
-  #timer: Timer | undefined;
-  #renewAt = 0;
-  #renewing = false;
-  #renewFailures = 0;
-  #renewError: unknown;
 
   /**
    * Creates a lock handle; nothing is sent to Redis until `acquire()`.
@@ -131,7 +108,6 @@ export class Lock implements AsyncDisposable {
     const keys = lockKeys(this.#settings.prefix, name);
     this.key = keys.lock;
     this.#fenceKey = keys.fence;
-    this.#margin = Math.min(25, validity(this.#settings.ttl) / 10);
   }
 
   /**
@@ -201,8 +177,7 @@ export class Lock implements AsyncDisposable {
 
   /** Whether this handle owns the lock now: acquired, not released, not lost, and its validity not run out. */
   get held(): boolean {
-    if (this.#held && now() >= this.#validUntil - this.#margin) this.#expire();
-    return this.#held;
+    return this.#lease?.active ?? false;
   }
 
   /**
@@ -211,7 +186,7 @@ export class Lock implements AsyncDisposable {
    * A handle acquired again after a loss gets a new signal.
    */
   get signal(): AbortSignal {
-    if (this.#held) this.held;
+    this.#lease?.active; // past its validity, reading it aborts the signal
     return this.#controller.signal;
   }
 
@@ -226,7 +201,7 @@ export class Lock implements AsyncDisposable {
    * `ttl`, minus 1% of `ttl` + 2 ms for clock drift. `0` before acquiring.
    */
   get validUntil(): number {
-    return this.#validUntil;
+    return this.#lease?.validUntil ?? 0;
   }
 
   /**
@@ -312,22 +287,22 @@ export class Lock implements AsyncDisposable {
       throw new Error(`${action} as this handle does not hold it`);
     }
     if (!this.held) return false;
-    const generation = this.#generation;
+    const lease = this.#lease!;
     const sent = now();
     const reply = await this.#settle(
       runScript(this.#client, EXTEND, [this.key], [this.#token, String(ttl)]),
     );
-    if (generation !== this.#generation) return false;
+    if (!lease.active) return false;
     const [code] = toIntegers(reply, 1);
     if (code !== 1) {
-      this.#lose(
+      lease.lose(
         code === 0
           ? "its key expired or was deleted"
           : "another owner holds its key",
       );
       return false;
     }
-    this.#extended(sent, ttl);
+    lease.extended(sent, ttl);
     return true;
   }
 
@@ -363,9 +338,8 @@ export class Lock implements AsyncDisposable {
   async #release(): Promise<boolean> {
     if (!this.#acquired) return false;
     this.#acquired = false;
-    this.#held = false;
-    const generation = ++this.#generation;
-    this.#stopTimer();
+    const lease = this.#lease;
+    lease?.end();
     try {
       const reply = await this.#settle(
         runScript(this.#client, RELEASE, [this.key], [this.#token]),
@@ -373,7 +347,7 @@ export class Lock implements AsyncDisposable {
       return toIntegers(reply, 1)[0] === 1;
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
-      if (generation === this.#generation) this.#acquired = true;
+      if (this.#lease === lease) this.#acquired = true;
       throw error;
     }
   }
@@ -409,14 +383,8 @@ export class Lock implements AsyncDisposable {
         if (this.#settings.waitReplicas > 0) {
           await this.#awaitReplicas(token, signal);
         }
-        const validUntil = sent + validity(this.#settings.ttl);
-        if (now() < validUntil - this.#margin) {
-          this.#grant(
-            token,
-            sent,
-            validUntil,
-            this.#settings.fencing ? value : undefined,
-          );
+        if (Lease.fresh(sent, this.#settings.ttl)) {
+          this.#grant(token, sent, this.#settings.fencing ? value : undefined);
           return;
         }
         // The grant arrived with no validity left: void it, retry afresh.
@@ -499,140 +467,41 @@ export class Lock implements AsyncDisposable {
     runScript(this.#client, RELEASE, [this.key], [token]).then(noop, noop);
   }
 
-  #grant(
-    token: string,
-    sent: number,
-    validUntil: number,
-    fence: number | undefined,
-  ): void {
+  #grant(token: string, sent: number, fence: number | undefined): void {
     this.#token = token;
     this.#fence = fence;
     this.#acquired = true;
-    this.#held = true;
-    this.#generation++;
     if (this.#controller.signal.aborted) {
       this.#controller = new AbortController();
     }
-    this.#renewing = false;
-    this.#renewFailures = 0;
-    this.#renewError = undefined;
-    this.#validFrom = sent;
-    this.#setValidity(sent, validUntil);
-  }
-
-  #extended(sent: number, ttl: number): void {
-    // Replies can overtake each other on pooled clients: keep the newest.
-    if (sent < this.#validFrom) return;
-    this.#validFrom = sent;
-    this.#renewFailures = 0;
-    this.#setValidity(sent, sent + validity(ttl));
-  }
-
-  #setValidity(sent: number, validUntil: number): void {
-    this.#validUntil = validUntil;
-    // Renew when two thirds of a normal lease remain: every ttl/3.
-    this.#renewAt = Math.max(
-      sent,
-      validUntil - (validity(this.#settings.ttl) * 2) / 3,
-    );
-    this.#arm();
-  }
-
-  #stopTimer(): void {
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
-  }
-
-  // One timer per held lock: at the next renewal or at the loss deadline.
-  #arm(): void {
-    this.#stopTimer();
-    if (!this.#held) return;
-    const lossAt = this.#validUntil - this.#margin;
-    const at = this.#settings.autoExtend && !this.#renewing
-      ? Math.min(this.#renewAt, lossAt)
-      : lossAt;
-    this.#timer = setBackgroundTimeout(this.#tick, Math.max(0, at - now()));
-  }
-
-  #tick = (): void => {
-    this.#timer = undefined;
-    if (!this.held) return;
-    if (
-      this.#settings.autoExtend && !this.#renewing && now() >= this.#renewAt
-    ) {
-      void this.#renew();
-    }
-    this.#arm();
-  };
-
-  async #renew(): Promise<void> {
-    const generation = this.#generation;
-    this.#renewing = true;
-    const sent = now();
-    const timeout = Math.min(
-      this.#settings.commandTimeout,
-      this.#validUntil - this.#margin - sent,
-    );
-    try {
-      const call = runScript(this.#client, EXTEND, [this.key], [
-        this.#token,
-        String(this.#settings.ttl),
-      ]);
-      const reply = await settle(call, {
-        timeout: Math.max(1, timeout),
-        background: true,
-        onTimeout: () =>
-          new DOMException(
-            `Redis did not answer within ${timeout} ms`,
-            "TimeoutError",
+    const controller = this.#controller;
+    const { commandTimeout } = this.#settings;
+    this.#lease = new Lease(sent, {
+      ...this.#settings,
+      extend: async (ttl, timeout) => {
+        const call = runScript(this.#client, EXTEND, [this.key], [
+          token,
+          String(ttl),
+        ]);
+        const reply = await settle(call, {
+          timeout,
+          background: true,
+          onTimeout: () =>
+            new DOMException(
+              `Redis did not answer within ${timeout} ms (commandTimeout ${commandTimeout})`,
+              "TimeoutError",
+            ),
+        });
+        return toIntegers(reply, 1)[0];
+      },
+      onLost: (message, cause) =>
+        controller.abort(
+          new LockLostError(
+            this.name,
+            message,
+            cause === undefined ? undefined : { cause },
           ),
-      });
-      if (generation !== this.#generation) return;
-      const [code] = toIntegers(reply, 1);
-      if (code === 1) this.#extended(sent, this.#settings.ttl);
-      else {this.#lose(
-          code === 0
-            ? "its key expired or was deleted"
-            : "another owner holds its key",
-        );}
-    } catch (error) {
-      if (generation !== this.#generation) return;
-      this.#renewError = error;
-      const retry = backoff(
-        this.#renewFailures++,
-        this.#settings.retryDelay,
-        this.#settings.maxRetryDelay,
-      );
-      this.#renewAt = now() + retry;
-    } finally {
-      if (generation === this.#generation) {
-        this.#renewing = false;
-        this.#arm();
-      }
-    }
-  }
-
-  #expire(): void {
-    this.#lose(
-      this.#settings.autoExtend
-        ? "its lease ran out before a renewal succeeded"
-        : "its lease ran out (autoExtend is off)",
-      this.#renewError,
-    );
-  }
-
-  #lose(message: string, cause?: unknown): void {
-    if (!this.#held) return;
-    this.#held = false;
-    this.#generation++;
-    this.#renewing = false;
-    this.#stopTimer();
-    this.#controller.abort(
-      new LockLostError(
-        this.name,
-        message,
-        cause === undefined ? undefined : { cause },
-      ),
-    );
+        ),
+    });
   }
 }

@@ -1,0 +1,164 @@
+import { backoff } from "./backoff.ts";
+import { now, setBackgroundTimeout, type Timer } from "./_timers.ts";
+
+const DRIFT_FACTOR = 0.01;
+
+/**
+ * How long ownership is guaranteed after a lease of `ttl` ms was granted or
+ * renewed, counted from the request's send time: Redis expires keys with
+ * 1 ms precision and clocks drift, so 1% of ttl + 2 ms come off.
+ */
+export const validity = (ttl: number): number => ttl - (ttl * DRIFT_FACTOR + 2);
+
+/** What a {@linkcode Lease} needs from its lock. */
+export interface LeaseOptions {
+  /** The lease length in ms. */
+  ttl: number;
+  /** Renew every third of `ttl`. */
+  autoExtend: boolean;
+  /** Backoff bounds for retrying a failed renewal. */
+  retryDelay: number;
+  /** Backoff bounds for retrying a failed renewal. */
+  maxRetryDelay: number;
+  /** How long one renewal call may take, in ms. */
+  commandTimeout: number;
+  /**
+   * Runs the extend script for `ttl`, giving up after `timeout` ms; resolves
+   * with its reply: 1 renewed, 0 the key is gone, -1 another owner holds it.
+   */
+  extend(ttl: number, timeout: number): Promise<number>;
+  /** Called once, when ownership is lost. */
+  onLost(message: string, cause: unknown): void;
+}
+
+/**
+ * One acquisition's lease: it knows until when ownership is guaranteed,
+ * renews it in the background, and declares it lost — a little before its
+ * validity runs out, so that a timer firing a few ms late is still in time.
+ * A lease that has ended (released or lost) stays ended.
+ */
+export class Lease {
+  #options: LeaseOptions;
+  #margin: number;
+  #validFrom: number;
+  #validUntil = 0;
+  #active = true;
+  #timer: Timer | undefined;
+  #renewAt = 0;
+  #renewing = false;
+  #failures = 0;
+  #error: unknown;
+
+  /** Starts a lease granted by a request sent at `sent` (monotonic ms). */
+  constructor(sent: number, options: LeaseOptions) {
+    this.#options = options;
+    this.#margin = Math.min(25, validity(options.ttl) / 10);
+    this.#validFrom = sent;
+    this.#setValidity(sent, sent + validity(options.ttl));
+  }
+
+  /** Until when (monotonic ms) ownership is guaranteed. */
+  get validUntil(): number {
+    return this.#validUntil;
+  }
+
+  /** Whether the lease still holds; reading it past its validity loses it. */
+  get active(): boolean {
+    if (this.#active && now() >= this.#validUntil - this.#margin) {
+      this.#expire();
+    }
+    return this.#active;
+  }
+
+  /** Whether a grant sent at `sent` would leave any validity now. */
+  static fresh(sent: number, ttl: number): boolean {
+    return now() < sent + validity(ttl) - Math.min(25, validity(ttl) / 10);
+  }
+
+  /** Records an extension to `ttl` ms, requested at `sent`. */
+  extended(sent: number, ttl: number): void {
+    // Replies can overtake each other on pooled clients: keep the newest.
+    if (!this.#active || sent < this.#validFrom) return;
+    this.#validFrom = sent;
+    this.#failures = 0;
+    this.#setValidity(sent, sent + validity(ttl));
+  }
+
+  /** Ends the lease without a loss (the lock is being released). */
+  end(): void {
+    this.#active = false;
+    this.#stopTimer();
+  }
+
+  /** Ends the lease as lost, telling the lock once. */
+  lose(message: string, cause?: unknown): void {
+    if (!this.#active) return;
+    this.end();
+    this.#options.onLost(message, cause);
+  }
+
+  #setValidity(sent: number, validUntil: number): void {
+    this.#validUntil = validUntil;
+    // Renew when two thirds of a normal lease remain: every ttl/3.
+    const normal = validity(this.#options.ttl);
+    this.#renewAt = Math.max(sent, validUntil - (normal * 2) / 3);
+    this.#arm();
+  }
+
+  #stopTimer(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  // One timer per lease: at the next renewal or at the loss deadline.
+  #arm(): void {
+    this.#stopTimer();
+    if (!this.#active) return;
+    const lossAt = this.#validUntil - this.#margin;
+    const renew = this.#options.autoExtend && !this.#renewing;
+    const at = renew ? Math.min(this.#renewAt, lossAt) : lossAt;
+    this.#timer = setBackgroundTimeout(this.#tick, Math.max(0, at - now()));
+  }
+
+  #tick = (): void => {
+    this.#timer = undefined;
+    if (!this.active) return;
+    const { autoExtend } = this.#options;
+    if (autoExtend && !this.#renewing && now() >= this.#renewAt) {
+      void this.#renew();
+    }
+    this.#arm();
+  };
+
+  async #renew(): Promise<void> {
+    const { ttl, commandTimeout, retryDelay, maxRetryDelay } = this.#options;
+    this.#renewing = true;
+    const sent = now();
+    const left = this.#validUntil - this.#margin - sent;
+    try {
+      const code = await this.#options.extend(
+        ttl,
+        Math.max(1, Math.min(commandTimeout, left)),
+      );
+      if (code === 1) this.extended(sent, ttl);
+      else if (code === 0) this.lose("its key expired or was deleted");
+      else this.lose("another owner holds its key");
+    } catch (error) {
+      this.#error = error;
+      this.#renewAt = now() +
+        backoff(this.#failures++, retryDelay, maxRetryDelay);
+    } finally {
+      this.#renewing = false;
+      this.#arm();
+    }
+  }
+
+  #expire(): void {
+    this.lose(
+      this.#options.autoExtend
+        ? "its lease ran out before a renewal succeeded"
+        : "its lease ran out (autoExtend is off)",
+      this.#error,
+    );
+  }
+}
