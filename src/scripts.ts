@@ -21,6 +21,10 @@ export interface LuaScript {
 export const ACQUIRE: LuaScript = {
   source: `local fencing = ARGV[3] == '1'
 if fencing then
+  -- Refuse before SET, not after it: Lua does not roll back. (Redis >= 7.)
+  if redis.acl_check_cmd and not redis.acl_check_cmd('INCR', KEYS[2]) then
+    return redis.error_reply('NOPERM this user may not INCR the fence counter')
+  end
   local current = redis.pcall('GET', KEYS[2])
   if type(current) == 'table' then return {3, 0} end
   if current and not ((current == '0' or string.match(current, '^[1-9]%d*$'))
