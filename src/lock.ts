@@ -276,7 +276,7 @@ export class Lock implements AsyncDisposable {
    *
    * @param ttl The new lease length in ms; the lock's `ttl` by default.
    * @returns `true` when renewed; `false` when ownership was lost (then
-   * `signal` has aborted).
+   * `signal` has aborted) or the lock was released meanwhile.
    * @throws {Error} when this handle has not acquired the lock or has released it.
    * @throws {RangeError} when `ttl` is out of range.
    */
@@ -339,6 +339,9 @@ export class Lock implements AsyncDisposable {
     if (!this.#acquired) return false;
     this.#acquired = false;
     const lease = this.#lease;
+    // A lease past its validity is lost, and says so, even when the loss is
+    // first noticed here (say, after a long block of the event loop).
+    lease?.active;
     lease?.end();
     try {
       const reply = await this.#settle(
