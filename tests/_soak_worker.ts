@@ -1,0 +1,180 @@
+/**
+ * One soak worker (a child process of `tests/soak.ts`):
+ * `deno run -A tests/_soak_worker.ts <lockPort> <resourcePort> <name> <id>`.
+ *
+ * It loops: acquire the lock `name` (ioredis, fencing, short ttl,
+ * auto-extension), then under it read the current round number and that
+ * round's counter from the resource server, pause a little, SET counter + 1
+ * only if `lock.signal` has not aborted, write its fence to the fenced
+ * register (whatever the signal says: the register must refuse stale
+ * fences), and release. Every step is printed as one JSON {@linkcode Event}
+ * per line, stamped with {@linkcode sharedNow}. Errors are recorded and the
+ * loop goes on. Commands on stdin, one per line: `ping` is answered with
+ * `{"clock": <now>}` (the parent measures clock agreement); `block <ms>`
+ * busy-waits that long (a blocked event loop). SIGTERM ends the loop after the
+ * current iteration; the worker closes its clients and exits by itself (a
+ * timer or socket left open would keep it alive: the parent calls that a hang).
+ *
+ * @module
+ */
+
+import { Redis } from "npm:ioredis@6";
+import { Lock, LockTimeoutError } from "../mod.ts";
+import { RespClient } from "./_resp.ts";
+import { type Event, fencedWrite, sharedNow } from "./_checkers.ts";
+
+/** Lease length: short, so pauses and stalls outlast it. */
+export const TTL = 400;
+/** The fenced register's key on the resource server. */
+export const REGISTER = "register";
+/** The resource key that holds the current round number. */
+export const ROUND = "round";
+/** The resource key of round `n`'s counter. */
+export const counterKey = (round: number): string => `counter:${round}`;
+
+const ACQUIRE_TIMEOUT = 3_000;
+// Below the longest stalls the nemesis injects, so some calls time out and
+// take the library's clean-up path (F6, F18).
+const COMMAND_TIMEOUT = 1_000;
+const MAX_THINK_MS = 15;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const describe = (error: unknown): string =>
+  error instanceof Error
+    ? `${error.name}: ${error.message}`
+    : `non-error: ${String(error)}`;
+
+async function main([lockPort, resourcePort, name, id]: string[]) {
+  const proc = `w${id}`;
+  const emit = (
+    op: Event["op"],
+    type: Event["type"],
+    fields: Partial<Event> = {},
+  ) =>
+    console.log(JSON.stringify({ proc, op, type, t: sharedNow(), ...fields }));
+  const shared = (monotonic: number) => performance.timeOrigin + monotonic;
+
+  const stop = new AbortController();
+  const onTerm = () => stop.abort(new Error("SIGTERM"));
+  Deno.addSignalListener("SIGTERM", onTerm);
+
+  const stdin = Deno.stdin.readable.pipeThrough(new TextDecoderStream())
+    .getReader();
+  const commands = (async () => {
+    for (let chunk; !(chunk = await stdin.read()).done;) {
+      for (const command of chunk.value.split("\n").filter(Boolean)) {
+        const [verb, ms] = command.split(" ");
+        if (verb === "ping") {
+          console.log(JSON.stringify({ clock: sharedNow() }));
+        }
+        if (verb === "block") {
+          // A blocked event loop (F4): no timer, no reply, no renewal runs.
+          for (const until = performance.now() + Number(ms);;) {
+            if (performance.now() >= until) break;
+          }
+        }
+      }
+    }
+  })();
+
+  const redis = new Redis({
+    host: "127.0.0.1",
+    port: Number(lockPort),
+    // Keep reconnecting and resending for as long as the soak runs; the
+    // library's commandTimeout bounds every call anyway.
+    maxRetriesPerRequest: null,
+    retryStrategy: (times: number) => Math.min(times * 20, 200),
+  });
+  let clientErrors = 0;
+  redis.on("error", () => clientErrors++);
+  const resource = await RespClient.connect(Number(resourcePort));
+  let seq = 0;
+
+  while (!stop.signal.aborted) {
+    const lock = new Lock(redis, name, {
+      ttl: TTL,
+      fencing: true,
+      autoExtend: true,
+      timeout: ACQUIRE_TIMEOUT,
+      commandTimeout: COMMAND_TIMEOUT,
+    });
+    emit("acquire", "invoke");
+    try {
+      await lock.acquire({ signal: stop.signal });
+    } catch (error) {
+      const timedOut = error instanceof LockTimeoutError;
+      emit("acquire", timedOut ? "fail" : "info", { error: describe(error) });
+      // Redis down or slow: do not spin on instant errors.
+      if (!timedOut) await sleep(10 + Math.random() * 40);
+      continue;
+    }
+    const { token, fence } = lock;
+    const validUntil = () => shared(lock.validUntil);
+    emit("acquire", "ok", { token, fence, validUntil: validUntil() });
+    let lostSeen = false;
+    const onLost = () => {
+      lostSeen = true;
+      emit("lost", "info", {
+        token,
+        fence,
+        validUntil: validUntil(),
+        error: describe(lock.signal.reason),
+      });
+    };
+    lock.signal.addEventListener("abort", onLost, { once: true });
+
+    // The resource server is never faulted; an error here is recorded and
+    // the write counts as indeterminate.
+    let current: Partial<Event> | undefined;
+    try {
+      const round = Number(await resource.send("GET", ROUND) ?? 0);
+      const key = counterKey(round);
+      const read = Number(await resource.send("GET", key) ?? 0);
+      await sleep(Math.random() * MAX_THINK_MS);
+      current = { key, token, fence, value: read + 1 };
+      emit("write", "invoke", { ...current, validUntil: validUntil() });
+      if (lock.signal.aborted) {
+        // The listener above must have run: an aborted signal whose event
+        // never came would mean the handle swapped its signal.
+        const error = lostSeen
+          ? "lock.signal aborted"
+          : "lock.signal aborted without an abort event";
+        emit("write", "fail", { ...current, error });
+      } else {
+        await resource.send("SET", key, read + 1);
+        emit("write", "ok", current);
+      }
+      current = { key: REGISTER, token, fence, value: ++seq };
+      emit("write", "invoke", { ...current, validUntil: validUntil() });
+      const applied = await fencedWrite(resource, REGISTER, fence!, seq);
+      emit("write", applied ? "ok" : "fail", current);
+      current = undefined;
+    } catch (error) {
+      emit("write", "info", { ...current, error: describe(error) });
+    }
+
+    emit("release", "invoke", { token, fence, validUntil: validUntil() });
+    try {
+      const released = await lock.release();
+      emit("release", "ok", { token, fence, value: released ? 1 : 0 });
+    } catch (error) {
+      emit("release", "info", { token, fence, error: describe(error) });
+    } finally {
+      lock.signal.removeEventListener("abort", onLost);
+    }
+  }
+
+  Deno.removeSignalListener("SIGTERM", onTerm);
+  await stdin.cancel();
+  await commands;
+  await resource[Symbol.asyncDispose]();
+  // quit() waits for the server; a server that is gone must not hold us.
+  const quit = redis.quit().catch(() => {});
+  const late = setTimeout(() => redis.disconnect(), 1_000);
+  await quit;
+  clearTimeout(late);
+  redis.disconnect();
+  console.log(JSON.stringify({ done: proc, clientErrors }));
+}
+
+if (import.meta.main) await main(Deno.args);
