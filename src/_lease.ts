@@ -154,11 +154,18 @@ export class Lease {
   }
 
   #expire(): void {
+    // A renewal still in flight at the deadline is as good as timed out.
+    const cause = this.#renewing
+      ? new DOMException(
+        "A renewal was unanswered at the deadline",
+        "TimeoutError",
+      )
+      : this.#error;
     this.lose(
       this.#options.autoExtend
         ? "its lease ran out before a renewal succeeded"
         : "its lease ran out (autoExtend is off)",
-      this.#error,
+      cause,
     );
   }
 }
