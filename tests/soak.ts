@@ -4,8 +4,8 @@
  *
  * It starts a lock redis-server and a separate, never-faulted resource
  * redis-server, `--workers` worker processes (`_soak_worker.ts`) contending
- * for one lock and, when `tests/_chaos.ts` provides a `ChaosProxy`, routes
- * the workers' lock connections through it. Every 1–3 s the seeded nemesis
+ * for one lock and, unless --no-proxy, routes the workers' lock connections
+ * through a chaos proxy (`_chaos.ts`). Every 1–3 s the seeded nemesis
  * starts a round: it writes the round number to the resource (workers count
  * into that round's counter), lets running critical sections finish, and
  * injects one fault (or none), healing it within the round. At the end it
@@ -28,6 +28,7 @@
 
 import { parseArgs } from "node:util";
 import { type RedisServer, startRedis } from "./_redis.ts";
+import { ChaosProxy } from "./_chaos.ts";
 import type { RespClient } from "./_resp.ts";
 import {
   checkCounter,
@@ -83,33 +84,6 @@ async function within<T>(ms: number, what: string, work: Promise<T>) {
     ]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-// ---- the optional chaos proxy, loaded only if its file exists ----
-
-interface Proxy {
-  readonly port: number;
-  set(mode: "pass" | "blackhole" | "drop-replies" | "hold-replies"): void;
-  delay(upMs: number, downMs: number): void;
-  reset(): void;
-  close(): Promise<void>;
-}
-
-async function startProxy(target: number): Promise<Proxy | undefined> {
-  const url = new URL("./_chaos.ts", import.meta.url);
-  try {
-    await Deno.stat(url);
-  } catch {
-    return undefined;
-  }
-  try {
-    const module = await import(url.href);
-    if (typeof module.ChaosProxy?.start !== "function") return undefined;
-    return await module.ChaosProxy.start(target);
-  } catch (error) {
-    console.log(`note: no chaos proxy, as _chaos.ts failed: ${error}`);
-    return undefined;
   }
 }
 
@@ -306,7 +280,7 @@ interface Soak {
   random: () => number;
   lock: RedisServer;
   lockSide: RespClient;
-  proxy: Proxy | undefined;
+  proxy: ChaosProxy | undefined;
   workers: WorkerProcess[];
   restart(slot: number): Promise<void>;
 }
@@ -491,7 +465,7 @@ async function main(args: string[]): Promise<number> {
   await using resource = await startRedis();
   await using lockSide = await lock.connect();
   await using resourceSide = await resource.connect();
-  const proxy = opts.useProxy ? await startProxy(lock.port) : undefined;
+  const proxy = opts.useProxy ? await ChaosProxy.start(lock.port) : undefined;
   const target = proxy?.port ?? lock.port;
   log(
     `lock redis :${lock.port}, resource redis :${resource.port}, ${
