@@ -481,7 +481,6 @@ Deno.test("auto-extension racing release() 10 000 times never aborts a released 
           const where = `lane ${lane} round ${round} (${moment})`;
           // ttl 10 renews every ~2.6 ms: renewals and releases interleave.
           const lock = await Lock.acquire(client, `race-${lane}`, { ttl });
-          const grantedUntil = lock.validUntil;
           const deletedBefore = client.deleted;
           client.renewals.length = 0;
           const signal = lock.signal;
