@@ -34,6 +34,17 @@ Deno.bench({
   },
 });
 
+// The floor: the same two round trips without the library (no token check
+// on delete, no validity, no renewal), to show what the library costs.
+Deno.bench({
+  name: "raw SET NX PX + DEL, no library (ioredis 6)",
+  group: "uncontended",
+  async fn() {
+    await ioredis.set("raw", "token", "PX", 30_000, "NX");
+    await ioredis.del("raw");
+  },
+});
+
 Deno.bench({
   name: "acquire + release (node-redis 6)",
   group: "uncontended",
