@@ -1,28 +1,9 @@
 import assert from "node:assert/strict";
-import { Lock, LockTimeoutError, type ScriptClient } from "../mod.ts";
+import { Lock, LockTimeoutError } from "../mod.ts";
 import { backoff } from "../src/backoff.ts";
 import { startRedis } from "./_redis.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
-
-/** A real connection (the `@db/redis` shape) that counts every script call it forwards. */
-class CountingClient implements ScriptClient {
-  calls = 0;
-  #inner: DbRedisShape;
-
-  constructor(connection: RespClient) {
-    this.#inner = new DbRedisShape(connection);
-  }
-
-  eval(script: string, keys: string[], args: string[]): Promise<unknown> {
-    this.calls++;
-    return this.#inner.eval(script, keys, args);
-  }
-
-  evalsha(sha1: string, keys: string[], args: string[]): Promise<unknown> {
-    this.calls++;
-    return this.#inner.evalsha(sha1, keys, args);
-  }
-}
+import { DbRedisShape } from "./_resp.ts";
+import { CountingClient } from "./_util.ts";
 
 /** The largest number below 1, the top of `Math.random()`'s range. */
 const ALMOST_ONE = 1 - Number.EPSILON / 2;
@@ -94,7 +75,7 @@ Deno.test("Lock.acquire() backs off exponentially while waiting and gives up aft
     "busy",
     { ttl: 2000, autoExtend: false },
   );
-  const waiter = new CountingClient(waiterConnection);
+  const waiter = new CountingClient(new DbRedisShape(waiterConnection));
   const started = performance.now();
   const error = await Lock.acquire(waiter, "busy", { timeout: 1000 }).then(
     () => assert.fail("acquired a held lock"),
@@ -119,7 +100,7 @@ Deno.test("Lock.acquire() never sleeps past the holder's remaining lease", async
   await using holderConnection = await server.connect();
   await using waiterConnection = await server.connect();
   const holderClient = new DbRedisShape(holderConnection);
-  const waiter = new CountingClient(waiterConnection);
+  const waiter = new CountingClient(new DbRedisShape(waiterConnection));
   // With retryDelay 1000 every wait would be up to 1 s long (2 s bound, 1 s
   // cap); only the PTTL bound makes the waiter wake when the lease runs out.
   const variants = [

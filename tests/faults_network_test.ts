@@ -10,6 +10,7 @@ import {
 import { ChaosProxy } from "./_chaos.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
+import { abortedAt, sleep, within } from "./_util.ts";
 
 // Network faults between the client and Redis, injected by the chaos proxy
 // in _chaos.ts; assertions go over a side connection straight to Redis.
@@ -101,29 +102,6 @@ function recording(inner: ScriptClient): Recorder {
   };
 }
 
-const sleep = (ms: number) =>
-  new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
-
-/** Settles with `promise`, or fails after `ms`: a broken lock must fail a test, not hang it. */
-async function within<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what} did not happen within ${ms} ms`)),
-      ms,
-    );
-  });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** Polls until `condition` holds: a server-side effect we can only observe. */
 async function until(
   condition: () => Promise<boolean>,
@@ -135,17 +113,6 @@ async function until(
     assert.ok(performance.now() < deadline, `${what} within ${ms} ms`);
     await sleep(2);
   }
-}
-
-/** Resolves with the monotonic time at which `signal` aborts; fails after `ms`. */
-function abortedAt(signal: AbortSignal, ms = 5_000): Promise<number> {
-  if (signal.aborted) return Promise.resolve(performance.now());
-  const { promise, resolve } = Promise.withResolvers<number>();
-  const onAbort = () => resolve(performance.now());
-  signal.addEventListener("abort", onAbort, { once: true });
-  return within(promise, ms, "the abort of lock.signal").finally(() =>
-    signal.removeEventListener("abort", onAbort)
-  );
 }
 
 /** Runs `fn`, which must reject within `ms`; returns the error and how long it took. */

@@ -9,6 +9,7 @@ import {
 } from "../mod.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { sleep, within } from "./_util.ts";
 
 // Faults injected inside this process, against a real redis-server: a
 // blocked event loop (F4), wall-clock jumps (F23), renewal racing release
@@ -173,25 +174,7 @@ async function setup() {
   };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const macrotask = () => new Promise((r) => setTimeout(r, 0));
-
-/** Settles with `promise`, or rejects after `ms` so a broken lock cannot hang the suite. */
-async function within<T>(
-  promise: Promise<T>,
-  ms: number,
-  message: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Blocks the event loop, as a long synchronous computation or a GC pause would. */
 function busyLoop(ms: number): void {

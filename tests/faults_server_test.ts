@@ -13,6 +13,7 @@ import {
 } from "../mod.ts";
 import { freePort, type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { abortedAt, sleep, within } from "./_util.ts";
 
 // Server-side faults (reliability.md (b), F8–F35), each injected by the
 // server's own means: stopping or restarting it, DEBUG SLEEP, SIGSTOP,
@@ -24,38 +25,6 @@ const HOST = "127.0.0.1";
 const SLACK = 250;
 // "Promptly": far below the 5 s timeout and commandTimeout the calls get.
 const PROMPT = 1_000;
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Resolves with the monotonic time at which `signal` aborts. */
-function abortedAt(signal: AbortSignal): Promise<number> {
-  if (signal.aborted) return Promise.resolve(performance.now());
-  return new Promise((resolve) =>
-    signal.addEventListener("abort", () => resolve(performance.now()), {
-      once: true,
-    })
-  );
-}
-
-/** Rejects with a message naming `what` when `promise` takes longer than `ms`. */
-async function within<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what} did not happen within ${ms} ms`)),
-      ms,
-    );
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Runs `start` and returns its rejection and how long it took; fails if it resolves. */
 async function rejection(

@@ -8,6 +8,7 @@ import {
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { abortedAt, CountingClient, sleep } from "./_util.ts";
 
 // Core semantics against a real redis-server. The client is the @db/redis
 // shape over a Deno socket, so the sanitizers see its resources too.
@@ -36,22 +37,6 @@ async function setup(): Promise<Env> {
   };
 }
 
-/** A client that forwards to `inner` and counts script calls. */
-function counting(inner: ScriptClient): ScriptClient & { calls: number } {
-  const client = {
-    calls: 0,
-    eval(script: string, keys: string[], args: string[]) {
-      client.calls++;
-      return inner.eval(script, keys, args);
-    },
-    evalsha(sha: string, keys: string[], args: string[]) {
-      client.calls++;
-      return inner.evalsha!(sha, keys, args);
-    },
-  };
-  return client;
-}
-
 /**
  * A client that forwards to `inner` and resolves `released` once a release
  * script (the only script with a single argument, the token) has answered.
@@ -70,18 +55,6 @@ function watchingReleases(inner: ScriptClient): ScriptClient & {
     evalsha: (sha, keys, args) => watch(args, inner.evalsha!(sha, keys, args)),
   };
 }
-
-/** Resolves with the monotonic time at which `signal` aborts. */
-function abortedAt(signal: AbortSignal): Promise<number> {
-  if (signal.aborted) return Promise.resolve(performance.now());
-  return new Promise((resolve) =>
-    signal.addEventListener("abort", () => resolve(performance.now()), {
-      once: true,
-    })
-  );
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 Deno.test("Lock.acquire() sets the key to its token with a ttl lease and honest validity", async () => {
   await using env = await setup();
@@ -131,7 +104,7 @@ Deno.test("await using releases the lock on scope exit, also when the body throw
 Deno.test("Lock.tryAcquire() returns null while another owner holds the lock", async () => {
   await using env = await setup();
   await using holder = await Lock.acquire(env.redis, "busy");
-  const calls = counting(env.redis);
+  const calls = new CountingClient(env.redis);
   {
     await using other = await Lock.tryAcquire(calls, "busy");
     assert.equal(other, null);
@@ -161,7 +134,7 @@ Deno.test("Lock.acquire() rejects with LockTimeoutError once timeout ms have pas
 Deno.test("Lock.acquire() with timeout 0 makes exactly one attempt", async () => {
   await using env = await setup();
   await using _holder = await Lock.acquire(env.redis, "busy");
-  const calls = counting(env.redis);
+  const calls = new CountingClient(env.redis);
   await assert.rejects(
     Lock.acquire(calls, "busy", { timeout: 0 }),
     LockTimeoutError,

@@ -1,27 +1,8 @@
 import assert from "node:assert/strict";
-import { Lock, type ScriptClient } from "../mod.ts";
+import { Lock } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
-
-/** A real connection (the `@db/redis` shape) that counts every script call it forwards. */
-class CountingClient implements ScriptClient {
-  calls = 0;
-  #inner: DbRedisShape;
-
-  constructor(connection: RespClient) {
-    this.#inner = new DbRedisShape(connection);
-  }
-
-  eval(script: string, keys: string[], args: string[]): Promise<unknown> {
-    this.calls++;
-    return this.#inner.eval(script, keys, args);
-  }
-
-  evalsha(sha1: string, keys: string[], args: string[]): Promise<unknown> {
-    this.calls++;
-    return this.#inner.evalsha(sha1, keys, args);
-  }
-}
+import { CountingClient } from "./_util.ts";
 
 /** Asserts that the server holds no key and never ran a script (nor any command but our own checks). */
 async function assertUntouched(side: RespClient): Promise<void> {
@@ -291,7 +272,7 @@ Deno.test("Lock rejects every bad input of the table with TypeError/RangeError b
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
-  const counting = new CountingClient(connection);
+  const counting = new CountingClient(new DbRedisShape(connection));
   const args = (c: Case) =>
     [
       "client" in c ? c.client : counting,
@@ -353,7 +334,7 @@ Deno.test("lock.acquire() and lock.extend() with bad input on a held lock send n
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
-  const counting = new CountingClient(connection);
+  const counting = new CountingClient(new DbRedisShape(connection));
   await using lock = await Lock.acquire(counting, NAME, {
     ttl: 60_000,
     autoExtend: false,
@@ -380,7 +361,7 @@ Deno.test("Lock.acquire() with an already-aborted signal rejects with exactly si
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
-  const counting = new CountingClient(connection);
+  const counting = new CountingClient(new DbRedisShape(connection));
   const reasons: [string, AbortSignal][] = [
     ["a custom reason", AbortSignal.abort(new Error("shutting down"))],
     ["a non-Error reason", AbortSignal.abort("stop")],
@@ -408,7 +389,7 @@ Deno.test("Lock accepts every valid edge value and acquires and releases with it
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
-  const counting = new CountingClient(connection);
+  const counting = new CountingClient(new DbRedisShape(connection));
 
   /** Acquires `name` with `options`, checks Redis holds our token, releases, checks the key is gone. */
   async function roundTrip(

@@ -1,0 +1,66 @@
+/**
+ * Small helpers shared by the tests.
+ *
+ * @module
+ */
+
+import type { ScriptClient } from "../mod.ts";
+
+/** Resolves after `ms` (only for waiting out real time, never to synchronize). */
+export const sleep = (ms: number): Promise<void> =>
+  new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+
+/**
+ * Settles with `promise`, or rejects naming `what` after `ms`: a broken lock
+ * must fail a test, not hang it.
+ */
+export async function within<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what} did not happen within ${ms} ms`)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Resolves with the monotonic time at which `signal` aborts; fails after `ms`. */
+export function abortedAt(signal: AbortSignal, ms = 5_000): Promise<number> {
+  if (signal.aborted) return Promise.resolve(performance.now());
+  const { promise, resolve } = Promise.withResolvers<number>();
+  const onAbort = () => resolve(performance.now());
+  signal.addEventListener("abort", onAbort, { once: true });
+  return within(promise, ms, "the abort of lock.signal").finally(() =>
+    signal.removeEventListener("abort", onAbort)
+  );
+}
+
+/** A client that forwards to a real one and counts every script call. */
+export class CountingClient implements ScriptClient {
+  /** Script calls forwarded so far. */
+  calls = 0;
+  #inner: ScriptClient;
+
+  constructor(inner: ScriptClient) {
+    this.#inner = inner;
+  }
+
+  eval(script: string, keys: string[], args: string[]): Promise<unknown> {
+    this.calls++;
+    return this.#inner.eval(script, keys, args);
+  }
+
+  evalsha(sha1: string, keys: string[], args: string[]): Promise<unknown> {
+    this.calls++;
+    return this.#inner.evalsha!(sha1, keys, args);
+  }
+}
