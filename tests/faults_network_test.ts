@@ -172,6 +172,31 @@ interface Env extends AsyncDisposable {
   ioredisViaProxy(): Promise<Recorder>;
 }
 
+/**
+ * Starts an acquire whose reply the proxy drops, and resolves once the
+ * server has applied it: the acquire's outcome is unknown to the client.
+ */
+async function acquireWithLostReply(
+  env: Env,
+  client: Recorder,
+  name: string,
+  ttl: number,
+): Promise<{ acquiring: Promise<Lock>; attempt: Call }> {
+  env.proxy.set("drop-replies");
+  const from = client.calls.length;
+  const acquiring = Lock.acquire(client, name, { ttl, timeout: 5_000 });
+  acquiring.catch(() => {});
+  const attempt = await client.call((call) =>
+    client.calls.indexOf(call) >= from && call.kind === "acquire"
+  );
+  await until(
+    async () =>
+      await env.side.send("GET", `deadbolt:{${name}}`) === attempt.token,
+    "the server applied the acquire",
+  );
+  return { acquiring, attempt };
+}
+
 async function setup(): Promise<Env> {
   const server = await startRedis();
   const proxy = await ChaosProxy.start(server.port);
@@ -348,16 +373,11 @@ Deno.test("an acquire whose reply is lost on a connection that dies blocks a new
   const ttl = 1_000;
   const key = "deadbolt:{ambiguous}";
   const client = await env.viaProxy();
-  env.proxy.set("drop-replies");
-  const from = client.calls.length;
-  const acquiring = Lock.acquire(client, "ambiguous", { ttl, timeout: 5_000 });
-  acquiring.catch(() => {});
-  const attempt = await client.call((call) =>
-    client.calls.indexOf(call) >= from && call.kind === "acquire"
-  );
-  await until(
-    async () => await env.side.send("GET", key) === attempt.token,
-    "the server applied the acquire",
+  const { acquiring, attempt } = await acquireWithLostReply(
+    env,
+    client,
+    "ambiguous",
+    ttl,
   );
   const orphanExpiry = performance.now() +
     (await env.side.send("PTTL", key) as number);
@@ -437,16 +457,11 @@ Deno.test("an acquire whose reply was lost adopts its own grant when ioredis res
   const ttl = 3_000;
   const key = "deadbolt:{adopt}";
   const client = await env.ioredisViaProxy();
-  env.proxy.set("drop-replies");
-  const from = client.calls.length;
-  const acquiring = Lock.acquire(client, "adopt", { ttl, timeout: 5_000 });
-  acquiring.catch(() => {});
-  const attempt = await client.call((call) =>
-    client.calls.indexOf(call) >= from && call.kind === "acquire"
-  );
-  await until(
-    async () => await env.side.send("GET", key) === attempt.token,
-    "the server applied the acquire",
+  const { acquiring, attempt } = await acquireWithLostReply(
+    env,
+    client,
+    "adopt",
+    ttl,
   );
   env.proxy.reset();
   env.proxy.set("pass");
