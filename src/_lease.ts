@@ -52,7 +52,7 @@ export class Lease {
   /** Starts a lease granted by a request sent at `sent` (monotonic ms). */
   constructor(sent: number, options: LeaseOptions) {
     this.#options = options;
-    this.#margin = Math.min(25, validity(options.ttl) / 10);
+    this.#margin = lossMargin(options.ttl);
     this.#validFrom = sent;
     this.#setValidity(sent, sent + validity(options.ttl));
   }
@@ -72,7 +72,7 @@ export class Lease {
 
   /** Whether a grant sent at `sent` would leave any validity now. */
   static fresh(sent: number, ttl: number): boolean {
-    return now() < sent + validity(ttl) - Math.min(25, validity(ttl) / 10);
+    return now() < sent + validity(ttl) - lossMargin(ttl);
   }
 
   /** Records an extension to `ttl` ms, requested at `sent`. */
