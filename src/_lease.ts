@@ -10,6 +10,10 @@ const DRIFT_FACTOR = 0.01;
  */
 export const validity = (ttl: number): number => ttl - (ttl * DRIFT_FACTOR + 2);
 
+// Loss is declared this long before validity runs out, so that a timer
+// firing a few ms late still aborts in time.
+const lossMargin = (ttl: number): number => Math.min(25, validity(ttl) / 10);
+
 /** What a {@linkcode Lease} needs from its lock. */
 export interface LeaseOptions {
   /** The lease length in ms. */
