@@ -14,6 +14,7 @@ import { lockKeys } from "./keys.ts";
 import { ACQUIRE, EXTEND, RELEASE, runScript, toIntegers } from "./scripts.ts";
 import { delay, now, settle } from "./_timers.ts";
 import { Lease } from "./_lease.ts";
+import { type LocalQueue, localQueue, wakeLocal } from "./_queue.ts";
 import {
   checkInteger,
   checkName,
@@ -347,6 +348,7 @@ export class Lock implements AsyncDisposable {
       const reply = await this.#settle(
         runScript(this.#client, RELEASE, [this.key], [this.#token]),
       );
+      wakeLocal(this.#client, this.key);
       return toIntegers(reply, 1)[0] === 1;
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
@@ -362,6 +364,33 @@ export class Lock implements AsyncDisposable {
   ): Promise<void> {
     const started = now();
     const deadline = started + wait.timeout;
+    // Waiters in this process take turns; one attempt (tryAcquire) does not
+    // queue: it may barge in, as a non-blocking try is expected to.
+    const queue = wait.timeout > 0
+      ? localQueue(this.#client, this.key)
+      : undefined;
+    if (queue && !await queue.enter(signal, deadline)) {
+      throw new LockTimeoutError(
+        this.name,
+        now() - started,
+        queue.remainingTtl,
+      );
+    }
+    try {
+      await this.#contend(action, wait, signal, started, deadline, queue);
+    } finally {
+      queue?.leave();
+    }
+  }
+
+  async #contend(
+    action: string,
+    wait: WaitSettings,
+    signal: AbortSignal,
+    started: number,
+    deadline: number,
+    queue: LocalQueue | undefined,
+  ): Promise<void> {
     const keys = [this.key, this.#fenceKey];
     const fencing = this.#settings.fencing ? "1" : "0";
     let token = crypto.randomUUID();
@@ -418,7 +447,9 @@ export class Lock implements AsyncDisposable {
       }
       let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
       if (code === 0 && value >= 0) pause = Math.min(pause, value);
-      await delay(Math.min(pause, left), signal);
+      if (code === 0 && queue) queue.remainingTtl = value;
+      pause = Math.min(pause, left);
+      await (queue ? queue.sleep(pause, signal) : delay(pause, signal));
     }
   }
 

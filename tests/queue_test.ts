@@ -1,0 +1,110 @@
+import assert from "node:assert/strict";
+import { Lock, LockTimeoutError } from "../mod.ts";
+import { startRedis } from "./_redis.ts";
+import { DbRedisShape } from "./_resp.ts";
+import { CountingClient, sleep } from "./_util.ts";
+
+// Waiters in one process on one lock queue locally: first come, first
+// served, one contender in Redis, and a local release wakes the next at once.
+
+async function setup() {
+  const server = await startRedis();
+  const conn = await server.connect();
+  const redis = new CountingClient(new DbRedisShape(conn));
+  return {
+    redis,
+    async [Symbol.asyncDispose]() {
+      await conn[Symbol.asyncDispose]();
+      await server.stop();
+    },
+  };
+}
+
+Deno.test("waiters in one process get the lock in the order they asked for it", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "fifo");
+  const order: number[] = [];
+  const waiters = Array.from({ length: 10 }, async (_, i) => {
+    await using _lock = await Lock.acquire(env.redis, "fifo", {
+      timeout: 10_000,
+    });
+    order.push(i);
+  });
+  await sleep(50);
+  await holder.release();
+  await Promise.all(waiters);
+  assert.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+});
+
+Deno.test("a release in this process wakes the next local waiter at once, not after a backoff sleep", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "handoff");
+  // Backoff waits of up to 2 s: without a wake the handoff would take long.
+  const waiting = Lock.acquire(env.redis, "handoff", {
+    timeout: 10_000,
+    retryDelay: 2_000,
+    maxRetryDelay: 2_000,
+  });
+  await sleep(100);
+  const released = performance.now();
+  await holder.release();
+  await using next = await waiting;
+  const handoff = performance.now() - released;
+  assert.ok(next.held);
+  assert.ok(handoff < 50, `handoff took ${handoff} ms`);
+});
+
+Deno.test("only the head of the local queue polls Redis", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "polite");
+  const before = env.redis.calls;
+  const waiters = Array.from(
+    { length: 20 },
+    () =>
+      Lock.acquire(env.redis, "polite", { timeout: 10_000 }).then((lock) =>
+        lock.release()
+      ),
+  );
+  await sleep(500);
+  const whileHeld = env.redis.calls - before;
+  await holder.release();
+  await Promise.all(waiters);
+  // One head backing off from 5 ms for 500 ms makes about 10 attempts;
+  // 20 independent pollers would make about 200.
+  assert.ok(whileHeld <= 20, `${whileHeld} script calls while held`);
+});
+
+Deno.test("a queued waiter that times out or is aborted leaves the queue and the rest are served", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "leave");
+  const first = Lock.acquire(env.redis, "leave", { timeout: 10_000 });
+  const controller = new AbortController();
+  const aborted = Lock.acquire(env.redis, "leave", {
+    timeout: 10_000,
+    signal: controller.signal,
+  });
+  const started = performance.now();
+  const timedOut = Lock.acquire(env.redis, "leave", { timeout: 200 });
+  const last = Lock.acquire(env.redis, "leave", { timeout: 10_000 });
+  await assert.rejects(timedOut, LockTimeoutError);
+  const took = performance.now() - started;
+  assert.ok(took >= 200 && took < 350, `timed out after ${took} ms`);
+  const reason = new Error("stop");
+  controller.abort(reason);
+  await assert.rejects(aborted, (error) => error === reason);
+  await holder.release();
+  await (await first).release();
+  await using lastLock = await last;
+  assert.ok(lastLock.held);
+});
+
+Deno.test("tryAcquire does not queue behind local waiters", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "barge");
+  const waiting = Lock.acquire(env.redis, "barge", { timeout: 10_000 });
+  const started = performance.now();
+  assert.equal(await Lock.tryAcquire(env.redis, "barge"), null);
+  assert.ok(performance.now() - started < 50);
+  await holder.release();
+  await (await waiting).release();
+});
