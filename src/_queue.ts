@@ -1,4 +1,5 @@
 import type { ScriptClient } from "./client.ts";
+import type { Subscribe } from "./_subscriber.ts";
 import { now } from "./_timers.ts";
 import { MAX_TIMER_MS } from "./_validate.ts";
 
@@ -8,13 +9,15 @@ import { MAX_TIMER_MS } from "./_validate.ts";
  * Only the head contends in Redis; the others wait for their turn, so N local
  * waiters cost the server what one does, and they are served first come,
  * first served. A release made in this process wakes the head at once, so a
- * local handoff costs a round trip instead of a backoff sleep.
+ * local handoff costs a round trip instead of a backoff sleep; where the
+ * client can subscribe, a release in another process wakes it too.
  */
 export class LocalQueue {
   #waiters: PromiseWithResolvers<void>[] = [];
   #wake: (() => void) | undefined;
   #woken = false;
   #onEmpty: () => void;
+  #unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
 
   /** The holder's remaining lease as the last head saw it (for timeouts). */
   remainingTtl = -1;
@@ -95,7 +98,18 @@ export class LocalQueue {
     });
   }
 
-  /** Tells the head that the lock was just released in this process. */
+  /**
+   * Wakes the head on every message to `channel` from now until the queue
+   * empties. It does not wait for the subscription: until it is set up, a
+   * release costs the head a backoff sleep, as without one.
+   */
+  watch(subscribe: Subscribe, channel: string): void {
+    this.#unwatch ??= subscribe(channel, () => this.wake()).catch(() =>
+      undefined
+    );
+  }
+
+  /** Tells the head that the lock was just released (here or elsewhere). */
   wake(): void {
     if (this.#wake) this.#wake();
     else this.#woken = true;
@@ -109,7 +123,11 @@ export class LocalQueue {
       this.#woken = false;
       this.#waiters[0]?.resolve();
     }
-    if (this.#waiters.length === 0) this.#onEmpty();
+    if (this.#waiters.length === 0) {
+      this.#onEmpty();
+      this.#unwatch?.then((stop) => stop?.()).catch(() => {});
+      this.#unwatch = undefined;
+    }
   }
 }
 

@@ -1,3 +1,5 @@
+import { sharedSubscriber } from "./_subscriber.ts";
+
 /**
  * What deadbolt needs from a Redis client: run a Lua script with keys and
  * arguments. `@db/redis` and `@upstash/redis` clients have exactly this shape
@@ -33,6 +35,17 @@ export interface ScriptClient {
    * needed only for the `waitReplicas` option.
    */
   wait?(numreplicas: number, timeout: number): Promise<unknown>;
+  /**
+   * Calls `listener` on every pub/sub message to `channel` and resolves with
+   * a function that stops it. When present, a waiter is woken as soon as the
+   * holder releases, instead of at its next backoff attempt; the ioredis and
+   * node-redis adapters provide it over one extra connection per client,
+   * open only while some lock is waited for.
+   */
+  subscribe?(
+    channel: string,
+    listener: () => void,
+  ): Promise<() => Promise<void>>;
 }
 
 /** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
@@ -53,6 +66,20 @@ export interface IoredisClient {
   defineCommand(name: string, definition: { lua: string }): unknown;
   /** `WAIT`, for the `waitReplicas` option. */
   wait?(numreplicas: number, timeout: number): Promise<unknown>;
+  /** A new connection with the same options, for pub/sub wake-ups. */
+  duplicate?(): IoredisSubscriber;
+}
+
+/** The part of an ioredis connection used to subscribe. */
+export interface IoredisSubscriber {
+  /** `SUBSCRIBE`. */
+  subscribe(channel: string): Promise<unknown>;
+  /** `UNSUBSCRIBE`. */
+  unsubscribe(channel: string): Promise<unknown>;
+  /** Listens for messages. */
+  on(event: "message", listener: (channel: string) => void): unknown;
+  /** Closes the connection. */
+  disconnect(): void;
 }
 
 /** The keys-and-arguments option of node-redis' `eval` and `evalSha`. */
@@ -71,6 +98,22 @@ export interface NodeRedisClient {
   evalSha(sha1: string, options: NodeRedisEvalOptions): Promise<unknown>;
   /** `WAIT`, for the `waitReplicas` option. */
   wait?(numreplicas: number, timeout: number): Promise<unknown>;
+  /** A new client with the same options, for pub/sub wake-ups. */
+  duplicate?(): NodeRedisSubscriber;
+}
+
+/** The part of a node-redis client used to subscribe. */
+export interface NodeRedisSubscriber {
+  /** Connects the duplicate. */
+  connect(): Promise<unknown>;
+  /** `SUBSCRIBE` with a listener. */
+  subscribe(channel: string, listener: () => void): Promise<unknown>;
+  /** `UNSUBSCRIBE`. */
+  unsubscribe(channel: string): Promise<unknown>;
+  /** Closes the connection (node-redis 5 and 6). */
+  close?(): Promise<unknown>;
+  /** Closes the connection (node-redis 4). */
+  quit?(): Promise<unknown>;
 }
 
 /** The part of Bun's built-in `RedisClient` (Bun ≥ 1.2.9) that deadbolt uses. */
@@ -126,6 +169,17 @@ export function fromIoredis(client: IoredisClient): ScriptClient {
     evalsha: (sha1, keys, args) =>
       client.evalsha(sha1, keys.length, ...keys, ...args),
     ...bindWait(client),
+    ...(typeof client.duplicate === "function" && {
+      subscribe: sharedSubscriber((deliver) => {
+        const subscriber = client.duplicate!();
+        subscriber.on("message", deliver);
+        return Promise.resolve({
+          subscribe: (channel) => subscriber.subscribe(channel),
+          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+          close: () => Promise.resolve(subscriber.disconnect()),
+        });
+      }),
+    }),
   };
 }
 
@@ -151,6 +205,18 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
     evalsha: (sha1, keys, args) =>
       client.evalSha(sha1, { keys, arguments: args }),
     ...bindWait(client),
+    ...(typeof client.duplicate === "function" && {
+      subscribe: sharedSubscriber(async (deliver) => {
+        const subscriber = client.duplicate!();
+        await subscriber.connect();
+        return {
+          subscribe: (channel) =>
+            subscriber.subscribe(channel, () => deliver(channel)),
+          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+          close: () => (subscriber.close ?? subscriber.quit)!.call(subscriber),
+        };
+      }),
+    }),
   };
 }
 
@@ -267,6 +333,10 @@ function bindScriptClient(client: ScriptClient): ScriptClient {
   };
   if (typeof client.evalsha === "function") {
     adapted.evalsha = (sha1, keys, args) => client.evalsha!(sha1, keys, args);
+  }
+  if (typeof client.subscribe === "function") {
+    adapted.subscribe = (channel, listener) =>
+      client.subscribe!(channel, listener);
   }
   return Object.assign(adapted, bindWait(client));
 }

@@ -13,6 +13,8 @@ export interface LockKeys {
   readonly lock: string;
   /** The fence counter, never expired nor deleted: `<prefix>{<name>}:fence`. */
   readonly fence: string;
+  /** The pub/sub channel a release publishes on: `<prefix>{<name>}:released`. */
+  readonly released: string;
 }
 
 /** Computes the keys of the lock `name` under `prefix`. */
@@ -20,5 +22,5 @@ export function lockKeys(prefix: string, name: string): LockKeys {
   const tag = `${prefix}{${
     name.replace(/[%}]/g, (c) => c === "%" ? "%25" : "%7D")
   }}`;
-  return { lock: tag, fence: `${tag}:fence` };
+  return { lock: tag, fence: `${tag}:fence`, released: `${tag}:released` };
 }

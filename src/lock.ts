@@ -73,6 +73,7 @@ export class Lock implements AsyncDisposable {
   readonly key: string;
 
   #fenceKey: string;
+  #channel: string;
   #client: ScriptClient;
   #settings: LockSettings;
   #token: string = crypto.randomUUID();
@@ -109,6 +110,7 @@ export class Lock implements AsyncDisposable {
     const keys = lockKeys(this.#settings.prefix, name);
     this.key = keys.lock;
     this.#fenceKey = keys.fence;
+    this.#channel = keys.released;
   }
 
   /**
@@ -346,7 +348,9 @@ export class Lock implements AsyncDisposable {
     lease?.end();
     try {
       const reply = await this.#settle(
-        runScript(this.#client, RELEASE, [this.key], [this.#token]),
+        runScript(this.#client, RELEASE, [this.key, this.#channel], [
+          this.#token,
+        ]),
       );
       wakeLocal(this.#client, this.key);
       return toIntegers(reply, 1)[0] === 1;
@@ -447,7 +451,12 @@ export class Lock implements AsyncDisposable {
       }
       let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
       if (code === 0 && value >= 0) pause = Math.min(pause, value);
-      if (code === 0 && queue) queue.remainingTtl = value;
+      if (code === 0 && queue) {
+        queue.remainingTtl = value;
+        if (this.#client.subscribe) {
+          queue.watch(this.#client.subscribe, this.#channel);
+        }
+      }
       pause = Math.min(pause, left);
       await (queue ? queue.sleep(pause, signal) : delay(pause, signal));
     }

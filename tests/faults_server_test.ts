@@ -1082,6 +1082,8 @@ Deno.test("100 000 names acquired and released leave no key behind, and fencing 
 
 // What the scripts call, beside the script commands themselves.
 const SCRIPT_COMMANDS = "+get +set +pexpire +pttl +incr +del";
+// Wake-on-release: the release script publishes, a waiter subscribes.
+const WAKE_COMMANDS = "+publish +subscribe +unsubscribe &deadbolt:*";
 
 async function addUser(
   side: RespClient,
@@ -1137,8 +1139,9 @@ Deno.test("least privilege: an ACL user with only the scripts' commands locks wi
   await t.step("ACL", async (t) => {
     await using server = await startRedis();
     await using side = await server.connect();
-    await addUser(side, "locker", SCRIPT_COMMANDS);
+    await addUser(side, "locker", `${SCRIPT_COMMANDS} ${WAKE_COMMANDS}`);
     await addUser(side, "noincr", SCRIPT_COMMANDS.replace(" +incr", ""));
+    await addUser(side, "nowake", SCRIPT_COMMANDS);
     // enableReadyCheck runs INFO, which these users may not.
     const user = (username: string) =>
       openIoredis(server.port, {
@@ -1172,6 +1175,38 @@ Deno.test("least privilege: an ACL user with only the scripts' commands locks wi
           assert.deepEqual(await side.send("ACL", "LOG"), [], "nothing denied");
         } finally {
           await opened.close();
+        }
+      },
+    );
+
+    await t.step(
+      "without pub/sub rights, locking works and waiters fall back to backoff",
+      async () => {
+        const holder = await user("nowake");
+        const waiter = await user("nowake");
+        try {
+          await side.send("ACL", "LOG", "RESET");
+          const lock = await Lock.acquire(holder.client, "nowake");
+          const waiting = Lock.acquire(waiter.client, "nowake", {
+            timeout: 5_000,
+          });
+          await sleep(100);
+          // The release's PUBLISH is refused inside a PCALL: still released.
+          assert.equal(await lock.release(), true);
+          await using next = await waiting;
+          assert.ok(next.held);
+          const denied = (await side.send("ACL", "LOG") as string[][])
+            .map((entry) => entry[entry.indexOf("object") + 1]);
+          assert.ok(denied.length > 0, "publish was not even tried");
+          assert.ok(
+            denied.every((object) =>
+              /^(publish|subscribe|deadbolt:)/.test(object)
+            ),
+            `denied: ${denied}`,
+          );
+        } finally {
+          await holder.close();
+          await waiter.close();
         }
       },
     );

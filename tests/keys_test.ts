@@ -96,7 +96,7 @@ function pipeline(
   return Promise.all(commands.map(([cmd, ...args]) => side.send(cmd, ...args)));
 }
 
-Deno.test("Lock maps an ordinary name to deadbolt:{name} and its fence counter to deadbolt:{name}:fence", async () => {
+Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to deadbolt:{name}:fence and its channel to deadbolt:{name}:released", async () => {
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
@@ -105,10 +105,12 @@ Deno.test("Lock maps an ordinary name to deadbolt:{name} and its fence counter t
     assert.deepEqual(lockKeys("deadbolt:", name), {
       lock: `deadbolt:{${name}}`,
       fence: `deadbolt:{${name}}:fence`,
+      released: `deadbolt:{${name}}:released`,
     });
     assert.deepEqual(lockKeys("app:", name), {
       lock: `app:{${name}}`,
       fence: `app:{${name}}:fence`,
+      released: `app:{${name}}:released`,
     });
     assert.equal(new Lock(client, name).key, `deadbolt:{${name}}`);
     assert.equal(new Lock(client, name, { prefix: "" }).key, `{${name}}`);
@@ -132,7 +134,8 @@ Deno.test("lockKeys() is injective, and no lock key is any name's fence key", ()
     const locks = new Map<string, string>();
     const fences = new Map<string, string>();
     for (const name of NAMES) {
-      const { lock, fence } = lockKeys(prefix, name);
+      const { lock, fence, released } = lockKeys(prefix, name);
+      assert.equal(released, `${lock}:released`);
       const clash = locks.get(lock) ?? fences.get(fence);
       assert.equal(
         clash,
@@ -157,10 +160,11 @@ Deno.test("lockKeys() is injective, and no lock key is any name's fence key", ()
 Deno.test("lockKeys() puts the whole encoded name in the hash tag of both keys, so the name can be read back", () => {
   for (const prefix of PREFIXES) {
     for (const name of NAMES.filter((name) => name !== "")) {
-      const { lock, fence } = lockKeys(prefix, name);
+      const { lock, fence, released } = lockKeys(prefix, name);
       const tag = hashTag(lock);
       assert.equal(lock, `${prefix}{${tag}}`, `tag of ${JSON.stringify(name)}`);
       assert.equal(hashTag(fence), tag);
+      assert.equal(hashTag(released), tag);
       assert.equal(decode(tag), name);
     }
   }

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { Redis } from "npm:ioredis@6";
+import { createClient } from "npm:redis@6";
 import { Lock, LockTimeoutError } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape } from "./_resp.ts";
@@ -107,4 +109,61 @@ Deno.test("tryAcquire does not queue behind local waiters", async () => {
   assert.ok(performance.now() - started < 50);
   await holder.release();
   await (await waiting).release();
+});
+
+Deno.test("a release in another process wakes a waiter through pub/sub (ioredis, node-redis)", async (t) => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const clients = async () => {
+    const holder = new Redis(server.port, "127.0.0.1");
+    const waiter = new Redis(server.port, "127.0.0.1");
+    const nodeWaiter = await createClient({ url: server.url }).connect();
+    return { holder, waiter, nodeWaiter };
+  };
+  const { holder, waiter, nodeWaiter } = await clients();
+  try {
+    for (
+      const [label, client] of [["ioredis", waiter], [
+        "node-redis",
+        nodeWaiter,
+      ]] as const
+    ) {
+      await t.step(label, async () => {
+        const baseline =
+          String(await side.send("CLIENT", "LIST")).trim().split("\n").length;
+        // A separate client stands for another process: no local queue is shared.
+        const held = await Lock.acquire(holder, "remote");
+        // Backoff waits of up to 2 s: only a notification makes this fast.
+        const waiting = Lock.acquire(client, "remote", {
+          timeout: 10_000,
+          retryDelay: 2_000,
+          maxRetryDelay: 2_000,
+        });
+        await sleep(200);
+        const released = performance.now();
+        await held.release();
+        const lock = await waiting;
+        const handoff = performance.now() - released;
+        assert.ok(handoff < 50, `handoff took ${handoff} ms`);
+        await lock.release();
+        // The subscriber connection closes once nobody waits.
+        for (let i = 0; i < 50; i++) {
+          const now =
+            String(await side.send("CLIENT", "LIST")).trim().split("\n").length;
+          if (now <= baseline) break;
+          await sleep(10);
+        }
+        const after =
+          String(await side.send("CLIENT", "LIST")).trim().split("\n").length;
+        assert.ok(
+          after <= baseline,
+          `${after - baseline} extra connection(s) left open`,
+        );
+      });
+    }
+  } finally {
+    await holder.quit();
+    await waiter.quit();
+    await nodeWaiter.close();
+  }
 });
