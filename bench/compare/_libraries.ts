@@ -1,0 +1,233 @@
+/**
+ * The locks under comparison, each behind one small interface so the
+ * workloads treat them alike. Shared by `compare.ts` and the handoff worker.
+ *
+ * Every lock gets the same lease (`TTL`). Each peer runs twice, with its own
+ * default retry policy and with a 10 ms retry interval; deadbolt runs with its
+ * defaults. redis-semaphore's default retry interval is 10 ms already, so it
+ * runs once. Versions are pinned; `npm view <name> version` found them.
+ *
+ * @module
+ */
+
+import { Redis } from "npm:ioredis@6";
+import {
+  Mutex,
+  TimeoutError as SemaphoreTimeoutError,
+} from "npm:redis-semaphore@5.8.0";
+import Redlock, {
+  ExecutionError as RedlockExecutionError,
+} from "npm:redlock@5.0.0-beta.2";
+import {
+  ExecutionError as SesameExecutionError,
+  Redlock as SesameRedlock,
+} from "npm:@sesamecare-oss/redlock@1.4.0";
+import {
+  createLock,
+  IoredisAdapter,
+  LockAcquisitionError,
+} from "npm:redlock-universal@0.8.5";
+import { Lock, LockTimeoutError } from "../../mod.ts";
+
+export { Redis };
+
+/** The lease every lock gets, in ms. */
+export const TTL = 10_000;
+
+/** A held lock. */
+export interface Held {
+  release(): Promise<unknown>;
+}
+
+/** One would-be owner of one key: acquires it, again and again. */
+export interface Contender {
+  /** Waits for the lock with the variant's retry policy; rejects when that policy gives up. */
+  acquire(): Promise<Held>;
+}
+
+/** One library with one retry policy. */
+export interface Variant {
+  /** A stable id, used in the worker protocol. */
+  id: string;
+  /** Library name and version, e.g. `redlock 5.0.0-beta.2`. */
+  library: string;
+  /** The retry policy, in words. */
+  policy: string;
+  /** false for deadbolt itself, true for the peers it is compared with. */
+  peer: boolean;
+  /**
+   * The retry interval (without jitter), in ms. Handoff holds are spread
+   * over one such interval so that a fixed-period poller's phase relative
+   * to the release is uniform, as it would be in the wild.
+   */
+  interval: number;
+  /** Sets the library up on one client; returns a factory of contenders for a key. */
+  open(redis: Redis): (key: string) => Contender;
+  /** Whether `error` is this library saying that it gave up waiting (a timeout or an exhausted retry count). */
+  gaveUp(error: unknown): boolean;
+}
+
+// Redlock v5 (and its fork) emit "error" for every refused attempt, and an
+// EventEmitter without a listener throws on "error".
+const ignore = (): void => {};
+
+function redlockVariant(
+  id: string,
+  policy: string,
+  interval: number,
+  settings: Record<string, number>,
+): Variant {
+  return {
+    id,
+    library: "redlock 5.0.0-beta.2",
+    policy,
+    peer: true,
+    interval,
+    open(redis) {
+      // deno-lint-ignore no-explicit-any
+      const redlock = new Redlock([redis as any], settings);
+      redlock.on("error", ignore);
+      return (key) => ({ acquire: () => redlock.acquire([key], TTL) });
+    },
+    gaveUp: (error) => error instanceof RedlockExecutionError,
+  };
+}
+
+function sesameVariant(
+  id: string,
+  policy: string,
+  interval: number,
+  settings: Record<string, number>,
+): Variant {
+  return {
+    id,
+    library: "@sesamecare-oss/redlock 1.4.0",
+    policy,
+    peer: true,
+    interval,
+    open(redis) {
+      const redlock = new SesameRedlock([redis], settings);
+      redlock.on("error", ignore);
+      return (key) => ({ acquire: () => redlock.acquire([key], TTL) });
+    },
+    gaveUp: (error) => error instanceof SesameExecutionError,
+  };
+}
+
+function universalVariant(
+  id: string,
+  policy: string,
+  interval: number,
+  settings: { retryAttempts?: number; retryDelay?: number },
+): Variant {
+  return {
+    id,
+    library: "redlock-universal 0.8.5",
+    policy,
+    peer: true,
+    interval,
+    open(redis) {
+      const adapter = new IoredisAdapter(redis);
+      return (key) => {
+        const lock = createLock({ adapter, key, ttl: TTL, ...settings });
+        return {
+          async acquire() {
+            const handle = await lock.acquire();
+            return { release: () => lock.release(handle) };
+          },
+        };
+      };
+    },
+    gaveUp: (error) => error instanceof LockAcquisitionError,
+  };
+}
+
+/** deadbolt, then the peers, in a fixed order (the rounds rotate it). */
+export const VARIANTS: readonly Variant[] = [
+  {
+    id: "deadbolt",
+    library: "deadbolt (this repo)",
+    policy: "defaults",
+    peer: false,
+    interval: 10,
+    open(redis) {
+      return (key) => ({
+        acquire: () => Lock.acquire(redis, key, { ttl: TTL }),
+      });
+    },
+    gaveUp: (error) => error instanceof LockTimeoutError,
+  },
+  {
+    id: "semaphore",
+    library: "redis-semaphore 5.8.0 (Mutex)",
+    policy: "default = 10 ms retry, 10 s acquire timeout",
+    peer: true,
+    interval: 10,
+    open(redis) {
+      return (key) => {
+        // One Mutex per contender: it holds one identifier and is reusable.
+        const mutex = new Mutex(redis, key, { lockTimeout: TTL });
+        return {
+          async acquire() {
+            await mutex.acquire();
+            return mutex;
+          },
+        };
+      };
+    },
+    gaveUp: (error) => error instanceof SemaphoreTimeoutError,
+  },
+  redlockVariant(
+    "redlock",
+    "default: 200 ± 100 ms retry, 10 retries",
+    200,
+    {},
+  ),
+  redlockVariant("redlock-10", "10 ms retry, no jitter, no retry limit", 10, {
+    retryDelay: 10,
+    retryJitter: 0,
+    retryCount: -1,
+  }),
+  sesameVariant("sesame", "default: 200 ± 100 ms retry, 10 retries", 200, {}),
+  sesameVariant("sesame-10", "10 ms retry, no jitter, no retry limit", 10, {
+    retryDelay: 10,
+    retryJitter: 0,
+    retryCount: -1,
+  }),
+  universalVariant("universal", "default: 100 ms retry, 3 retries", 100, {}),
+  universalVariant(
+    "universal-10",
+    "10 ms retry, no retry limit",
+    10,
+    { retryDelay: 10, retryAttempts: Number.MAX_SAFE_INTEGER },
+  ),
+];
+
+/** The variant with this id; throws on an unknown id. */
+export function variant(id: string): Variant {
+  const found = VARIANTS.find((v) => v.id === id);
+  if (!found) throw new RangeError(`Unknown variant '${id}'`);
+  return found;
+}
+
+/** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
+export const clock = (): number => performance.timeOrigin + performance.now();
+
+/** Resolves after `ms`. */
+export const sleep = (ms: number): Promise<void> =>
+  new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The lines of a byte stream, without their line ends. */
+export async function* readLines(
+  stream: ReadableStream<Uint8Array>,
+): AsyncGenerator<string> {
+  let buffer = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    buffer += chunk;
+    for (let end = buffer.indexOf("\n"); end >= 0; end = buffer.indexOf("\n")) {
+      yield buffer.slice(0, end);
+      buffer = buffer.slice(end + 1);
+    }
+  }
+  if (buffer) yield buffer;
+}
