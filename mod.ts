@@ -46,8 +46,10 @@ export type {
   BunRedisClient,
   GlideClient,
   IoredisClient,
+  IoredisSubscriber,
   NodeRedisClient,
   NodeRedisEvalOptions,
+  NodeRedisSubscriber,
   RedisClient,
   ScriptClient,
 } from "./src/client.ts";
