@@ -27,14 +27,21 @@ export class LocalQueue {
   }
 
   /**
-   * Joins the queue and resolves once this waiter is at its head; rejects
-   * with `signal.reason` on abort, or resolves `false` when `deadline`
-   * passes first (the waiter has then left the queue).
+   * Joins the queue: `true` at once when this waiter is at its head, else a
+   * promise of `true` once it is; rejects with `signal.reason` on abort, or
+   * resolves `false` when `deadline` passes first (the waiter has then left).
    */
-  async enter(signal: AbortSignal, deadline: number): Promise<boolean> {
+  enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
     const turn = Promise.withResolvers<void>();
     this.#waiters.push(turn);
-    if (this.#waiters.length === 1) return true;
+    return this.#waiters.length === 1 || this.#await(turn, signal, deadline);
+  }
+
+  async #await(
+    turn: PromiseWithResolvers<void>,
+    signal: AbortSignal,
+    deadline: number,
+  ): Promise<boolean> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const gaveUp = Promise.withResolvers<"late">();
     const onAbort = () => gaveUp.reject(signal.reason);

@@ -82,6 +82,8 @@ export function checkName(
       value,
     );
   }
+  // A UTF-16 code unit is at most 3 UTF-8 bytes: short names need no encoding.
+  if (value.length * 3 <= MAX_KEY_PART_BYTES) return value;
   const bytes = encoder.encode(value).length;
   if (bytes > MAX_KEY_PART_BYTES) {
     throw new RangeError(

@@ -373,15 +373,29 @@ export class Lock implements AsyncDisposable {
     const queue = wait.timeout > 0
       ? localQueue(this.#client, this.key)
       : undefined;
-    if (queue && !await queue.enter(signal, deadline)) {
-      throw new LockTimeoutError(
-        this.name,
-        now() - started,
-        queue.remainingTtl,
-      );
+    // When the first attempt goes out right away, `started` is its send time.
+    let firstSend = started;
+    const entered = queue?.enter(signal, deadline) ?? true;
+    if (entered !== true) {
+      if (!await entered) {
+        throw new LockTimeoutError(
+          this.name,
+          now() - started,
+          queue!.remainingTtl,
+        );
+      }
+      firstSend = now();
     }
     try {
-      await this.#contend(action, wait, signal, started, deadline, queue);
+      await this.#contend(
+        action,
+        wait,
+        signal,
+        started,
+        firstSend,
+        deadline,
+        queue,
+      );
     } finally {
       queue?.leave();
     }
@@ -392,6 +406,7 @@ export class Lock implements AsyncDisposable {
     wait: WaitSettings,
     signal: AbortSignal,
     started: number,
+    firstSend: number,
     deadline: number,
     queue: LocalQueue | undefined,
   ): Promise<void> {
@@ -399,7 +414,7 @@ export class Lock implements AsyncDisposable {
     const fencing = this.#settings.fencing ? "1" : "0";
     let token = crypto.randomUUID();
     for (let attempt = 0;; attempt++) {
-      const sent = now();
+      const sent = attempt === 0 ? firstSend : now();
       const call = runScript(this.#client, ACQUIRE, keys, [
         token,
         String(this.#settings.ttl),
