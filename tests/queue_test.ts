@@ -167,3 +167,20 @@ Deno.test("a release in another process wakes a waiter through pub/sub (ioredis,
     await nodeWaiter.close();
   }
 });
+
+Deno.test("time spent in the local queue does not shorten the lease a waiter gets", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "long-queue");
+  const second = Lock.acquire(env.redis, "long-queue", { timeout: 10_000 });
+  // Queued behind `second` for longer than its own 200 ms lease.
+  const third = Lock.acquire(env.redis, "long-queue", {
+    timeout: 10_000,
+    ttl: 200,
+  });
+  await sleep(400);
+  await holder.release();
+  await (await second).release();
+  await using lock = await third;
+  const left = lock.validUntil - performance.now();
+  assert.ok(left > 150 && left <= 200, `${left} ms of validity left`);
+});
