@@ -718,6 +718,69 @@ Deno.test("a stalled server loses the holder by its validUntil and never yields 
 
 // --- F21 -----------------------------------------------------------------------
 
+/** The ids of the connections CLIENT LIST shows. */
+async function clientIds(side: RespClient): Promise<Set<string>> {
+  const list = String(await side.send("CLIENT", "LIST"));
+  return new Set([...list.matchAll(/^id=(\d+) /gm)].map((match) => match[1]));
+}
+
+Deno.test("CLIENT KILL of the library's connection mid-script leaves neither two holders nor an orphan (F19)", async (t) => {
+  for (const [label, open] of CLIENTS) {
+    await t.step(label, async () => {
+      await using server = await startRedis();
+      await using side = await server.connect();
+      const before = await clientIds(side);
+      const opened = await open(server);
+      try {
+        // Make sure the client's connection exists, then find it.
+        assert.equal(
+          await Lock.tryAcquire(opened.client, "warm-up").then((lock) =>
+            lock?.release()
+          ),
+          true,
+        );
+        const ours = [...await clientIds(side)].filter((id) => !before.has(id));
+        assert.equal(ours.length, 1, `connections: ${ours}`);
+        // Hold the acquire script in the server's queue, then kill the
+        // connection it came on.
+        await side.send("CLIENT", "PAUSE", "300", "WRITE");
+        const acquiring = Lock.acquire(opened.client, "killed", {
+          ttl: 2_000,
+          timeout: 5_000,
+          commandTimeout: 1_000,
+        }).then((lock) => lock, (error) => error as Error);
+        await sleep(50);
+        await side.send("CLIENT", "KILL", "ID", ours[0]);
+        const outcome = await within(acquiring, 3_000, "the acquire to settle");
+        // A second owner may take the lock only once the first is no owner.
+        const other = newIoredis(server.port);
+        try {
+          if (outcome instanceof Lock) {
+            // A client that reconnects and resends got the grant itself.
+            assert.equal(await side.send("GET", outcome.key), outcome.token);
+            assert.equal(await Lock.tryAcquire(other, "killed"), null);
+            assert.equal(await outcome.release(), true);
+          } else {
+            assert.ok(!(outcome instanceof LockTimeoutError), String(outcome));
+          }
+          // Whatever the outcome, no orphan outlives its lease: a new
+          // acquirer gets the lock within the TTL.
+          const started = performance.now();
+          await using next = await Lock.acquire(other, "killed", {
+            timeout: 3_000,
+          });
+          assert.ok(next.held);
+          assert.ok(performance.now() - started < 2_000 + SLACK);
+        } finally {
+          await closeIoredis(other);
+        }
+      } finally {
+        await opened.close();
+      }
+    });
+  }
+});
+
 Deno.test("CLIENT PAUSE WRITE cannot hold acquire() past timeout + commandTimeout, and the late grant is deleted (F21)", async (t) => {
   const TIMEOUT = 200;
   const COMMAND_TIMEOUT = 500;

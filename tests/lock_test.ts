@@ -268,7 +268,7 @@ Deno.test("fencing issues strictly increasing fences and keeps the counter", asy
   assert.equal(await env.side.send("PTTL", "deadbolt:{fenced}:fence"), -1);
 });
 
-Deno.test("a foreign key at the lock's name fails fast with LockKeyError and is left alone", async () => {
+Deno.test("a foreign key at the lock's name fails fast with LockKeyError and is left alone (F32)", async () => {
   await using env = await setup();
   await env.side.send("HSET", "deadbolt:{app}", "field", "value");
   const started = performance.now();

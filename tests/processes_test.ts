@@ -38,7 +38,7 @@ async function contender(server: RedisServer) {
   return { client: new DbRedisShape(connection), connection };
 }
 
-Deno.test("Lock.acquire() across 8 processes × 200 critical sections loses no update", async () => {
+Deno.test("Lock.acquire() across 8 processes × 200 critical sections loses no update (F1)", async () => {
   const processes = 8, iterations = 200, total = processes * iterations;
   await using server = await startRedis();
   await using side = await server.connect();
@@ -88,7 +88,7 @@ Deno.test("Lock.acquire() across 8 processes × 200 critical sections loses no u
   }
 });
 
-Deno.test("Lock holder paused past its lease by SIGSTOP learns on resume and releases nothing", async () => {
+Deno.test("Lock holder paused past its lease by SIGSTOP learns on resume and releases nothing (F3)", async () => {
   const ttl = 300;
   await using server = await startRedis();
   await using side = await server.connect();
@@ -136,7 +136,7 @@ Deno.test("Lock holder paused past its lease by SIGSTOP learns on resume and rel
   assert.equal(await side.send("EXISTS", key), 0);
 });
 
-Deno.test("Lock held by a crashed process frees after its TTL, not before", async () => {
+Deno.test("Lock held by a crashed process frees after its TTL, not before (F2)", async () => {
   const ttl = 500;
   await using server = await startRedis();
   await using side = await server.connect();
@@ -165,7 +165,7 @@ Deno.test("Lock held by a crashed process frees after its TTL, not before", asyn
   assert.equal(await side.send("GET", key), waiter.token);
 });
 
-Deno.test("Lock forgotten by a process does not keep it alive and produces no unhandled rejection", async (t) => {
+Deno.test("Lock forgotten by a process does not keep it alive and produces no unhandled rejection (F28, F29)", async (t) => {
   const ttl = 1_000;
   await using server = await startRedis();
   await using side = await server.connect();
