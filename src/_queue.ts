@@ -8,19 +8,34 @@ import { MAX_TIMER_MS } from "./_validate.ts";
  *
  * Only the head contends in Redis; the others wait for their turn, so N local
  * waiters cost the server what one does, and they are served first come,
- * first served. A release made in this process wakes the head at once, so a
- * local handoff costs a round trip instead of a backoff sleep; where the
- * client can subscribe, a release in another process wakes it too.
+ * first served. A release made in this process hands the lock straight to
+ * a sleeping head (one round trip, see {@linkcode LocalQueue.take}) or wakes
+ * it; where the client can subscribe, a release elsewhere wakes it too.
  */
 export class LocalQueue {
   #waiters: PromiseWithResolvers<void>[] = [];
-  #wake: (() => void) | undefined;
+  #sleeper: Sleeper | undefined;
+  #handovers = 0;
   #woken = false;
   #onEmpty: () => void;
   #unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
 
   /** The holder's remaining lease as the last head saw it (for timeouts). */
   remainingTtl = -1;
+
+  /**
+   * The handle in this process that took the lock through this queue and has
+   * not released it yet: a new head then waits to be handed the lock instead
+   * of asking Redis first. The queue stays registered while it has one.
+   */
+  holder: object | undefined;
+
+  /**
+   * Set by {@linkcode take} when it refused a handover to let other
+   * processes in: the releaser then wakes the local head only after a head
+   * start long enough for a waiter elsewhere to be told and ask.
+   */
+  yielding = false;
 
   constructor(onEmpty: () => void) {
     this.#onEmpty = onEmpty;
@@ -77,32 +92,67 @@ export class LocalQueue {
   /**
    * Sleeps up to `ms` at the head, waking early when a release in this
    * process calls {@linkcode wake} (also one that came during the attempt).
+   * With `want`, a holder releasing in this process may hand the lock over
+   * instead (see {@linkcode take}): the sleep then resolves with that grant.
    */
-  sleep(ms: number, signal: AbortSignal): Promise<void> {
+  sleep(
+    ms: number,
+    signal: AbortSignal,
+    want?: Want,
+  ): Promise<Grant | undefined> {
     if (this.#woken) {
       this.#woken = false;
-      return Promise.resolve();
+      return Promise.resolve(undefined);
     }
     return new Promise((resolve, reject) => {
-      const done = () => {
+      const stop = () => {
         clearTimeout(timer);
         signal.removeEventListener("abort", onAbort);
-        this.#wake = undefined;
+        if (this.#sleeper === sleeper) this.#sleeper = undefined;
+      };
+      const end = (grant?: Grant) => {
+        stop();
+        resolve(grant);
       };
       const onAbort = () => {
-        done();
+        stop();
         reject(signal.reason);
       };
-      const timer = setTimeout(() => {
-        done();
-        resolve();
-      }, ms);
-      this.#wake = () => {
-        done();
-        resolve();
+      const sleeper: Sleeper = { taken: false, end };
+      sleeper.offer = want && {
+        ...want,
+        deliver: (grant) => {
+          if (this.#sleeper !== sleeper) return false;
+          end(grant ?? undefined);
+          return true;
+        },
       };
+      // Once a holder has taken the offer, only its answer (or an abort)
+      // ends the sleep: a retry now would race the handover.
+      const timer = setTimeout(() => sleeper.taken || end(), ms);
+      this.#sleeper = sleeper;
       signal.addEventListener("abort", onAbort, { once: true });
     });
+  }
+
+  /**
+   * For a holder releasing in this process: the sleeping head's offer to be
+   * handed the lock, or `undefined` when nobody sleeps at the head with one,
+   * or when the last {@linkcode MAX_HANDOVERS} releases were handovers (this
+   * one then goes through Redis, so other processes get their chance).
+   */
+  take(): Offer | undefined {
+    const sleeper = this.#sleeper;
+    this.yielding = false;
+    if (!sleeper?.offer || sleeper.taken) return undefined;
+    if (this.#handovers >= MAX_HANDOVERS) {
+      this.#handovers = 0;
+      this.yielding = true;
+      return undefined;
+    }
+    this.#handovers++;
+    sleeper.taken = true;
+    return sleeper.offer;
   }
 
   /**
@@ -118,8 +168,9 @@ export class LocalQueue {
 
   /** Tells the head that the lock was just released (here or elsewhere). */
   wake(): void {
-    if (this.#wake) this.#wake();
-    else this.#woken = true;
+    const sleeper = this.#sleeper;
+    if (!sleeper) this.#woken = true;
+    else if (!sleeper.taken) sleeper.end();
   }
 
   #remove(waiter: PromiseWithResolvers<void> | undefined): void {
@@ -131,11 +182,58 @@ export class LocalQueue {
       this.#waiters[0]?.resolve();
     }
     if (this.#waiters.length === 0) {
-      this.#onEmpty();
       this.#unwatch?.then((stop) => stop?.()).catch(() => {});
       this.#unwatch = undefined;
+      if (!this.holder) this.#onEmpty();
     }
   }
+
+  /** `lock` no longer holds through this queue (released, or lost). */
+  vacate(lock: object): void {
+    if (this.holder !== lock) return;
+    this.holder = undefined;
+    if (this.#waiters.length === 0) this.#onEmpty();
+  }
+}
+
+/**
+ * How many releases in a row may hand the lock to a local waiter before one
+ * goes through Redis: bounds how long other processes can be passed over.
+ */
+export const MAX_HANDOVERS = 8;
+
+/** What a waiter needs to be handed a lock: its token and lease settings. */
+export interface Want {
+  /** The waiter's token. */
+  readonly token: string;
+  /** The waiter's lease length, in ms. */
+  readonly ttl: number;
+  /** Whether the waiter wants a fence. */
+  readonly fencing: boolean;
+}
+
+/** A handover's outcome: the send time of the script and the fence. */
+export interface Grant {
+  /** When the handover script was sent (monotonic ms). */
+  readonly sent: number;
+  /** The fence issued, or 0. */
+  readonly fence: number;
+}
+
+/** A sleeping head's standing offer to be handed the lock. */
+export interface Offer extends Want {
+  /**
+   * Gives the head the handover's outcome: a grant, or `null` to make it
+   * retry. Returns `false` when the head has gone (aborted) meanwhile: the
+   * caller must then delete the key it handed over.
+   */
+  deliver(grant: Grant | null): boolean;
+}
+
+interface Sleeper {
+  offer?: Offer;
+  taken: boolean;
+  end(grant?: Grant): void;
 }
 
 const queues = new WeakMap<ScriptClient, Map<string, LocalQueue>>();
@@ -153,7 +251,10 @@ export function localQueue(client: ScriptClient, key: string): LocalQueue {
   return queue;
 }
 
-/** Wakes the head waiter for `key` on `client`, if any waits in this process. */
-export function wakeLocal(client: ScriptClient, key: string): void {
-  queues.get(client)?.get(key)?.wake();
+/** The queue for `key` on `client`, if any waiter has one now. */
+export function existingQueue(
+  client: ScriptClient,
+  key: string,
+): LocalQueue | undefined {
+  return queues.get(client)?.get(key);
 }

@@ -11,10 +11,22 @@ import {
   LockTimeoutError,
 } from "./errors.ts";
 import { lockKeys } from "./keys.ts";
-import { ACQUIRE, EXTEND, RELEASE, runScript, toIntegers } from "./scripts.ts";
+import {
+  ACQUIRE,
+  EXTEND,
+  HANDOVER,
+  RELEASE,
+  runScript,
+  toIntegers,
+} from "./scripts.ts";
 import { delay, now, settle } from "./_timers.ts";
 import { Lease } from "./_lease.ts";
-import { type LocalQueue, localQueue, wakeLocal } from "./_queue.ts";
+import {
+  existingQueue,
+  type LocalQueue,
+  localQueue,
+  type Offer,
+} from "./_queue.ts";
 import {
   checkInteger,
   checkName,
@@ -346,19 +358,63 @@ export class Lock implements AsyncDisposable {
     // first noticed here (say, after a long block of the event loop).
     lease?.active;
     lease?.end();
+    const queue = existingQueue(this.#client, this.key);
+    queue?.vacate(this);
+    const offer = queue?.take();
     try {
+      if (offer) return await this.#handOver(offer);
+      const sent = now();
       const reply = await this.#settle(
         runScript(this.#client, RELEASE, [this.key, this.#channel], [
           this.#token,
         ]),
       );
-      wakeLocal(this.#client, this.key);
+      if (queue?.yielding) {
+        // Give waiters in other processes (told by pub/sub) a head start of
+        // about one round trip before the local head asks again.
+        const roundTrip = Math.min(5, Math.max(1, now() - sent));
+        setTimeout(() => queue.wake(), roundTrip);
+      } else {
+        queue?.wake();
+      }
       return toIntegers(reply, 1)[0] === 1;
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
       if (this.#lease === lease) this.#acquired = true;
       throw error;
     }
+  }
+
+  // Passes the lock to a waiter of this process in one round trip.
+  async #handOver(offer: Offer): Promise<boolean> {
+    const sent = now();
+    let code: number, fence: number;
+    try {
+      const call = runScript(
+        this.#client,
+        HANDOVER,
+        [this.key, this.#fenceKey],
+        [
+          this.#token,
+          offer.token,
+          String(offer.ttl),
+          offer.fencing ? "1" : "0",
+        ],
+      );
+      [code, fence] = toIntegers(await this.#settle(call), 2);
+    } catch (error) {
+      // It may have landed: the waiter retries with its token and, if so,
+      // finds the key its own.
+      offer.deliver(null);
+      throw error;
+    }
+    if (code === 1) {
+      if (!offer.deliver({ sent, fence })) this.#forget(offer.token);
+      return true;
+    }
+    offer.deliver(null);
+    // 3: the fence counter was unusable and our key was deleted instead.
+    return code === 3;
   }
 
   async #acquire(
@@ -396,6 +452,7 @@ export class Lock implements AsyncDisposable {
         deadline,
         queue,
       );
+      if (queue) queue.holder = this;
     } finally {
       queue?.leave();
     }
@@ -413,6 +470,24 @@ export class Lock implements AsyncDisposable {
     const keys = [this.key, this.#fenceKey];
     const fencing = this.#settings.fencing ? "1" : "0";
     let token = crypto.randomUUID();
+    const want = () => ({
+      token,
+      ttl: this.#settings.ttl,
+      fencing: this.#settings.fencing,
+    });
+    if (queue?.holder) {
+      // A handle of this process holds it: wait to be handed it, rather
+      // than ask Redis now (its release would come while we asked).
+      const pause = Math.min(wait.maxRetryDelay, deadline - now());
+      const handed = await queue.sleep(pause, signal, want());
+      if (
+        handed && await this.#take(token, handed.sent, handed.fence, signal)
+      ) {
+        return;
+      }
+      if (handed) token = crypto.randomUUID();
+      firstSend = now();
+    }
     for (let attempt = 0;; attempt++) {
       const sent = attempt === 0 ? firstSend : now();
       const call = runScript(this.#client, ACQUIRE, keys, [
@@ -431,15 +506,8 @@ export class Lock implements AsyncDisposable {
         throw error;
       }
       if (code === 1) {
-        if (this.#settings.waitReplicas > 0) {
-          await this.#awaitReplicas(token, signal);
-        }
-        if (Lease.fresh(sent, this.#settings.ttl)) {
-          this.#grant(token, sent, this.#settings.fencing ? value : undefined);
-          return;
-        }
-        // The grant arrived with no validity left: void it, retry afresh.
-        this.#forget(token);
+        if (await this.#take(token, sent, value, signal)) return;
+        // The grant arrived with no validity left: retry afresh.
         token = crypto.randomUUID();
       } else if (code === 2) {
         throw new LockKeyError(
@@ -473,8 +541,35 @@ export class Lock implements AsyncDisposable {
         }
       }
       pause = Math.min(pause, left);
-      await (queue ? queue.sleep(pause, signal) : delay(pause, signal));
+      const handed = queue
+        ? await queue.sleep(pause, signal, want())
+        : await delay(pause, signal);
+      if (handed) {
+        if (await this.#take(token, handed.sent, handed.fence, signal)) return;
+        token = crypto.randomUUID();
+      }
     }
+  }
+
+  /**
+   * Takes a grant whose request went out at `sent`; `false` when it came
+   * with no validity left (it is then deleted by token: use a new one).
+   */
+  async #take(
+    token: string,
+    sent: number,
+    fence: number,
+    signal: AbortSignal,
+  ): Promise<boolean> {
+    if (this.#settings.waitReplicas > 0) {
+      await this.#awaitReplicas(token, signal);
+    }
+    if (!Lease.fresh(sent, this.#settings.ttl)) {
+      this.#forget(token);
+      return false;
+    }
+    this.#grant(token, sent, this.#settings.fencing ? fence : undefined);
+    return true;
   }
 
   // WAIT must follow the script on the same connection, since it counts the
@@ -552,14 +647,16 @@ export class Lock implements AsyncDisposable {
         });
         return toIntegers(reply, 1)[0];
       },
-      onLost: (message, cause) =>
+      onLost: (message, cause) => {
+        existingQueue(this.#client, this.key)?.vacate(this);
         controller.abort(
           new LockLostError(
             this.name,
             message,
             cause === undefined ? undefined : { cause },
           ),
-        ),
+        );
+      },
     });
   }
 }

@@ -11,17 +11,11 @@ export interface LuaScript {
 // Every script replies with integers only: Lua booleans and numeric strings
 // come back differently from different clients (and over RESP2 and RESP3).
 
-/**
- * KEYS: lock, fence counter. ARGV: token, ttl in ms, "1" to issue a fence.
- * Replies {1, fence} granted (fence 0 unless fencing), {0, pttl} held by
- * another owner, {2, 0} the lock key holds another type, {3, 0} the fence
- * counter is not a safe integer. A fence above 2^53 - 2 is refused because a
- * Lua number (a double) would round its successor.
- */
-export const ACQUIRE: LuaScript = {
-  source: `local fencing = ARGV[3] == '1'
-if fencing then
-  -- Refuse before SET, not after it: Lua does not roll back. (Redis >= 7.)
+// Run before any write when fencing, and returns {3, 0} (or an ACL error)
+// when the fence counter cannot give a safe next value: a fence above
+// 2^53 - 2 is refused because a Lua number (a double) would round its
+// successor. Refusing before the write matters: Lua does not roll back.
+const CHECK_FENCE = `if fencing then
   if redis.acl_check_cmd and not redis.acl_check_cmd('INCR', KEYS[2]) then
     return redis.error_reply('NOPERM this user may not INCR the fence counter')
   end
@@ -31,7 +25,17 @@ if fencing then
       and tonumber(current) < 9007199254740991) then
     return {3, 0}
   end
-end
+end`;
+
+/**
+ * KEYS: lock, fence counter. ARGV: token, ttl in ms, "1" to issue a fence.
+ * Replies {1, fence} granted (fence 0 unless fencing), {0, pttl} held by
+ * another owner, {2, 0} the lock key holds another type, {3, 0} the fence
+ * counter is not a safe integer.
+ */
+export const ACQUIRE: LuaScript = {
+  source: `local fencing = ARGV[3] == '1'
+${CHECK_FENCE}
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if fencing then return {1, redis.call('INCR', KEYS[2])} end
   return {1, 0}
@@ -44,6 +48,35 @@ if holder == ARGV[1] then
   return {1, 0}
 end
 return {0, redis.call('PTTL', KEYS[1])}`,
+};
+
+/**
+ * Passes a lock from its holder straight to a waiter in the same process, in
+ * one round trip: KEYS: lock, fence counter. ARGV: the holder's token, the
+ * waiter's token, the waiter's ttl in ms, "1" to issue a fence. Replies
+ * {1, fence} handed over, {0, 0} the key is gone, {-1, 0} another owner
+ * holds it (both left alone), {3, 0} the fence counter is unusable (the
+ * holder's key is then deleted, as a release would).
+ */
+export const HANDOVER: LuaScript = {
+  source: `local holder = redis.pcall('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder == false then return {0, 0} end
+  return {-1, 0}
+end
+local fencing = ARGV[4] == '1'
+if fencing then
+  local refused = (function()
+${CHECK_FENCE}
+  end)()
+  if refused then
+    redis.call('DEL', KEYS[1])
+    return refused
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if fencing then return {1, redis.call('INCR', KEYS[2])} end
+return {1, 0}`,
 };
 
 /**

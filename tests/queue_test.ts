@@ -7,16 +7,21 @@ import { DbRedisShape } from "./_resp.ts";
 import { CountingClient, sleep } from "./_util.ts";
 
 // Waiters in one process on one lock queue locally: first come, first
-// served, one contender in Redis, and a local release wakes the next at once.
+// served, one contender in Redis; a release in the process hands the lock
+// to the waiting head (or wakes it), one elsewhere wakes it through pub/sub.
 
 async function setup() {
   const server = await startRedis();
   const conn = await server.connect();
+  const side = await server.connect();
   const redis = new CountingClient(new DbRedisShape(conn));
   return {
     redis,
+    side,
+    port: server.port,
     async [Symbol.asyncDispose]() {
       await conn[Symbol.asyncDispose]();
+      await side[Symbol.asyncDispose]();
       await server.stop();
     },
   };
@@ -183,4 +188,92 @@ Deno.test("time spent in the local queue does not shorten the lease a waiter get
   await using lock = await third;
   const left = lock.validUntil - performance.now();
   assert.ok(left > 150 && left <= 200, `${left} ms of validity left`);
+});
+
+Deno.test("a release in this process hands the lock to the waiting head in one round trip, with its own fence", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "handover", { fencing: true });
+  const fences: number[] = [holder.fence!];
+  const waiters = Array.from({ length: 10 }, async () => {
+    const lock = await Lock.acquire(env.redis, "handover", {
+      timeout: 10_000,
+      fencing: true,
+    });
+    fences.push(lock.fence!);
+    assert.ok(lock.held);
+    await lock.release();
+  });
+  await sleep(50);
+  const before = env.redis.calls;
+  await holder.release();
+  await Promise.all(waiters);
+  // Each release handed over to the next in one script call, except every
+  // ninth, which goes through Redis (a release, then the head's attempts),
+  // and the last, which finds nobody waiting: about 14 calls, where waking
+  // each next waiter would take 3 per handoff.
+  const calls = env.redis.calls - before;
+  assert.ok(calls <= 15, `${calls} script calls for 10 handoffs`);
+  assert.deepEqual(fences, fences.toSorted((a, b) => a - b));
+  assert.equal(new Set(fences).size, 11);
+});
+
+Deno.test("local handovers stop after a few in a row, so a waiter in another process gets its turn", async () => {
+  await using env = await setup();
+  const other = new Redis(env.port, "127.0.0.1");
+  try {
+    const first = await Lock.acquire(env.redis, "fair");
+    let local = 0;
+    let stop = false;
+    // This process keeps 4 workers queued on the lock all the time.
+    const workers = Array.from({ length: 4 }, async () => {
+      while (!stop) {
+        const lock = await Lock.acquire(env.redis, "fair", { timeout: 10_000 });
+        local++;
+        await lock.release();
+      }
+    });
+    // Another client stands for another process.
+    const remote = Lock.acquire(other, "fair", { timeout: 10_000 });
+    await sleep(20);
+    await first.release();
+    const lock = await remote;
+    const seen = local;
+    stop = true;
+    await lock.release();
+    await Promise.all(workers);
+    // Without the yield after MAX_HANDOVERS (8) it waited through hundreds
+    // to thousands of local turns.
+    assert.ok(
+      seen <= 20,
+      `the other process waited through ${seen} local turns`,
+    );
+  } finally {
+    await other.quit();
+  }
+});
+
+Deno.test("a waiter aborted while the lock is being handed to it leaves no key behind", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.redis, "abandoned");
+  const controller = new AbortController();
+  const waiting = Lock.acquire(env.redis, "abandoned", {
+    timeout: 10_000,
+    signal: controller.signal,
+  });
+  await sleep(20);
+  // Hold the handover script in the server's queue, abort meanwhile.
+  await env.side.send("CLIENT", "PAUSE", "200", "WRITE");
+  const releasing = holder.release();
+  await sleep(20);
+  const reason = new Error("gave up");
+  controller.abort(reason);
+  await assert.rejects(waiting, (error) => error === reason);
+  assert.equal(await releasing, true);
+  // The lock landed on the waiter's token after it gave up: deadbolt deletes
+  // it by token, so nobody has to wait for that lease to run out.
+  for (let i = 0; i < 100; i++) {
+    if (await env.side.send("EXISTS", "deadbolt:{abandoned}") === 0) break;
+    await sleep(5);
+  }
+  assert.equal(await env.side.send("EXISTS", "deadbolt:{abandoned}"), 0);
 });
