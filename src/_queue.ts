@@ -19,6 +19,7 @@ export class LocalQueue {
   #woken = false;
   #onEmpty: () => void;
   #unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
+  #quietUntil = 0;
 
   /** The holder's remaining lease as the last head saw it (for timeouts). */
   remainingTtl = -1;
@@ -32,8 +33,7 @@ export class LocalQueue {
 
   /**
    * Set by {@linkcode take} when it refused a handover to let other
-   * processes in: the releaser then wakes the local head only after a head
-   * start long enough for a waiter elsewhere to be told and ask.
+   * processes in: the releaser then wakes the local head a little later.
    */
   yielding = false;
 
@@ -61,12 +61,14 @@ export class LocalQueue {
     const gaveUp = Promise.withResolvers<"late">();
     const onAbort = () => gaveUp.reject(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
-    // Re-armed in steps: setTimeout fires at once past 2^31 - 1 ms.
+    // Re-armed in steps: setTimeout fires at once past 2^31 - 1 ms, and a
+    // timer may fire a fraction of a millisecond early.
     const arm = () => {
       const left = deadline - now();
-      timer = left > MAX_TIMER_MS
-        ? setTimeout(arm, MAX_TIMER_MS)
-        : setTimeout(() => gaveUp.resolve("late"), left);
+      timer = left > MAX_TIMER_MS ? setTimeout(arm, MAX_TIMER_MS) : setTimeout(
+        () => now() < deadline ? arm() : gaveUp.resolve("late"),
+        left,
+      );
     };
     if (deadline !== Infinity) arm();
     try {
@@ -166,8 +168,22 @@ export class LocalQueue {
     );
   }
 
+  /**
+   * After a release that refused a handover (see {@linkcode yielding}):
+   * wakes the head only after `ms`, ignoring wake-ups until then, so waiters
+   * in other processes, told at once by pub/sub, get to ask first.
+   */
+  wakeLater(ms: number): void {
+    this.#quietUntil = now() + ms;
+    setTimeout(() => {
+      this.#quietUntil = 0;
+      this.wake();
+    }, ms);
+  }
+
   /** Tells the head that the lock was just released (here or elsewhere). */
   wake(): void {
+    if (this.#quietUntil > 0 && now() < this.#quietUntil) return;
     const sleeper = this.#sleeper;
     if (!sleeper) this.#woken = true;
     else if (!sleeper.taken) sleeper.end();
@@ -200,7 +216,7 @@ export class LocalQueue {
  * How many releases in a row may hand the lock to a local waiter before one
  * goes through Redis: bounds how long other processes can be passed over.
  */
-export const MAX_HANDOVERS = 8;
+export const MAX_HANDOVERS = 16;
 
 /** What a waiter needs to be handed a lock: its token and lease settings. */
 export interface Want {

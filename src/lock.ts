@@ -46,6 +46,10 @@ import {
 } from "./options.ts";
 
 const noop = (): void => {};
+// How long, after a run of local handovers, waiters in other processes get
+// to ask for the lock before the local head does (they hear of the release
+// by pub/sub within a round trip).
+const YIELD_MS = 2;
 
 /**
  * A distributed lock on one Redis key, with a lease that renews itself while
@@ -363,20 +367,14 @@ export class Lock implements AsyncDisposable {
     const offer = queue?.take();
     try {
       if (offer) return await this.#handOver(offer);
-      const sent = now();
       const reply = await this.#settle(
         runScript(this.#client, RELEASE, [this.key, this.#channel], [
           this.#token,
         ]),
       );
-      if (queue?.yielding) {
-        // Give waiters in other processes (told by pub/sub) a head start of
-        // about one round trip before the local head asks again.
-        const roundTrip = Math.min(5, Math.max(1, now() - sent));
-        setTimeout(() => queue.wake(), roundTrip);
-      } else {
-        queue?.wake();
-      }
+      // After a run of handovers, waiters elsewhere get a head start.
+      if (queue?.yielding) queue.wakeLater(YIELD_MS);
+      else queue?.wake();
       return toIntegers(reply, 1)[0] === 1;
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
@@ -478,6 +476,9 @@ export class Lock implements AsyncDisposable {
     if (queue?.holder) {
       // A handle of this process holds it: wait to be handed it, rather
       // than ask Redis now (its release would come while we asked).
+      if (this.#client.subscribe) {
+        queue.watch(this.#client.subscribe, this.#channel);
+      }
       const pause = Math.min(wait.maxRetryDelay, deadline - now());
       const handed = await queue.sleep(pause, signal, want());
       if (
