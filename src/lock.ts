@@ -326,9 +326,10 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Stops renewal and deletes the key if it still holds this handle's token.
-   * It never deletes another owner's key. Calling it again is a no-op; calling
-   * it while `acquire()` waits cancels that wait.
+   * Stops renewal and deletes the key if it still holds this handle's token
+   * (or, when a waiter of this process is next in line, hands the lock to it
+   * in the same step). It never touches another owner's key. Calling it
+   * again is a no-op; calling it while `acquire()` waits cancels that wait.
    *
    * @returns `true` when this call released this handle's own hold; `false`
    * when the lease had expired, another owner holds the key, or there was
