@@ -20,6 +20,7 @@ export class LocalQueue {
   #onEmpty: () => void;
   #unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
   #quietUntil = 0;
+  #later: ReturnType<typeof setTimeout> | undefined;
 
   /** The holder's remaining lease as the last head saw it (for timeouts). */
   remainingTtl = -1;
@@ -57,6 +58,10 @@ export class LocalQueue {
     signal: AbortSignal,
     deadline: number,
   ): Promise<boolean> {
+    if (signal.aborted) {
+      this.#remove(turn);
+      throw signal.reason;
+    }
     let timer: ReturnType<typeof setTimeout> | undefined;
     const gaveUp = Promise.withResolvers<"late">();
     const onAbort = () => gaveUp.reject(signal.reason);
@@ -102,6 +107,7 @@ export class LocalQueue {
     signal: AbortSignal,
     want?: Want,
   ): Promise<Grant | undefined> {
+    if (signal.aborted) return Promise.reject(signal.reason);
     if (this.#woken) {
       this.#woken = false;
       return Promise.resolve(undefined);
@@ -175,7 +181,8 @@ export class LocalQueue {
    */
   wakeLater(ms: number): void {
     this.#quietUntil = now() + ms;
-    setTimeout(() => {
+    clearTimeout(this.#later);
+    this.#later = setTimeout(() => {
       this.#quietUntil = 0;
       this.wake();
     }, ms);
@@ -198,6 +205,8 @@ export class LocalQueue {
       this.#waiters[0]?.resolve();
     }
     if (this.#waiters.length === 0) {
+      clearTimeout(this.#later);
+      this.#quietUntil = 0;
       this.#unwatch?.then((stop) => stop?.()).catch(() => {});
       this.#unwatch = undefined;
       if (!this.holder) this.#onEmpty();
