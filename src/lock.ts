@@ -46,6 +46,9 @@ import {
 } from "./options.ts";
 
 const noop = (): void => {};
+// The option keys of the static entry points, built once (they run per lock).
+const STATIC_ACQUIRE_KEYS = [...ACQUIRE_KEYS, ...LOCK_KEYS];
+const STATIC_TRY_KEYS = [...LOCK_KEYS, "signal"];
 // How long, after a run of local handovers, waiters in other processes get
 // to ask for the lock before the local head does (they hear of the release
 // by pub/sub within a round trip).
@@ -153,7 +156,7 @@ export class Lock implements AsyncDisposable {
     name: string,
     options: LockOptions & AcquireOptions = {},
   ): Promise<Lock> {
-    checkOptionKeys("Cannot lock", options, ACQUIRE_KEYS.concat(LOCK_KEYS));
+    checkOptionKeys("Cannot lock", options, STATIC_ACQUIRE_KEYS);
     const { signal, ...lockOptions } = options;
     const lock = new Lock(client, name, lockOptions);
     await lock.acquire({ signal });
@@ -183,7 +186,7 @@ export class Lock implements AsyncDisposable {
     name: string,
     options: LockOptions & Pick<AcquireOptions, "signal"> = {},
   ): Promise<Lock | null> {
-    checkOptionKeys("Cannot lock", options, LOCK_KEYS.concat("signal"));
+    checkOptionKeys("Cannot lock", options, STATIC_TRY_KEYS);
     const { signal, ...lockOptions } = options;
     const lock = new Lock(client, name, lockOptions);
     return await lock.tryAcquire({ signal }) ? lock : null;
