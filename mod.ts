@@ -46,6 +46,7 @@ export type {
   BunRedisClient,
   GlideClient,
   IoredisClient,
+  IoredisNode,
   IoredisSubscriber,
   NodeRedisClient,
   NodeRedisEvalOptions,

@@ -61,3 +61,48 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
     return stop;
   };
 }
+
+/** Subscribe and unsubscribe commands of one kind (plain or sharded). */
+export interface ChannelCommands {
+  /** `SUBSCRIBE` or `SSUBSCRIBE`. */
+  subscribe(channel: string): Promise<unknown>;
+  /** `UNSUBSCRIBE` or `SUNSUBSCRIBE`. */
+  unsubscribe(channel: string): Promise<unknown>;
+}
+
+/**
+ * Subscribes with sharded pub/sub (`SSUBSCRIBE`) when the client has it, and
+ * with plain `SUBSCRIBE` once the server turns out not to know `SSUBSCRIBE`
+ * (Redis 6). The release script makes the same choice when it publishes, so
+ * both sides agree on every server; on a cluster, sharded messages reach only
+ * the lock's shard instead of every node.
+ */
+export function shardedFirst(
+  sharded: ChannelCommands | undefined,
+  plain: ChannelCommands,
+): ChannelCommands {
+  let preferred = sharded ?? plain;
+  const used = new Map<string, ChannelCommands>();
+  return {
+    async subscribe(channel) {
+      const commands = preferred;
+      try {
+        await commands.subscribe(channel);
+        used.set(channel, commands);
+      } catch (error) {
+        const message = String((error as Error | undefined)?.message);
+        if (commands === plain || !/unknown command/i.test(message)) {
+          throw error;
+        }
+        preferred = plain;
+        await plain.subscribe(channel);
+        used.set(channel, plain);
+      }
+    },
+    async unsubscribe(channel) {
+      const commands = used.get(channel);
+      used.delete(channel);
+      await commands?.unsubscribe(channel);
+    },
+  };
+}

@@ -1,4 +1,5 @@
-import { sharedSubscriber } from "./_subscriber.ts";
+import { shardedFirst, sharedSubscriber } from "./_subscriber.ts";
+import { keySlot } from "./keys.ts";
 
 /**
  * What deadbolt needs from a Redis client: run a Lua script with keys and
@@ -31,10 +32,11 @@ export interface ScriptClient {
    */
   evalsha?(sha1: string, keys: string[], args: string[]): Promise<unknown>;
   /**
-   * Runs `WAIT numreplicas timeout` on the connection that ran the scripts;
+   * Runs `WAIT numreplicas timeout` on the connection that ran the scripts
+   * on `key` (on a cluster, the connection to the master of `key`'s slot);
    * needed only for the `waitReplicas` option.
    */
-  wait?(numreplicas: number, timeout: number): Promise<unknown>;
+  wait?(numreplicas: number, timeout: number, key: string): Promise<unknown>;
   /**
    * Calls `listener` on every pub/sub message to `channel` and resolves with
    * a function that stops it. When present, a waiter is woken as soon as the
@@ -66,8 +68,25 @@ export interface IoredisClient {
   defineCommand(name: string, definition: { lua: string }): unknown;
   /** `WAIT`, for the `waitReplicas` option. */
   wait?(numreplicas: number, timeout: number): Promise<unknown>;
-  /** A new connection with the same options, for pub/sub wake-ups. */
-  duplicate?(): IoredisSubscriber;
+  /**
+   * A new connection (or, for a `Cluster`, a new cluster client) with the
+   * same options, for pub/sub wake-ups.
+   */
+  duplicate?(...options: never[]): IoredisSubscriber;
+  /** `true` on an ioredis `Cluster`. */
+  readonly isCluster?: boolean;
+  /** A `Cluster`'s slot table: the `host:port` of each slot's nodes, master first. */
+  readonly slots?: readonly (readonly string[] | undefined)[];
+  /** A `Cluster`'s node connections. */
+  nodes?(role: "master"): IoredisNode[];
+}
+
+/** One node connection of an ioredis `Cluster`. */
+export interface IoredisNode {
+  /** The node's address. */
+  readonly options: { readonly host?: string; readonly port?: number };
+  /** `WAIT`, for the `waitReplicas` option. */
+  wait(numreplicas: number, timeout: number): Promise<unknown>;
 }
 
 /** The part of an ioredis connection used to subscribe. */
@@ -76,8 +95,15 @@ export interface IoredisSubscriber {
   subscribe(channel: string): Promise<unknown>;
   /** `UNSUBSCRIBE`. */
   unsubscribe(channel: string): Promise<unknown>;
-  /** Listens for messages. */
-  on(event: "message", listener: (channel: string) => void): unknown;
+  /** `SSUBSCRIBE` (ioredis 5.3 and later). */
+  ssubscribe?(channel: string): Promise<unknown>;
+  /** `SUNSUBSCRIBE` (ioredis 5.3 and later). */
+  sunsubscribe?(channel: string): Promise<unknown>;
+  /** Listens for plain (`message`) and sharded (`smessage`) messages. */
+  on(
+    event: "message" | "smessage",
+    listener: (channel: string) => void,
+  ): unknown;
   /** Closes the connection. */
   disconnect(): void;
 }
@@ -90,7 +116,7 @@ export interface NodeRedisEvalOptions {
   arguments: string[];
 }
 
-/** The part of a node-redis 5 or 6 client that deadbolt uses. */
+/** The part of a node-redis 5 or 6 client (or cluster) that deadbolt uses. */
 export interface NodeRedisClient {
   /** `EVAL` with keys and arguments in an options object. */
   eval(script: string, options: NodeRedisEvalOptions): Promise<unknown>;
@@ -100,6 +126,22 @@ export interface NodeRedisClient {
   wait?(numreplicas: number, timeout: number): Promise<unknown>;
   /** A new client with the same options, for pub/sub wake-ups. */
   duplicate?(): NodeRedisSubscriber;
+  /**
+   * Present on a cluster (`createCluster`) only: the master of a slot. A
+   * cluster subscribes with its own sharded subscribers and sends `WAIT` to
+   * the master of the lock's slot.
+   */
+  getSlotMaster?(slot: number): unknown;
+  /** A cluster's connection to one node. */
+  nodeClient?(node: never): unknown;
+  /** `SSUBSCRIBE` on a cluster. */
+  sSubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `SUNSUBSCRIBE` on a cluster. */
+  sUnsubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `SUBSCRIBE` on a cluster. */
+  subscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `UNSUBSCRIBE` on a cluster. */
+  unsubscribe?(channel: string, listener: () => void): Promise<unknown>;
 }
 
 /** The part of a node-redis client used to subscribe. */
@@ -110,6 +152,10 @@ export interface NodeRedisSubscriber {
   subscribe(channel: string, listener: () => void): Promise<unknown>;
   /** `UNSUBSCRIBE`. */
   unsubscribe(channel: string): Promise<unknown>;
+  /** `SSUBSCRIBE` with a listener. */
+  sSubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `SUNSUBSCRIBE`. */
+  sUnsubscribe?(channel: string): Promise<unknown>;
   /** Closes the connection (node-redis 5 and 6). */
   close?(): Promise<unknown>;
   /** Closes the connection (node-redis 4). */
@@ -163,23 +209,63 @@ const SUPPORTED =
  * ```
  */
 export function fromIoredis(client: IoredisClient): ScriptClient {
+  const cluster = client.isCluster === true;
   return {
     eval: (script, keys, args) =>
       client.eval(script, keys.length, ...keys, ...args),
     evalsha: (sha1, keys, args) =>
       client.evalsha(sha1, keys.length, ...keys, ...args),
-    ...bindWait(client),
+    ...(cluster ? { wait: ioredisClusterWait(client) } : bindWait(client)),
     ...(typeof client.duplicate === "function" && {
       subscribe: sharedSubscriber((deliver) => {
-        const subscriber = client.duplicate!();
+        // A Cluster subscribes to sharded channels only through its own
+        // per-shard subscribers, which this option turns on.
+        const duplicate = client.duplicate!.bind(client) as (
+          ...options: unknown[]
+        ) => IoredisSubscriber;
+        const subscriber = cluster
+          ? duplicate([], { shardedSubscribers: true })
+          : duplicate();
         subscriber.on("message", deliver);
+        subscriber.on("smessage", deliver);
         return Promise.resolve({
-          subscribe: (channel) => subscriber.subscribe(channel),
-          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+          ...shardedFirst(
+            subscriber.ssubscribe && {
+              subscribe: (channel) => subscriber.ssubscribe!(channel),
+              unsubscribe: (channel) => subscriber.sunsubscribe!(channel),
+            },
+            {
+              subscribe: (channel) => subscriber.subscribe(channel),
+              unsubscribe: (channel) => subscriber.unsubscribe(channel),
+            },
+          ),
           close: () => Promise.resolve(subscriber.disconnect()),
         });
       }),
     }),
+  };
+}
+
+// WAIT has no key, so a Cluster would send it to any node: send it to the
+// master of the key's slot instead, over the connection that ran the script.
+function ioredisClusterWait(
+  client: IoredisClient,
+): NonNullable<ScriptClient["wait"]> {
+  return (numreplicas, timeout, key) => {
+    const address = client.slots?.[keySlot(key)]?.[0];
+    const node = client.nodes?.("master").find(({ options }) =>
+      `${options.host}:${options.port}` === address
+    );
+    if (!node) {
+      return Promise.reject(
+        new Error(
+          `Cannot send WAIT as the cluster knows no master for key '${key}' (slot ${
+            keySlot(key)
+          })`,
+        ),
+      );
+    }
+    return node.wait(numreplicas, timeout);
   };
 }
 
@@ -199,22 +285,90 @@ export function fromIoredis(client: IoredisClient): ScriptClient {
  * ```
  */
 export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
-  return {
+  const base: ScriptClient = {
     eval: (script, keys, args) =>
       client.eval(script, { keys, arguments: args }),
     evalsha: (sha1, keys, args) =>
       client.evalSha(sha1, { keys, arguments: args }),
+  };
+  if (typeof client.getSlotMaster === "function") {
+    return { ...base, ...nodeRedisCluster(client) };
+  }
+  return {
+    ...base,
     ...bindWait(client),
     ...(typeof client.duplicate === "function" && {
       subscribe: sharedSubscriber(async (deliver) => {
         const subscriber = client.duplicate!();
         await subscriber.connect();
         return {
-          subscribe: (channel) =>
-            subscriber.subscribe(channel, () => deliver(channel)),
-          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+          ...shardedFirst(
+            subscriber.sSubscribe && {
+              subscribe: (channel) =>
+                subscriber.sSubscribe!(channel, () => deliver(channel)),
+              unsubscribe: (channel) => subscriber.sUnsubscribe!(channel),
+            },
+            {
+              subscribe: (channel) =>
+                subscriber.subscribe(channel, () => deliver(channel)),
+              unsubscribe: (channel) => subscriber.unsubscribe(channel),
+            },
+          ),
           close: () => (subscriber.close ?? subscriber.quit)!.call(subscriber),
         };
+      }),
+    }),
+  };
+}
+
+// A node-redis cluster keeps its own pub/sub connections (one per shard for
+// sharded channels), so it subscribes itself; WAIT goes to the master of the
+// key's slot, over the connection the cluster sent the script on.
+function nodeRedisCluster(
+  cluster: NodeRedisClient,
+): Pick<ScriptClient, "wait" | "subscribe"> {
+  type Commands = (channel: string, listener: () => void) => Promise<unknown>;
+  const bound = (command: Commands | undefined) => command?.bind(cluster);
+  const [sSubscribe, sUnsubscribe, subscribe, unsubscribe] = [
+    bound(cluster.sSubscribe),
+    bound(cluster.sUnsubscribe),
+    bound(cluster.subscribe),
+    bound(cluster.unsubscribe),
+  ];
+  return {
+    wait: async (numreplicas, timeout, key) => {
+      const node = cluster.getSlotMaster!(keySlot(key));
+      const connection = await cluster.nodeClient!(node as never) as {
+        wait(numreplicas: number, timeout: number): Promise<unknown>;
+      };
+      return await connection.wait(numreplicas, timeout);
+    },
+    ...(subscribe && unsubscribe && {
+      subscribe: sharedSubscriber((deliver) => {
+        const listeners = new Map<string, () => void>();
+        const listener = (channel: string) => {
+          let each = listeners.get(channel);
+          if (!each) listeners.set(channel, each = () => deliver(channel));
+          return each;
+        };
+        const forget = (run: Commands) => (channel: string) => {
+          const each = listener(channel);
+          listeners.delete(channel);
+          return run(channel, each);
+        };
+        return Promise.resolve({
+          ...shardedFirst(
+            sSubscribe && sUnsubscribe && {
+              subscribe: (channel) => sSubscribe(channel, listener(channel)),
+              unsubscribe: forget(sUnsubscribe),
+            },
+            {
+              subscribe: (channel) => subscribe(channel, listener(channel)),
+              unsubscribe: forget(unsubscribe),
+            },
+          ),
+          close: () => Promise.resolve(),
+        });
       }),
     }),
   };
@@ -338,10 +492,15 @@ function bindScriptClient(client: ScriptClient): ScriptClient {
     adapted.subscribe = (channel, listener) =>
       client.subscribe!(channel, listener);
   }
-  return Object.assign(adapted, bindWait(client));
+  if (typeof client.wait === "function") {
+    adapted.wait = (numreplicas, timeout, key) =>
+      client.wait!(numreplicas, timeout, key);
+  }
+  return adapted;
 }
 
 // Binds an optional `wait` method; absent when the client has none (Upstash).
+// ioredis sends every argument it is given, so these clients get two.
 function bindWait(
   client: { wait?(numreplicas: number, timeout: number): Promise<unknown> },
 ): Pick<ScriptClient, "wait"> {

@@ -24,3 +24,28 @@ export function lockKeys(prefix: string, name: string): LockKeys {
   }}`;
   return { lock: tag, fence: `${tag}:fence`, released: `${tag}:released` };
 }
+
+const encoder = new TextEncoder();
+
+/**
+ * The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, or of
+ * the whole key when it has none, modulo 16384), as `CLUSTER KEYSLOT` gives
+ * it. Cluster adapters use it to send `WAIT` to the master that ran the
+ * lock's script.
+ */
+export function keySlot(key: string): number {
+  let bytes = encoder.encode(key);
+  const open = bytes.indexOf(0x7b); // "{"
+  if (open !== -1) {
+    const close = bytes.indexOf(0x7d, open + 1); // "}"
+    if (close > open + 1) bytes = bytes.subarray(open + 1, close);
+  }
+  let crc = 0;
+  for (const byte of bytes) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc & 0x3fff;
+}

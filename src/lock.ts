@@ -585,6 +585,7 @@ export class Lock implements AsyncDisposable {
       const call = this.#client.wait!(
         this.#settings.waitReplicas,
         this.#settings.replicaTimeout,
+        this.key,
       );
       [acknowledged] = toIntegers(
         await this.#settle(call, signal, this.#settings.replicaTimeout),
