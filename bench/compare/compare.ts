@@ -414,6 +414,30 @@ const contendedResults = [
   new Map<string, Contended>(),
 ];
 const SECTIONS = [0, 1];
+// Sequential round trips per second on one client, measured each round
+// between the uncontended and contended workloads.
+const roundTripRates: number[] = [];
+
+/**
+ * The ceiling for any lock that records every grant in Redis: one client
+ * sending one command at a time (a one-line script by EVALSHA, what a handoff
+ * costs at least) completes this many round trips per second.
+ */
+async function roundTrips(port: number, ms: number): Promise<number> {
+  const redis = await connect(port);
+  try {
+    const sha = await redis.script("LOAD", "return 1") as string;
+    let trips = 0;
+    const start = now();
+    while (now() - start < ms) {
+      await redis.evalsha(sha, 0);
+      trips++;
+    }
+    return trips / ((now() - start) / 1000);
+  } finally {
+    await redis.quit();
+  }
+}
 
 const rotate = <T>(list: readonly T[], by: number): T[] =>
   list.slice(by % list.length).concat(list.slice(0, by % list.length));
@@ -449,6 +473,9 @@ for (let round = 0; round < ROUNDS; round++) {
     }
   }
   progress(`  ${perRound} handoffs for each library`);
+  const trips = await roundTrips(server.port, SECONDS * 1000);
+  roundTripRates.push(trips);
+  progress(`  sequential round trips: ${integer(trips)}/s`);
   for (const [i, section] of SECTIONS.entries()) {
     for (const v of rotate(VARIANTS, round)) {
       const key = `contended:${section}:${v.id}:${round}`;
@@ -643,6 +670,22 @@ for (const [i, section] of SECTIONS.entries()) {
     ),
     "",
   );
+  if (section === 0) {
+    const trips = roundTripRates.reduce((sum, rate) => sum + rate, 0) /
+      roundTripRates.length;
+    out.push(
+      `Ceiling: every grant deadbolt makes is a write to Redis (its own token, its own fence), so a handoff costs at least one round trip. One client sending one \`EVALSHA\` at a time completes ${
+        integer(trips)
+      } round trips/s here (mean of the rounds), which caps any such lock at ${
+        integer(trips)
+      } critical sections/s = ${
+        ratio(trips, best.rate)
+      } the best peer; 5× the best peer would need ${
+        integer(5 * best.rate)
+      }/s, i.e. handoffs that skip Redis.`,
+      "",
+    );
+  }
   if (section > 0) {
     out.push(
       `A ${section} ms \`setTimeout\` takes ${
