@@ -38,6 +38,14 @@ export class LocalQueue {
    */
   yielding = false;
 
+  /**
+   * Whether the last handover found a waiter's mark: some waiter (in
+   * another process, most likely) was turned away lately. Only then does
+   * {@linkcode take} stop a run of handovers; with nobody waiting elsewhere,
+   * yielding would only cost time.
+   */
+  waitingElsewhere = false;
+
   constructor(onEmpty: () => void) {
     this.#onEmpty = onEmpty;
   }
@@ -146,15 +154,17 @@ export class LocalQueue {
   /**
    * For a holder releasing in this process: the sleeping head's offer to be
    * handed the lock, or `undefined` when nobody sleeps at the head with one,
-   * or when the last {@linkcode MAX_HANDOVERS} releases were handovers (this
-   * one then goes through Redis, so other processes get their chance).
+   * or when the last {@linkcode MAX_HANDOVERS} releases or more were
+   * handovers and a waiter elsewhere is known (this one then goes through
+   * Redis, so other processes get their chance).
    */
   take(): Offer | undefined {
     const sleeper = this.#sleeper;
     this.yielding = false;
     if (!sleeper?.offer || sleeper.taken) return undefined;
-    if (this.#handovers >= MAX_HANDOVERS) {
+    if (this.#handovers >= MAX_HANDOVERS && this.waitingElsewhere) {
       this.#handovers = 0;
+      this.waitingElsewhere = false;
       this.yielding = true;
       return undefined;
     }

@@ -15,6 +15,13 @@ export interface LockKeys {
   readonly fence: string;
   /** The pub/sub channel a release publishes on: `<prefix>{<name>}:released`. */
   readonly released: string;
+  /**
+   * Set (with a short expiry) when a waiter is turned away:
+   * `<prefix>{<name>}:waiting`. A holder handing the lock over within its
+   * process sees it and yields after a few handovers; without it, it keeps
+   * handing over.
+   */
+  readonly waiting: string;
 }
 
 /** Computes the keys of the lock `name` under `prefix`. */
@@ -22,7 +29,12 @@ export function lockKeys(prefix: string, name: string): LockKeys {
   const tag = `${prefix}{${
     name.replace(/[%}]/g, (c) => c === "%" ? "%25" : "%7D")
   }}`;
-  return { lock: tag, fence: `${tag}:fence`, released: `${tag}:released` };
+  return {
+    lock: tag,
+    fence: `${tag}:fence`,
+    released: `${tag}:released`,
+    waiting: `${tag}:waiting`,
+  };
 }
 
 const encoder = new TextEncoder();

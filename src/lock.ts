@@ -53,6 +53,8 @@ const STATIC_TRY_KEYS = [...LOCK_KEYS, "signal"];
 // to ask for the lock before the local head does (they hear of the release
 // by pub/sub within a round trip).
 const YIELD_MS = 2;
+// Added to a waiting mark's lifetime, so it outlasts the waiter's sleep.
+const MARK_MARGIN_MS = 20;
 
 /**
  * A distributed lock on one Redis key, with a lease that renews itself while
@@ -93,6 +95,7 @@ export class Lock implements AsyncDisposable {
 
   #fenceKey: string;
   #channel: string;
+  #waitingKey: string;
   #client: ScriptClient;
   #settings: LockSettings;
   #token: string = crypto.randomUUID();
@@ -130,6 +133,7 @@ export class Lock implements AsyncDisposable {
     this.key = keys.lock;
     this.#fenceKey = keys.fence;
     this.#channel = keys.released;
+    this.#waitingKey = keys.waiting;
   }
 
   /**
@@ -370,7 +374,7 @@ export class Lock implements AsyncDisposable {
     queue?.vacate(this);
     const offer = queue?.take();
     try {
-      if (offer) return await this.#handOver(offer);
+      if (offer) return await this.#handOver(offer, queue!);
       const reply = await this.#settle(
         runScript(this.#client, RELEASE, [this.key, this.#channel], [
           this.#token,
@@ -388,14 +392,14 @@ export class Lock implements AsyncDisposable {
   }
 
   // Passes the lock to a waiter of this process in one round trip.
-  async #handOver(offer: Offer): Promise<boolean> {
+  async #handOver(offer: Offer, queue: LocalQueue): Promise<boolean> {
     const sent = now();
     let code: number, fence: number;
     try {
       const call = runScript(
         this.#client,
         HANDOVER,
-        [this.key, this.#fenceKey],
+        [this.key, this.#fenceKey, this.#waitingKey],
         [
           this.#token,
           offer.token,
@@ -403,7 +407,9 @@ export class Lock implements AsyncDisposable {
           offer.fencing ? "1" : "0",
         ],
       );
-      [code, fence] = toIntegers(await this.#settle(call), 2);
+      let waiting: number;
+      [code, fence, waiting] = toIntegers(await this.#settle(call), 3);
+      queue.waitingElsewhere = waiting === 1;
     } catch (error) {
       // It may have landed: the waiter retries with its token and, if so,
       // finds the key its own.
@@ -469,7 +475,11 @@ export class Lock implements AsyncDisposable {
     deadline: number,
     queue: LocalQueue | undefined,
   ): Promise<void> {
-    const keys = [this.key, this.#fenceKey];
+    // A waiter (not one attempt) leaves a mark when turned away, so that a
+    // holder handing the lock over in its own process yields to it.
+    const keys = queue
+      ? [this.key, this.#fenceKey, this.#waitingKey]
+      : [this.key, this.#fenceKey];
     const fencing = this.#settings.fencing ? "1" : "0";
     let token = crypto.randomUUID();
     const want = () => ({
@@ -495,10 +505,15 @@ export class Lock implements AsyncDisposable {
     }
     for (let attempt = 0;; attempt++) {
       const sent = attempt === 0 ? firstSend : now();
+      // The mark lasts until this waiter's next attempt at the latest.
+      const mark = Math.ceil(
+        Math.min(wait.maxRetryDelay, wait.retryDelay * 2 ** attempt),
+      ) + MARK_MARGIN_MS;
       const call = runScript(this.#client, ACQUIRE, keys, [
         token,
         String(this.#settings.ttl),
         fencing,
+        String(mark),
       ]);
       let code: number, value: number;
       try {

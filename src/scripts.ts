@@ -28,10 +28,12 @@ const CHECK_FENCE = `if fencing then
 end`;
 
 /**
- * KEYS: lock, fence counter. ARGV: token, ttl in ms, "1" to issue a fence.
- * Replies {1, fence} granted (fence 0 unless fencing), {0, pttl} held by
- * another owner, {2, 0} the lock key holds another type, {3, 0} the fence
- * counter is not a safe integer.
+ * KEYS: lock, fence counter, and for a waiter the waiting marker. ARGV:
+ * token, ttl in ms, "1" to issue a fence, and for a waiter how long (ms) the
+ * marker should last: until its next attempt at the latest. Replies
+ * {1, fence} granted (fence 0 unless fencing), {0, pttl} held by another
+ * owner (the marker is then set), {2, 0} the lock key holds another type,
+ * {3, 0} the fence counter is not a safe integer.
  */
 export const ACQUIRE: LuaScript = {
   source: `local fencing = ARGV[3] == '1'
@@ -47,22 +49,25 @@ if holder == ARGV[1] then
   if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
   return {1, 0}
 end
+if KEYS[3] then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
 return {0, redis.call('PTTL', KEYS[1])}`,
 };
 
 /**
  * Passes a lock from its holder straight to a waiter in the same process, in
- * one round trip: KEYS: lock, fence counter. ARGV: the holder's token, the
- * waiter's token, the waiter's ttl in ms, "1" to issue a fence. Replies
- * {1, fence} handed over, {0, 0} the key is gone, {-1, 0} another owner
- * holds it (both left alone), {3, 0} the fence counter is unusable (the
- * holder's key is then deleted, as a release would).
+ * one round trip: KEYS: lock, fence counter, waiting marker. ARGV: the
+ * holder's token, the waiter's token, the waiter's ttl in ms, "1" to issue a
+ * fence. Replies {1, fence, waiting} handed over, where waiting is 1 when
+ * the marker says a waiter was turned away lately (in any process), {0, 0, 0}
+ * the key is gone, {-1, 0, 0} another owner holds it (both left alone),
+ * {3, 0, 0} the fence counter is unusable (the holder's key is then deleted,
+ * as a release would).
  */
 export const HANDOVER: LuaScript = {
   source: `local holder = redis.pcall('GET', KEYS[1])
 if holder ~= ARGV[1] then
-  if holder == false then return {0, 0} end
-  return {-1, 0}
+  if holder == false then return {0, 0, 0} end
+  return {-1, 0, 0}
 end
 local fencing = ARGV[4] == '1'
 if fencing then
@@ -71,12 +76,13 @@ ${CHECK_FENCE}
   end)()
   if refused then
     redis.call('DEL', KEYS[1])
-    return refused
+    return {refused[1], 0, 0}
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if fencing then return {1, redis.call('INCR', KEYS[2])} end
-return {1, 0}`,
+local waiting = redis.call('EXISTS', KEYS[3])
+if fencing then return {1, redis.call('INCR', KEYS[2]), waiting} end
+return {1, 0, waiting}`,
 };
 
 /**

@@ -5,6 +5,35 @@
  */
 
 import type { ScriptClient } from "../mod.ts";
+import {
+  ACQUIRE,
+  EXTEND,
+  HANDOVER,
+  type LuaScript,
+  RELEASE,
+} from "../src/scripts.ts";
+
+/** Which of deadbolt's scripts a call runs. */
+export type ScriptKind = "acquire" | "extend" | "release" | "handover";
+
+const SCRIPTS: [ScriptKind, LuaScript][] = [
+  ["acquire", ACQUIRE],
+  ["extend", EXTEND],
+  ["release", RELEASE],
+  ["handover", HANDOVER],
+];
+
+/**
+ * Tells which script a client call runs from what the client is given: the
+ * source (`eval`) or its SHA-1 (`evalsha`, computed before the first call).
+ */
+export function scriptKind(sourceOrSha: string): ScriptKind {
+  const found = SCRIPTS.find(([, script]) =>
+    script.source === sourceOrSha || script.sha === sourceOrSha
+  );
+  if (!found) throw new Error(`not one of deadbolt's scripts: ${sourceOrSha}`);
+  return found[0];
+}
 
 /** Resolves after `ms` (only for waiting out real time, never to synchronize). */
 export const sleep = (ms: number): Promise<void> =>

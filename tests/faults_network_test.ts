@@ -10,7 +10,13 @@ import {
 import { ChaosProxy } from "./_chaos.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
-import { abortedAt, sleep, within } from "./_util.ts";
+import {
+  abortedAt,
+  type ScriptKind,
+  scriptKind,
+  sleep,
+  within,
+} from "./_util.ts";
 
 // Network faults between the client and Redis, injected by the chaos proxy
 // in _chaos.ts; assertions go over a side connection straight to Redis.
@@ -24,10 +30,7 @@ import { abortedAt, sleep, within } from "./_util.ts";
 
 const DRIFT = (ttl: number) => ttl * 0.01 + 2;
 
-type Kind = "acquire" | "extend" | "release";
-// The scripts are told apart by their arguments: acquire (token, ttl,
-// fencing), extend (token, ttl), release (token).
-const KINDS: Record<number, Kind> = { 3: "acquire", 2: "extend", 1: "release" };
+type Kind = ScriptKind;
 
 /** One script call deadbolt made, as the client saw it. */
 interface Call {
@@ -54,9 +57,13 @@ function recording(inner: ScriptClient): Recorder {
   const calls: Call[] = [];
   const waiters: { match: (call: Call) => boolean; resolve(c: Call): void }[] =
     [];
-  const record = (args: string[], reply: Promise<unknown>) => {
+  const record = (
+    script: string,
+    args: string[],
+    reply: Promise<unknown>,
+  ) => {
     const call: Call = {
-      kind: KINDS[args.length],
+      kind: scriptKind(script),
       token: args[0],
       at: performance.now(),
       reply,
@@ -77,8 +84,10 @@ function recording(inner: ScriptClient): Recorder {
   };
   return {
     calls,
-    eval: (script, keys, args) => record(args, inner.eval(script, keys, args)),
-    evalsha: (sha, keys, args) => record(args, inner.evalsha!(sha, keys, args)),
+    eval: (script, keys, args) =>
+      record(script, args, inner.eval(script, keys, args)),
+    evalsha: (sha, keys, args) =>
+      record(sha, args, inner.evalsha!(sha, keys, args)),
     call(match, ms = 3_000) {
       const found = calls.find(match);
       if (found) return Promise.resolve(found);

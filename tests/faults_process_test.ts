@@ -9,17 +9,14 @@ import {
 } from "../mod.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
-import { sleep, within } from "./_util.ts";
+import { type ScriptKind, scriptKind, sleep, within } from "./_util.ts";
 
 // Faults injected inside this process, against a real redis-server: a
 // blocked event loop (F4), wall-clock jumps (F23), renewal racing release
 // (F25), misuse of one handle (F26), aborts (F27) and a contention storm
 // (F30). Out-of-process faults live in processes_test.ts.
 
-/** Which script a call runs, told apart by arity: acquire has 3 arguments, extend 2, release 1. */
-type Kind = "acquire" | "extend" | "release";
-const kindOf = (args: string[]): Kind =>
-  args.length === 3 ? "acquire" : args.length === 2 ? "extend" : "release";
+type Kind = ScriptKind;
 
 type Phase = "send" | "reply";
 interface Hook {
@@ -39,7 +36,12 @@ interface Gate {
  * library sees the reply), and can hold a call's send or reply behind a gate.
  */
 class Recording implements ScriptClient {
-  readonly counts: Record<Kind, number> = { acquire: 0, extend: 0, release: 0 };
+  readonly counts: Record<Kind, number> = {
+    acquire: 0,
+    extend: 0,
+    release: 0,
+    handover: 0,
+  };
   /** Renewals Redis confirmed (reply 1): when each was sent and answered. */
   readonly renewals: { sentAt: number; answeredAt: number }[] = [];
   /** Release scripts that deleted their own key (reply 1). */
@@ -61,12 +63,12 @@ class Recording implements ScriptClient {
 
   eval(script: string, keys: string[], args: string[]): Promise<unknown> {
     this.evalCalls++;
-    return this.#call(args, () => this.#inner.eval(script, keys, args));
+    return this.#call(script, args, () => this.#inner.eval(script, keys, args));
   }
 
   evalsha(sha: string, keys: string[], args: string[]): Promise<unknown> {
     this.evalshaCalls++;
-    return this.#call(args, () => this.#inner.evalsha!(sha, keys, args));
+    return this.#call(sha, args, () => this.#inner.evalsha!(sha, keys, args));
   }
 
   /** Runs `run` once, synchronously, when the next `kind` call is about to be sent or has answered. */
@@ -93,8 +95,12 @@ class Recording implements ScriptClient {
     while (this.#inflight.size > 0) await Promise.allSettled(this.#inflight);
   }
 
-  #call(args: string[], send: () => Promise<unknown>): Promise<unknown> {
-    const kind = kindOf(args);
+  #call(
+    script: string,
+    args: string[],
+    send: () => Promise<unknown>,
+  ): Promise<unknown> {
+    const kind = scriptKind(script);
     this.counts[kind]++;
     this.#fire(kind, "send");
     const sentAt = performance.now();

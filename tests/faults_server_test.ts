@@ -13,7 +13,13 @@ import {
 } from "../mod.ts";
 import { freePort, type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
-import { abortedAt, sleep, within } from "./_util.ts";
+import {
+  abortedAt,
+  type ScriptKind,
+  scriptKind,
+  sleep,
+  within,
+} from "./_util.ts";
 
 // Server-side faults (reliability.md (b), F8–F35), each injected by the
 // server's own means: stopping or restarting it, DEBUG SLEEP, SIGSTOP,
@@ -156,7 +162,7 @@ const CLIENTS: [string, (server: RedisServer) => Promise<Opened>][] = [
 
 // --- Observing the library's script calls -------------------------------------
 
-type Kind = "acquire" | "extend" | "release";
+type Kind = ScriptKind;
 
 /** One settled script call. */
 interface Settled {
@@ -165,9 +171,6 @@ interface Settled {
   reply?: unknown;
   error?: unknown;
 }
-
-// The scripts take 3 (acquire), 2 (extend) and 1 (release) arguments.
-const KINDS: Record<number, Kind> = { 3: "acquire", 2: "extend", 1: "release" };
 
 /** A client that forwards to `inner` and reports every settled script call. */
 class Observed implements ScriptClient {
@@ -180,11 +183,15 @@ class Observed implements ScriptClient {
   }
 
   eval(script: string, keys: string[], args: string[]): Promise<unknown> {
-    return this.#watch("eval", args, this.#inner.eval(script, keys, args));
+    return this.#watch("eval", script, this.#inner.eval(script, keys, args));
   }
 
   evalsha(sha1: string, keys: string[], args: string[]): Promise<unknown> {
-    return this.#watch("evalsha", args, this.#inner.evalsha!(sha1, keys, args));
+    return this.#watch(
+      "evalsha",
+      sha1,
+      this.#inner.evalsha!(sha1, keys, args),
+    );
   }
 
   /** Resolves with the next call of `kind` that settles and passes `test`. */
@@ -208,10 +215,10 @@ class Observed implements ScriptClient {
 
   #watch(
     method: Settled["method"],
-    args: string[],
+    script: string,
     call: Promise<unknown>,
   ): Promise<unknown> {
-    const kind = KINDS[args.length];
+    const kind = scriptKind(script);
     const record = (settled: Settled) => {
       this.log.push(settled);
       for (const waiter of this.#waiters) {

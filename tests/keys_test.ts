@@ -96,7 +96,7 @@ function pipeline(
   return Promise.all(commands.map(([cmd, ...args]) => side.send(cmd, ...args)));
 }
 
-Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to deadbolt:{name}:fence and its channel to deadbolt:{name}:released", async () => {
+Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to deadbolt:{name}:fence, its channel to deadbolt:{name}:released and its waiting mark to deadbolt:{name}:waiting", async () => {
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
@@ -106,11 +106,13 @@ Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to d
       lock: `deadbolt:{${name}}`,
       fence: `deadbolt:{${name}}:fence`,
       released: `deadbolt:{${name}}:released`,
+      waiting: `deadbolt:{${name}}:waiting`,
     });
     assert.deepEqual(lockKeys("app:", name), {
       lock: `app:{${name}}`,
       fence: `app:{${name}}:fence`,
       released: `app:{${name}}:released`,
+      waiting: `app:{${name}}:waiting`,
     });
     assert.equal(new Lock(client, name).key, `deadbolt:{${name}}`);
     assert.equal(new Lock(client, name, { prefix: "" }).key, `{${name}}`);

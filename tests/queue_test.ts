@@ -292,6 +292,29 @@ async function takesTurns(port: number, here: RedisClient): Promise<void> {
   }
 }
 
+Deno.test("with nobody waiting in another process, local handovers go on without yielding", async () => {
+  await using env = await setup();
+  const TURNS = 200;
+  let turns = 0;
+  const first = await Lock.acquire(env.redis, "alone");
+  const workers = Array.from({ length: 4 }, async () => {
+    while (turns < TURNS) {
+      const lock = await Lock.acquire(env.redis, "alone", { timeout: 10_000 });
+      turns++;
+      await lock.release();
+    }
+  });
+  await sleep(20);
+  const before = env.redis.calls;
+  await first.release();
+  await Promise.all(workers);
+  // One handover script per turn, plus the last release(s). A yield every
+  // 16 handovers would add a release and an acquire each time (about 25).
+  const calls = env.redis.calls - before;
+  assert.ok(calls <= turns + 6, `${calls} script calls for ${turns} turns`);
+  assert.equal(await env.side.send("EXISTS", "deadbolt:{alone}:waiting"), 0);
+});
+
 Deno.test("a waiter aborted while the lock is being handed to it leaves no key behind", async () => {
   await using env = await setup();
   const holder = await Lock.acquire(env.redis, "abandoned");
