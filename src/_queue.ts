@@ -13,7 +13,7 @@ import { MAX_TIMER_MS } from "./_validate.ts";
  * it; where the client can subscribe, a release elsewhere wakes it too.
  */
 export class LocalQueue {
-  #waiters: PromiseWithResolvers<void>[] = [];
+  #waiters: Deferred<void>[] = [];
   #sleeper: Sleeper | undefined;
   #handovers = 0;
   #woken = false;
@@ -56,13 +56,13 @@ export class LocalQueue {
    * resolves `false` when `deadline` passes first (the waiter has then left).
    */
   enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
-    const turn = Promise.withResolvers<void>();
+    const turn = deferred<void>();
     this.#waiters.push(turn);
     return this.#waiters.length === 1 || this.#await(turn, signal, deadline);
   }
 
   async #await(
-    turn: PromiseWithResolvers<void>,
+    turn: Deferred<void>,
     signal: AbortSignal,
     deadline: number,
   ): Promise<boolean> {
@@ -71,7 +71,7 @@ export class LocalQueue {
       throw signal.reason;
     }
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const gaveUp = Promise.withResolvers<"late">();
+    const gaveUp = deferred<"late">();
     const onAbort = () => gaveUp.reject(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
     // Re-armed in steps: setTimeout fires at once past 2^31 - 1 ms, and a
@@ -206,7 +206,7 @@ export class LocalQueue {
     else if (!sleeper.taken) sleeper.end();
   }
 
-  #remove(waiter: PromiseWithResolvers<void> | undefined): void {
+  #remove(waiter: Deferred<void> | undefined): void {
     const index = waiter ? this.#waiters.indexOf(waiter) : -1;
     if (index < 0) return;
     this.#waiters.splice(index, 1);
@@ -292,4 +292,21 @@ export function existingQueue(
   key: string,
 ): LocalQueue | undefined {
   return queues.get(client)?.get(key);
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(reason: unknown): void;
+}
+
+// Promise.withResolvers(), which Node has only from version 22 on.
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (reason: unknown) => void;
+  const promise = new Promise<T>((yes, no) => {
+    resolve = yes;
+    reject = no;
+  });
+  return { promise, resolve, reject };
 }
