@@ -1,0 +1,289 @@
+import { MIN_TTL } from "../options.ts";
+import { checkName, checkPrefix, MAX_TIMER_MS } from "../_validate.ts";
+
+/** Bad command-line arguments: `deadbolt` prints the message and exits 64. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** Options every command that talks to Redis takes. */
+export interface ConnectionArgs {
+  /** The lock's name. */
+  name: string;
+  /** `redis://` or `rediss://` URL. */
+  redis: string;
+  /** The lock keys' prefix. */
+  prefix: string;
+  /** Print nothing but errors (and, for `status`, nothing at all). */
+  quiet: boolean;
+  /** Print what happens, even when stderr is not a terminal. */
+  verbose: boolean;
+}
+
+/** `deadbolt run <name> [options] -- <command> [args…]`. */
+export interface RunArgs extends ConnectionArgs {
+  kind: "run";
+  /** The lease, in ms. */
+  ttl: number;
+  /** How long to wait for the lock, in ms: 0 one attempt, Infinity forever. */
+  timeout: number;
+  /** Grace between SIGTERM and SIGKILL when the lock is lost, in ms. */
+  killAfter: number;
+  /** Give the command a fencing token in `DEADBOLT_FENCE`. */
+  fencing: boolean;
+  /** Run the command through `/bin/sh -c`. */
+  shell: boolean;
+  /** The command and its arguments: everything after `--`. */
+  command: string[];
+}
+
+/** `deadbolt status <name>`. */
+export interface StatusArgs extends ConnectionArgs {
+  kind: "status";
+}
+
+/** `deadbolt release <name> --token <token>`. */
+export interface ReleaseArgs extends ConnectionArgs {
+  kind: "release";
+  /** The holder's token, as the command got it in `DEADBOLT_TOKEN`. */
+  token: string;
+}
+
+/** What the command line asks for. */
+export type Args =
+  | RunArgs
+  | StatusArgs
+  | ReleaseArgs
+  | { kind: "help"; command?: CommandName }
+  | { kind: "version" };
+
+/** The subcommands. */
+export type CommandName = "run" | "status" | "release";
+
+const COMMANDS: readonly CommandName[] = ["run", "status", "release"];
+
+/** The default `--redis` when `REDIS_URL` is not set. */
+export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
+
+// Each option: whether it takes a value, and the commands that accept it.
+const OPTIONS: Record<string, { value: boolean; commands: CommandName[] }> = {
+  "--redis": { value: true, commands: ["run", "status", "release"] },
+  "--prefix": { value: true, commands: ["run", "status", "release"] },
+  "--quiet": { value: false, commands: ["run", "status", "release"] },
+  "--verbose": { value: false, commands: ["run", "status", "release"] },
+  "--ttl": { value: true, commands: ["run"] },
+  "--timeout": { value: true, commands: ["run"] },
+  "--no-wait": { value: false, commands: ["run"] },
+  "--kill-after": { value: true, commands: ["run"] },
+  "--fencing": { value: false, commands: ["run"] },
+  "--shell": { value: false, commands: ["run"] },
+  "--token": { value: true, commands: ["release"] },
+};
+const SHORT: Record<string, string> = {
+  "-n": "--no-wait",
+  "-q": "--quiet",
+  "-v": "--verbose",
+  "-h": "--help",
+  "-V": "--version",
+};
+
+const UNITS: Record<string, number> = {
+  "": 1,
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+};
+
+/**
+ * Reads a duration as whole milliseconds: a number with an optional unit,
+ * `ms`, `s`, `m` or `h` (`500ms`, `30s`, `1.5s`, `2m`), where a bare number
+ * is milliseconds.
+ *
+ * @throws {UsageError} when `text` is not such a duration.
+ */
+export function parseDuration(option: string, text: string): number {
+  const match = /^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$/.exec(text.trim());
+  if (!match) {
+    throw new UsageError(
+      `${option} must be a duration such as 500ms, 30s, 2m or 1h (a bare number is milliseconds): current value is ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return Math.round(Number(match[1]) * UNITS[match[2] ?? ""]);
+}
+
+function inRange(option: string, ms: number, min: number, text: string) {
+  if (ms < min || ms > MAX_TIMER_MS) {
+    throw new UsageError(
+      `${option} must be from ${min} ms to ${MAX_TIMER_MS} ms: current value is ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return ms;
+}
+
+function checkRedisUrl(url: string, source: string): string {
+  let protocol: string | undefined;
+  try {
+    protocol = new URL(url).protocol;
+  } catch {
+    // Reported below.
+  }
+  if (protocol !== "redis:" && protocol !== "rediss:") {
+    throw new UsageError(
+      `${source} must be a redis:// or rediss:// URL: current value is ${
+        JSON.stringify(url)
+      }`,
+    );
+  }
+  return url;
+}
+
+function usage(check: () => string): string {
+  try {
+    return check();
+  } catch (error) {
+    if (error instanceof TypeError || error instanceof RangeError) {
+      throw new UsageError(error.message);
+    }
+    throw error;
+  }
+}
+
+/**
+ * Parses `deadbolt`'s arguments (without the program name).
+ *
+ * @param argv The arguments.
+ * @param env The environment, for `REDIS_URL`.
+ * @returns What to do.
+ * @throws {UsageError} on anything it cannot make sense of.
+ */
+export function parseArgs(
+  argv: readonly string[],
+  env: Record<string, string | undefined> = {},
+): Args {
+  const dashes = argv.indexOf("--");
+  const head = dashes === -1 ? argv : argv.slice(0, dashes);
+  const tail = dashes === -1 ? undefined : argv.slice(dashes + 1);
+  const positional: string[] = [];
+  const values = new Map<string, string>();
+  const flags = new Set<string>();
+  for (let i = 0; i < head.length; i++) {
+    const arg = head[i];
+    if (!arg.startsWith("-") || arg === "-") {
+      positional.push(arg);
+      continue;
+    }
+    const equals = arg.indexOf("=");
+    const option = SHORT[arg] ??
+      (arg.startsWith("--") && equals > 0 ? arg.slice(0, equals) : arg);
+    if (option === "--help" || option === "--version") {
+      flags.add(option);
+      continue;
+    }
+    const spec = OPTIONS[option];
+    if (!spec) throw new UsageError(`unknown option ${JSON.stringify(arg)}`);
+    if (!spec.value) {
+      if (equals > 0 && arg.startsWith("--")) {
+        throw new UsageError(`${option} takes no value`);
+      }
+      flags.add(option);
+    } else if (equals > 0 && arg.startsWith("--")) {
+      values.set(option, arg.slice(equals + 1));
+    } else if (i + 1 < head.length) {
+      values.set(option, head[++i]);
+    } else {
+      throw new UsageError(`${option} needs a value`);
+    }
+  }
+
+  const [command, name, ...extra] = positional;
+  if (command === "help") {
+    const topic = name as CommandName | undefined;
+    if (topic !== undefined && !COMMANDS.includes(topic)) {
+      throw new UsageError(`unknown command ${JSON.stringify(topic)}`);
+    }
+    return { kind: "help", command: topic };
+  }
+  if (command !== undefined && !COMMANDS.includes(command as CommandName)) {
+    throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+  }
+  const kind = command as CommandName | undefined;
+  if (flags.has("--help")) return { kind: "help", command: kind };
+  if (flags.has("--version")) return { kind: "version" };
+  if (kind === undefined) throw new UsageError("missing a command");
+
+  for (const option of [...flags, ...values.keys()]) {
+    if (!OPTIONS[option].commands.includes(kind)) {
+      throw new UsageError(`${option} is not an option of '${kind}'`);
+    }
+  }
+  if (name === undefined) {
+    throw new UsageError(`missing the lock's name: deadbolt ${kind} <name>`);
+  }
+  if (kind === "run" && tail === undefined) {
+    throw new UsageError(
+      "missing '--' before the command: deadbolt run <name> [options] -- <command> [args…]",
+    );
+  }
+  if (extra.length > 0) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
+  }
+  if (tail !== undefined && kind !== "run") {
+    throw new UsageError(`'${kind}' runs no command: remove '--'`);
+  }
+  if (flags.has("--quiet") && flags.has("--verbose")) {
+    throw new UsageError("--quiet and --verbose exclude each other");
+  }
+
+  const redis = values.has("--redis")
+    ? checkRedisUrl(values.get("--redis")!, "--redis")
+    : env.REDIS_URL
+    ? checkRedisUrl(env.REDIS_URL, "REDIS_URL")
+    : DEFAULT_REDIS_URL;
+  const connection: ConnectionArgs = {
+    name: usage(() => checkName("Cannot lock", "name", name)),
+    redis,
+    prefix: usage(
+      () => checkPrefix("Cannot lock", values.get("--prefix") ?? "deadbolt:"),
+    ),
+    quiet: flags.has("--quiet"),
+    verbose: flags.has("--verbose"),
+  };
+
+  if (kind === "status") return { kind, ...connection };
+  if (kind === "release") {
+    const token = values.get("--token");
+    if (!token) throw new UsageError("release needs --token <token>");
+    return { kind, ...connection, token };
+  }
+
+  if (!tail || tail.length === 0) {
+    throw new UsageError("missing the command after '--'");
+  }
+  const duration = (option: string, fallback: number, min: number) => {
+    const text = values.get(option);
+    if (text === undefined) return fallback;
+    return inRange(option, parseDuration(option, text), min, text);
+  };
+  if (flags.has("--no-wait") && values.has("--timeout")) {
+    throw new UsageError("--no-wait and --timeout exclude each other");
+  }
+  return {
+    kind,
+    ...connection,
+    ttl: duration("--ttl", 30_000, MIN_TTL),
+    timeout: flags.has("--no-wait")
+      ? 0
+      : values.has("--timeout")
+      ? parseDuration("--timeout", values.get("--timeout")!)
+      : Infinity,
+    killAfter: duration("--kill-after", 5_000, 0),
+    fencing: flags.has("--fencing"),
+    shell: flags.has("--shell"),
+    command: tail,
+  };
+}
