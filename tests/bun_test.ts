@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { CORE_CASES } from "./_core_cases.ts";
 import { startRedis } from "./_redis.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname);
-const BUN_TESTS = "./tests/bun/clients.bun.ts";
+// The "./" makes bun take them as paths, not as name filters.
+const BUN_TESTS = ["./tests/bun/core.bun.ts", "./tests/bun/clients.bun.ts"];
 const BUN_VERSION = "1.4.5";
 const RUN_TIMEOUT_MS = 120_000;
 
@@ -34,13 +36,13 @@ async function findBun(): Promise<string[]> {
   return ["npx", "--yes", `bun@${BUN_VERSION}`];
 }
 
-Deno.test("Lock works with Bun's built-in RedisClient under bun test", async () => {
+Deno.test("Lock passes the core cases and works with Bun's built-in RedisClient under bun test", async () => {
   await using server = await startRedis();
   const [bun, ...prefix] = await findBun();
   const kill = new AbortController();
   const timer = setTimeout(() => kill.abort(), RUN_TIMEOUT_MS);
   const output = await new Deno.Command(bun, {
-    args: [...prefix, "test", BUN_TESTS],
+    args: [...prefix, "test", ...BUN_TESTS],
     cwd: ROOT,
     env: { DEADBOLT_TEST_REDIS_PORT: String(server.port), NO_COLOR: "1" },
     stdin: "null",
@@ -50,10 +52,12 @@ Deno.test("Lock works with Bun's built-in RedisClient under bun test", async () 
   }).output().finally(() => clearTimeout(timer));
   const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
   // bun test reports on stderr; both streams go into the failure message.
-  const log = `$ ${[bun, ...prefix, "test", BUN_TESTS].join(" ")}\n` +
+  const log = `$ ${[bun, ...prefix, "test", ...BUN_TESTS].join(" ")}\n` +
     `${decode(output.stdout)}${decode(output.stderr)}`;
   assert.equal(output.code, 0, `bun test failed:\n${log}`);
   const passed = Number(/^\s*(\d+) pass$/m.exec(log)?.[1] ?? 0);
-  assert.ok(passed > 0, `bun test ran no test:\n${log}`);
+  const ran = Number(/^Ran (\d+) tests? across/m.exec(log)?.[1] ?? -1);
+  assert.equal(passed, ran, `bun test passed ${passed} of ${ran}:\n${log}`);
+  assert.ok(passed > CORE_CASES.length, `bun test ran too few tests:\n${log}`);
   assert.match(log, /^\s*0 fail$/m, `bun test reported failures:\n${log}`);
 });

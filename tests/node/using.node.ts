@@ -1,0 +1,61 @@
+// `await using` under Node >= 24, which parses it without flags (Node 20 and
+// 22 do not: the shared cases in ../_core_cases.ts dispose by hand instead).
+// Run by node_test.ts under `node --test`; see core.node.ts.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import process from "node:process";
+import { Redis } from "ioredis";
+import { createClient } from "redis";
+import { Lock, type RedisClient } from "../../mod.ts";
+
+const url = `redis://127.0.0.1:${process.env.DEADBOLT_TEST_REDIS_PORT}`;
+
+/** Checks `await using` with `client`, reading the key through `get`. */
+async function releasesOnScopeExit(
+  client: RedisClient,
+  name: string,
+  get: (key: string) => Promise<unknown>,
+): Promise<void> {
+  let key = "";
+  {
+    await using lock = await Lock.acquire(client, name, { fencing: true });
+    key = lock.key;
+    assert.equal(await get(key), lock.token);
+    await using other = await Lock.tryAcquire(client, name);
+    assert.equal(other, null);
+  }
+  assert.equal(await get(key), null);
+
+  await assert.rejects(async () => {
+    await using lock = await Lock.acquire(client, name);
+    assert.equal(await get(key), lock.token);
+    throw new Error("critical section failed");
+  }, /critical section failed/);
+  assert.equal(await get(key), null);
+}
+
+test("await using releases the lock on scope exit, also when the body throws (ioredis 6 on Node)", async () => {
+  const redis = new Redis(url);
+  try {
+    await releasesOnScopeExit(
+      redis,
+      "node using ioredis",
+      (key) => redis.get(key),
+    );
+  } finally {
+    await redis.quit();
+  }
+});
+
+test("await using releases the lock on scope exit, also when the body throws (node-redis 6 on Node)", async () => {
+  const redis = await createClient({ url }).connect();
+  try {
+    await releasesOnScopeExit(
+      redis,
+      "node using node-redis",
+      (key) => redis.get(key),
+    );
+  } finally {
+    await redis.close();
+  }
+});
