@@ -10,6 +10,8 @@
  * - Waiting uses full-jitter exponential backoff bounded by the holder's
  *   remaining lease and by `timeout`, which is time, not attempts.
  * - Opt-in fencing tokens, strictly increasing per lock name.
+ * - {@linkcode Redlock}: the same handle over several independent Redis
+ *   masters, held while a majority of them agree.
  *
  * ```ts ignore
  * import { Redis } from "npm:ioredis";
@@ -28,9 +30,12 @@
 
 export { Lock } from "./src/lock.ts";
 export type { AcquireOptions, LockOptions } from "./src/options.ts";
+export { Redlock } from "./src/redlock.ts";
+export type { RedlockOptions } from "./src/redlock.ts";
 export {
   LockKeyError,
   LockLostError,
+  LockQuorumError,
   LockReplicationError,
   LockTimeoutError,
 } from "./src/errors.ts";

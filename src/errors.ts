@@ -157,3 +157,71 @@ export class LockReplicationError extends Error {
     this.required = required;
   }
 }
+
+/**
+ * Raised by a {@linkcode Redlock} when too many of its servers failed
+ * (errors or no answer within `commandTimeout`, not a lock held by another
+ * owner) for a quorum to be reached: `acquire` raises it at once rather
+ * than waiting out its `timeout`, since waiting does not bring servers back.
+ * `release` and `extend` raise it when too few servers answered to know the
+ * outcome. Its `cause` is an `AggregateError` of the failed servers' errors.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Redlock, LockQuorumError } from "@deadbolt/deadbolt";
+ *
+ * try {
+ *   await using lock = await Redlock.acquire([a, b, c, d, e], "report");
+ * } catch (error) {
+ *   if (!(error instanceof LockQuorumError)) throw error;
+ *   console.error(`${error.answered} of ${error.servers} servers answered`, error.cause);
+ * }
+ * ```
+ */
+export class LockQuorumError extends Error {
+  /** The lock's name. */
+  readonly lockName: string;
+  /** What failed: `"acquire"`, `"extend"` or `"release"`. */
+  readonly operation: "acquire" | "extend" | "release";
+  /** How many servers answered (whatever the answer). */
+  readonly answered: number;
+  /** How many servers the lock uses. */
+  readonly servers: number;
+  /** How many servers make a quorum: ⌊servers / 2⌋ + 1. */
+  readonly quorum: number;
+
+  /**
+   * Constructs a new instance.
+   *
+   * @param lockName The lock's name.
+   * @param operation What failed.
+   * @param answered How many servers answered.
+   * @param servers How many servers the lock uses.
+   * @param quorum How many servers make a quorum.
+   * @param options `cause`: an `AggregateError` of the failed servers' errors.
+   */
+  constructor(
+    lockName: string,
+    operation: "acquire" | "extend" | "release",
+    answered: number,
+    servers: number,
+    quorum: number,
+    options?: ErrorOptions,
+  ) {
+    const reach = answered < quorum
+      ? `only ${answered} of its ${servers} Redis servers answered and a quorum of ${quorum} is needed`
+      : `${
+        servers - answered
+      } of its ${servers} Redis servers failed and too few of the ${answered} that answered confirmed it for a quorum of ${quorum}`;
+    super(
+      `Cannot ${operation} lock '${lockName}' as ${reach}; the cause holds the failed servers' errors`,
+      options,
+    );
+    this.name = "LockQuorumError";
+    this.lockName = lockName;
+    this.operation = operation;
+    this.answered = answered;
+    this.servers = servers;
+    this.quorum = quorum;
+  }
+}

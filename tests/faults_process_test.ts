@@ -63,12 +63,12 @@ class Recording implements ScriptClient {
 
   eval(script: string, keys: string[], args: string[]): Promise<unknown> {
     this.evalCalls++;
-    return this.#call(script, args, () => this.#inner.eval(script, keys, args));
+    return this.#call(script, () => this.#inner.eval(script, keys, args));
   }
 
   evalsha(sha: string, keys: string[], args: string[]): Promise<unknown> {
     this.evalshaCalls++;
-    return this.#call(sha, args, () => this.#inner.evalsha!(sha, keys, args));
+    return this.#call(sha, () => this.#inner.evalsha!(sha, keys, args));
   }
 
   /** Runs `run` once, synchronously, when the next `kind` call is about to be sent or has answered. */
@@ -95,11 +95,7 @@ class Recording implements ScriptClient {
     while (this.#inflight.size > 0) await Promise.allSettled(this.#inflight);
   }
 
-  #call(
-    script: string,
-    args: string[],
-    send: () => Promise<unknown>,
-  ): Promise<unknown> {
+  #call(script: string, send: () => Promise<unknown>): Promise<unknown> {
     const kind = scriptKind(script);
     this.counts[kind]++;
     this.#fire(kind, "send");

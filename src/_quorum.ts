@@ -1,0 +1,142 @@
+import { setBackgroundTimeout, type Timer } from "./_timers.ts";
+
+/**
+ * What the servers of one round have answered so far: for each, its reply
+ * (the script's integers), its error (a timeout included), or nothing yet.
+ * Once the round has resolved, late answers no longer change it.
+ */
+export class Tally {
+  /** Per server: the reply's integers, when it answered. */
+  readonly replies: (number[] | undefined)[];
+  /** Per server: why it failed, when it did. */
+  readonly failures: unknown[];
+  #failed: boolean[];
+
+  /** An empty tally of `servers` servers. */
+  constructor(servers: number) {
+    this.replies = new Array(servers).fill(undefined);
+    this.failures = new Array(servers).fill(undefined);
+    this.#failed = new Array(servers).fill(false);
+  }
+
+  /** How many servers have neither answered nor failed. */
+  get pending(): number {
+    return this.replies.filter((reply, i) =>
+      reply === undefined && !this.#failed[i]
+    ).length;
+  }
+
+  /** The errors of the servers that failed, in server order. */
+  get errors(): unknown[] {
+    return this.failures.filter((_, i) => this.#failed[i]);
+  }
+
+  /** How many servers replied with `code` (the reply's first integer). */
+  count(code: number): number {
+    return this.replies.filter((reply) => reply?.[0] === code).length;
+  }
+
+  /** Whether server `i` had neither answered nor failed when the round ended. */
+  isPending(i: number): boolean {
+    return this.replies[i] === undefined && !this.#failed[i];
+  }
+
+  /** Records server `i`'s reply. */
+  answer(i: number, reply: number[]): void {
+    this.replies[i] = reply;
+  }
+
+  /** Records server `i`'s failure. */
+  fail(i: number, error: unknown): void {
+    this.#failed[i] = true;
+    this.failures[i] = error;
+  }
+}
+
+/** How {@linkcode round} waits for its calls. */
+export interface RoundOptions {
+  /** Give up on the servers that have not answered after this many ms (`Infinity`: never). */
+  timeout: number;
+  /** The error a server that did not answer in time fails with. */
+  onTimeout: (server: number) => unknown;
+  /** Reads one server's reply; what it throws counts as that server's failure. */
+  parse: (reply: unknown, server: number) => number[];
+  /** Stop waiting as soon as this holds for the tally so far. */
+  enough?: (tally: Tally) => boolean;
+  /** Rejects the round with its reason as soon as it aborts. */
+  signal?: AbortSignal;
+  /** Let the process exit while the round waits. */
+  background?: boolean;
+}
+
+/**
+ * Waits for calls sent to every server at once, until `enough` holds, every
+ * server has answered or failed, or the time is up (the servers still
+ * silent then fail with `onTimeout`). One timer for the whole round, cleared
+ * however it ends; every call keeps a handler, so a late rejection is never
+ * unhandled.
+ */
+export function round(
+  calls: readonly Promise<unknown>[],
+  options: RoundOptions,
+): Promise<Tally> {
+  const {
+    timeout,
+    onTimeout,
+    parse,
+    enough = () => false,
+    signal,
+    background = false,
+  } = options;
+  const tally = new Tally(calls.length);
+  return new Promise<Tally>((resolve, reject) => {
+    let done = false;
+    let timer: Timer | undefined;
+    const finish = (): boolean => {
+      if (done) return false;
+      done = true;
+      if (timer !== undefined) clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      return true;
+    };
+    const check = () => {
+      if (tally.pending === 0 || enough(tally)) {
+        if (finish()) resolve(tally);
+      }
+    };
+    const onAbort = () => finish() && reject(signal!.reason);
+    calls.forEach((call, i) => {
+      call.then(
+        (reply) => {
+          if (done) return;
+          try {
+            tally.answer(i, parse(reply, i));
+          } catch (error) {
+            tally.fail(i, error);
+          }
+          check();
+        },
+        (error) => {
+          if (done) return;
+          tally.fail(i, error);
+          check();
+        },
+      );
+    });
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (timeout !== Infinity) {
+      const expire = () => {
+        if (!finish()) return;
+        for (let i = 0; i < calls.length; i++) {
+          if (tally.isPending(i)) tally.fail(i, onTimeout(i));
+        }
+        resolve(tally);
+      };
+      timer = background
+        ? setBackgroundTimeout(expire, timeout)
+        : setTimeout(expire, timeout);
+    }
+    check();
+  });
+}
