@@ -1,5 +1,6 @@
 import type { ScriptClient } from "./client.ts";
 import type { Subscribe } from "./_subscriber.ts";
+import { type Deferred, deferred } from "./_deferred.ts";
 import { now } from "./_timers.ts";
 import { MAX_TIMER_MS } from "./_validate.ts";
 
@@ -245,14 +246,33 @@ export interface Want {
   readonly ttl: number;
   /** Whether the waiter wants a fence. */
   readonly fencing: boolean;
+  /**
+   * Whether the waiter may start before Redis confirms the handover: it
+   * wants no fence (which only Redis issues) and no replica acknowledgement.
+   */
+  readonly eager: boolean;
 }
 
 /** A handover's outcome: the send time of the script and the fence. */
 export interface Grant {
-  /** When the handover script was sent (monotonic ms). */
+  /**
+   * When the handover script was sent (monotonic ms); for an eager
+   * handover, the time from which the holder's lease still covers the
+   * waiter's whole ttl.
+   */
   readonly sent: number;
   /** The fence issued, or 0. */
   readonly fence: number;
+  /** For an eager handover: the script, still on its way to Redis. */
+  readonly pending?: PendingHandover;
+}
+
+/** An eager handover's script, sent on the holder's connection. */
+export interface PendingHandover {
+  /** When it was sent (monotonic ms). */
+  readonly sent: number;
+  /** Its code: 1 handed over, 0 the key was gone, -1 another owner held it. */
+  readonly code: Promise<number>;
 }
 
 /** A sleeping head's standing offer to be handed the lock. */
@@ -292,21 +312,4 @@ export function existingQueue(
   key: string,
 ): LocalQueue | undefined {
   return queues.get(client)?.get(key);
-}
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve(value: T): void;
-  reject(reason: unknown): void;
-}
-
-// Promise.withResolvers(), which Node has only from version 22 on.
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (reason: unknown) => void;
-  const promise = new Promise<T>((yes, no) => {
-    resolve = yes;
-    reject = no;
-  });
-  return { promise, resolve, reject };
 }

@@ -48,6 +48,14 @@ export interface ScriptClient {
     channel: string,
     listener: () => void,
   ): Promise<() => Promise<void>>;
+  /**
+   * `true` when calls made one after another run in Redis in that order
+   * (one connection, pipelined), as with ioredis, node-redis and Bun's
+   * client. A release in this process may then pass the lock to a waiter of
+   * the same process before Redis has answered: whatever the waiter sends
+   * next runs after the handover. Leave it unset for pooled or HTTP clients.
+   */
+  ordered?: boolean;
 }
 
 /** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
@@ -211,6 +219,7 @@ const SUPPORTED =
 export function fromIoredis(client: IoredisClient): ScriptClient {
   const cluster = client.isCluster === true;
   return {
+    ordered: true,
     eval: (script, keys, args) =>
       client.eval(script, keys.length, ...keys, ...args),
     evalsha: (sha1, keys, args) =>
@@ -286,6 +295,7 @@ function ioredisClusterWait(
  */
 export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
   const base: ScriptClient = {
+    ordered: true,
     eval: (script, keys, args) =>
       client.eval(script, { keys, arguments: args }),
     evalsha: (sha1, keys, args) =>
@@ -392,6 +402,7 @@ function nodeRedisCluster(
  */
 export function fromBunRedis(client: BunRedisClient): ScriptClient {
   return {
+    ordered: true,
     eval: (script, keys, args) =>
       client.send("EVAL", [script, String(keys.length), ...keys, ...args]),
     evalsha: (sha1, keys, args) =>
@@ -492,6 +503,7 @@ function bindScriptClient(client: ScriptClient): ScriptClient {
     adapted.subscribe = (channel, listener) =>
       client.subscribe!(channel, listener);
   }
+  if (client.ordered === true) adapted.ordered = true;
   if (typeof client.wait === "function") {
     adapted.wait = (numreplicas, timeout, key) =>
       client.wait!(numreplicas, timeout, key);

@@ -20,12 +20,14 @@ import {
   toIntegers,
 } from "./scripts.ts";
 import { delay, now, settle } from "./_timers.ts";
-import { Lease } from "./_lease.ts";
+import { Lease, validity } from "./_lease.ts";
+import { deferred } from "./_deferred.ts";
 import {
   existingQueue,
   type LocalQueue,
   localQueue,
   type Offer,
+  type PendingHandover,
 } from "./_queue.ts";
 import {
   checkInteger,
@@ -374,16 +376,8 @@ export class Lock implements AsyncDisposable {
     queue?.vacate(this);
     const offer = queue?.take();
     try {
-      if (offer) return await this.#handOver(offer, queue!);
-      const reply = await this.#settle(
-        runScript(this.#client, RELEASE, [this.key, this.#channel], [
-          this.#token,
-        ]),
-      );
-      // After a run of handovers, waiters elsewhere get a head start.
-      if (queue?.yielding) queue.wakeLater(YIELD_MS);
-      else queue?.wake();
-      return toIntegers(reply, 1)[0] === 1;
+      if (offer) return await this.#handOver(offer, queue!, lease!);
+      return await this.#releaseKey(queue);
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
       if (this.#lease === lease) this.#acquired = true;
@@ -391,9 +385,37 @@ export class Lock implements AsyncDisposable {
     }
   }
 
-  // Passes the lock to a waiter of this process in one round trip.
-  async #handOver(offer: Offer, queue: LocalQueue): Promise<boolean> {
+  // Deletes the key if it holds this handle's token, waking waiters.
+  async #releaseKey(queue: LocalQueue | undefined): Promise<boolean> {
+    const reply = await this.#settle(
+      runScript(this.#client, RELEASE, [this.key, this.#channel], [
+        this.#token,
+      ]),
+    );
+    // After a run of handovers, waiters elsewhere get a head start.
+    if (queue?.yielding) queue.wakeLater(YIELD_MS);
+    else queue?.wake();
+    return toIntegers(reply, 1)[0] === 1;
+  }
+
+  // Passes the lock to a waiter of this process in one round trip. When the
+  // waiter needs nothing from Redis but the key, and the client runs calls
+  // in order, the waiter starts at once (see #handOverEagerly).
+  async #handOver(
+    offer: Offer,
+    queue: LocalQueue,
+    lease: Lease,
+  ): Promise<boolean> {
     const sent = now();
+    if (offer.eager && this.#client.ordered) {
+      // The waiter may start now if this handle's lease, still good, covers
+      // its whole ttl from some moment on; its own lease then counts from
+      // there (or from now, if that is earlier) until Redis confirms.
+      const from = Math.min(sent, lease.validUntil - validity(offer.ttl));
+      if (Lease.fresh(from, offer.ttl)) {
+        return await this.#handOverEagerly(offer, queue, sent, from);
+      }
+    }
     let code: number, fence: number;
     try {
       const call = runScript(
@@ -423,6 +445,41 @@ export class Lock implements AsyncDisposable {
     offer.deliver(null);
     // 3: the fence counter was unusable and our key was deleted instead.
     return code === 3;
+  }
+
+  async #handOverEagerly(
+    offer: Offer,
+    queue: LocalQueue,
+    sent: number,
+    from: number,
+  ): Promise<boolean> {
+    const code = deferred<number>();
+    // The waiter may have gone (aborted) meanwhile: then release as usual.
+    if (
+      !offer.deliver({
+        sent: from,
+        fence: 0,
+        pending: { sent, code: code.promise },
+      })
+    ) {
+      return await this.#releaseKey(queue);
+    }
+    try {
+      const call = runScript(
+        this.#client,
+        HANDOVER,
+        [this.key, this.#fenceKey, this.#waitingKey],
+        [this.#token, offer.token, String(offer.ttl), "0"],
+      );
+      const [handed, , waiting] = toIntegers(await this.#settle(call), 3);
+      queue.waitingElsewhere = waiting === 1;
+      code.resolve(handed);
+      return handed === 1;
+    } catch (error) {
+      // Unanswered: the waiter's renewals tell whether the key became its.
+      code.reject(error);
+      throw error;
+    }
   }
 
   async #acquire(
@@ -486,6 +543,7 @@ export class Lock implements AsyncDisposable {
       token,
       ttl: this.#settings.ttl,
       fencing: this.#settings.fencing,
+      eager: !this.#settings.fencing && this.#settings.waitReplicas === 0,
     });
     if (queue?.holder) {
       // A handle of this process holds it: wait to be handed it, rather
@@ -496,7 +554,14 @@ export class Lock implements AsyncDisposable {
       const pause = Math.min(wait.maxRetryDelay, deadline - now());
       const handed = await queue.sleep(pause, signal, want());
       if (
-        handed && await this.#take(token, handed.sent, handed.fence, signal)
+        handed &&
+        await this.#take(
+          token,
+          handed.sent,
+          handed.fence,
+          signal,
+          handed.pending,
+        )
       ) {
         return;
       }
@@ -565,7 +630,15 @@ export class Lock implements AsyncDisposable {
         ? await queue.sleep(pause, signal, want())
         : await delay(pause, signal);
       if (handed) {
-        if (await this.#take(token, handed.sent, handed.fence, signal)) return;
+        if (
+          await this.#take(
+            token,
+            handed.sent,
+            handed.fence,
+            signal,
+            handed.pending,
+          )
+        ) return;
         token = crypto.randomUUID();
       }
     }
@@ -580,6 +653,7 @@ export class Lock implements AsyncDisposable {
     sent: number,
     fence: number,
     signal: AbortSignal,
+    pending?: PendingHandover,
   ): Promise<boolean> {
     if (this.#settings.waitReplicas > 0) {
       await this.#awaitReplicas(token, signal);
@@ -589,6 +663,22 @@ export class Lock implements AsyncDisposable {
       return false;
     }
     this.#grant(token, sent, this.#settings.fencing ? fence : undefined);
+    if (pending) {
+      // Handed over before Redis answered: the answer renews the lease from
+      // the script's send time, or ends it if the holder's key was gone.
+      const lease = this.#lease!;
+      const { ttl } = this.#settings;
+      pending.code.then((code) => {
+        if (code === 1) lease.extended(pending.sent, ttl);
+        else {
+          lease.lose(
+            code === 0
+              ? "its key was gone when it was handed over"
+              : "another owner held its key when it was handed over",
+          );
+        }
+      }, noop);
+    }
     return true;
   }
 

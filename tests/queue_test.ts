@@ -1,10 +1,18 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { createClient } from "npm:redis@6";
-import { Lock, LockTimeoutError, type RedisClient } from "../mod.ts";
+import {
+  fromIoredis,
+  Lock,
+  LockLostError,
+  LockTimeoutError,
+  type RedisClient,
+  type ScriptClient,
+} from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape } from "./_resp.ts";
-import { CountingClient, sleep } from "./_util.ts";
+import { abortedAt, CountingClient, scriptKind, sleep } from "./_util.ts";
+import { HANDOVER } from "../src/scripts.ts";
 
 // Waiters in one process on one lock queue locally: first come, first
 // served, one contender in Redis; a release in the process hands the lock
@@ -339,4 +347,91 @@ Deno.test("a waiter aborted while the lock is being handed to it leaves no key b
     await sleep(5);
   }
   assert.equal(await env.side.send("EXISTS", "deadbolt:{abandoned}"), 0);
+});
+
+/**
+ * A client over `inner` whose handover replies wait for `open()`: the
+ * script itself goes to Redis at once, only its answer is held back.
+ */
+function holdingHandovers(inner: ScriptClient, ordered: boolean) {
+  const gate = Promise.withResolvers<void>();
+  const hold = (kind: string, reply: Promise<unknown>) => {
+    if (kind !== "handover") return reply;
+    reply.catch(() => {}); // handled once the gate opens
+    return gate.promise.then(() => reply);
+  };
+  const client: ScriptClient = {
+    ordered,
+    eval: (script, keys, args) =>
+      hold(scriptKind(script), inner.eval(script, keys, args)),
+    evalsha: (sha, keys, args) =>
+      hold(scriptKind(sha), inner.evalsha!(sha, keys, args)),
+  };
+  return { client, open: () => gate.resolve() };
+}
+
+Deno.test("with a client that runs calls in order, a release hands the lock to the next local waiter before Redis answers; with any other client, once it has", async (t) => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  // Loaded beforehand, so that the held-back call is the only one.
+  await side.send("SCRIPT", "LOAD", HANDOVER.source);
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    for (const ordered of [true, false]) {
+      await t.step(ordered ? "ordered" : "not ordered", async () => {
+        const { client, open } = holdingHandovers(fromIoredis(redis), ordered);
+        const holder = await Lock.acquire(client, "eager");
+        let granted = false;
+        const waiting = Lock.acquire(client, "eager", { timeout: 10_000 })
+          .then((lock) => (granted = true, lock));
+        await sleep(50);
+        const released = holder.release();
+        await sleep(50);
+        // The handover script ran; only its answer is held back.
+        assert.equal(granted, ordered);
+        open();
+        assert.equal(await released, true);
+        const lock = await waiting;
+        assert.ok(lock.held);
+        assert.equal(await side.send("GET", "deadbolt:{eager}"), lock.token);
+        // Calls the new holder makes run after the handover.
+        assert.equal(await lock.extend(), true);
+        assert.equal(await lock.release(), true);
+        assert.equal(await side.send("EXISTS", "deadbolt:{eager}"), 0);
+      });
+    }
+  } finally {
+    await redis.quit();
+  }
+});
+
+Deno.test("a lock handed over before Redis answered is lost, and says so, when the holder's key turned out gone", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await side.send("SCRIPT", "LOAD", HANDOVER.source);
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const { client, open } = holdingHandovers(fromIoredis(redis), true);
+    const holder = await Lock.acquire(client, "eager-lost");
+    const waiting = Lock.acquire(client, "eager-lost", { timeout: 10_000 });
+    await sleep(50);
+    // Redis forgets the holder's key (an operator, a failover).
+    await side.send("DEL", "deadbolt:{eager-lost}");
+    const released = holder.release();
+    const lock = await waiting;
+    const lost = abortedAt(lock.signal);
+    open();
+    await lost;
+    assert.ok(lock.signal.reason instanceof LockLostError);
+    assert.match(
+      String(lock.signal.reason.message),
+      /gone when it was handed over/,
+    );
+    assert.equal(lock.held, false);
+    assert.equal(await released, false);
+    assert.equal(await lock.release(), false);
+    assert.equal(await side.send("EXISTS", "deadbolt:{eager-lost}"), 0);
+  } finally {
+    await redis.quit();
+  }
 });
