@@ -5,13 +5,20 @@
  *
  * Groups compare like with like inside one run, since the machines are noisy:
  * - `uncontended`: one acquire + release cycle, per client.
- * - `contended`: 8 tasks in one process race for one lock; one iteration is
- *   all 8 getting it once (8 critical sections).
+ * - `library`: the library's own CPU per acquire + release, with a client
+ *   that answers at once (no Redis): what it adds to the two round trips.
+ * - `contended, zero-work` and `contended, 1 ms`: 2, 8 or 32 tasks in one
+ *   process race for one lock; one iteration is every task getting it once.
+ * - `handoff`: a holder on one connection releases, a waiter on another
+ *   (standing for another process, woken by pub/sub) acquires.
+ * At the end it prints the Redis commands per acquisition the contended
+ * runs sent (script calls counted on the client; 1.0 is the least a lock
+ * that records each grant in Redis can send).
  */
 
 import { Redis } from "npm:ioredis@6";
 import { createClient } from "npm:redis@6";
-import { Lock } from "../mod.ts";
+import { fromIoredis, Lock, type ScriptClient } from "../mod.ts";
 import { startRedis } from "../tests/_redis.ts";
 import { DbRedisShape } from "../tests/_resp.ts";
 
@@ -89,31 +96,50 @@ Deno.bench({
   },
 });
 
-async function contend(tasks: number): Promise<void> {
+// Counts script calls on the contended runs' client.
+let calls = 0;
+let acquisitions = 0;
+const counted = fromIoredis(ioredis);
+const counting: ScriptClient = {
+  ordered: true,
+  subscribe: counted.subscribe,
+  eval: (script, keys, args) => (calls++, counted.eval(script, keys, args)),
+  evalsha: (sha, keys, args) => (calls++, counted.evalsha!(sha, keys, args)),
+};
+
+async function contend(tasks: number, section: number): Promise<void> {
   await Promise.all(
     Array.from({ length: tasks }, async () => {
-      const lock = await Lock.acquire(ioredis, "contended", {
+      const lock = await Lock.acquire(counting, `contended-${tasks}`, {
         timeout: 60_000,
       });
+      acquisitions++;
+      if (section > 0) {
+        await new Promise((resolve) => setTimeout(resolve, section));
+      }
       await lock.release();
     }),
   );
 }
 
-Deno.bench({
-  name: "8 tasks, one lock (ioredis 6)",
-  group: "contended",
-  baseline: true,
-  n: 50,
-  async fn() {
-    await contend(8);
-  },
-});
+for (const section of [0, 1]) {
+  for (const tasks of [2, 8, 32]) {
+    Deno.bench({
+      name: `${tasks} tasks, one lock (ioredis 6)`,
+      group: section === 0 ? "contended, zero-work" : "contended, 1 ms",
+      baseline: tasks === 8,
+      n: section === 0 ? 200 : 20,
+      async fn() {
+        await contend(tasks, section);
+      },
+    });
+  }
+}
 
 Deno.bench({
   name: "8 tasks, 8 different locks (ioredis 6)",
-  group: "contended",
-  n: 50,
+  group: "contended, zero-work",
+  n: 200,
   async fn() {
     await Promise.all(
       Array.from({ length: 8 }, async (_, i) => {
@@ -124,9 +150,58 @@ Deno.bench({
   },
 });
 
+// A client that answers every script at once, as a grant or a release.
+const instant: ScriptClient = {
+  eval: (_script, _keys, args) =>
+    Promise.resolve(args.length >= 3 ? [1, 0] : 1),
+  evalsha: (_sha, _keys, args) =>
+    Promise.resolve(args.length >= 3 ? [1, 0] : 1),
+};
+
+Deno.bench({
+  name: "acquire + release, library CPU only (instant client)",
+  group: "library",
+  async fn() {
+    const lock = await Lock.acquire(instant, "cpu");
+    await lock.release();
+  },
+});
+
+// Handoff: the waiter's client stands for another process (no local queue
+// is shared), so the release reaches it by pub/sub.
+const waiterRedis = new Redis(server.port, "127.0.0.1");
+Deno.bench({
+  name: "release → acquired on another connection (ioredis 6, pub/sub)",
+  group: "handoff",
+  n: 200,
+  async fn(b) {
+    const holder = await Lock.acquire(ioredis, "handoff");
+    const waiting = Lock.acquire(waiterRedis, "handoff", {
+      timeout: 10_000,
+      retryDelay: 1_000,
+      maxRetryDelay: 1_000,
+    });
+    // Let the waiter be turned away and subscribe before the clock starts.
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    b.start();
+    await holder.release();
+    const lock = await waiting;
+    b.end();
+    await lock.release();
+  },
+});
+
 // Deno.bench has no teardown: close the clients, then kill the server.
 globalThis.addEventListener("unload", () => {
+  if (acquisitions > 0) {
+    console.log(
+      `contended runs: ${
+        (calls / acquisitions).toFixed(2)
+      } Redis commands per acquisition (${acquisitions} acquisitions)`,
+    );
+  }
   ioredis.disconnect();
+  waiterRedis.disconnect();
   nodeRedis.destroy();
   dbRedis.close();
   server.signal("SIGKILL");
