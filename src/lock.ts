@@ -465,9 +465,10 @@ export class Lock implements AsyncDisposable {
       return await this.#releaseKey(queue);
     }
     try {
-      const call = runScript(
-        this.#client,
-        HANDOVER,
+      // EVAL, not EVALSHA: a NOSCRIPT answer would make the script run after
+      // whatever the new holder sends next, out of the order this relies on.
+      const call = this.#client.eval(
+        HANDOVER.source,
         [this.key, this.#fenceKey, this.#waitingKey],
         [this.#token, offer.token, String(offer.ttl), "0"],
       );

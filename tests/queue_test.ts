@@ -435,3 +435,38 @@ Deno.test("a lock handed over before Redis answered is lost, and says so, when t
     await redis.quit();
   }
 });
+
+Deno.test("eager handovers keep their order after the server lost its scripts (SCRIPT FLUSH)", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const TURNS = 400;
+    let turns = 0;
+    const perWorker = [0, 0, 0, 0];
+    const work = async (worker: number) => {
+      while (turns < TURNS) {
+        const lock = await Lock.acquire(redis, "flushed", { timeout: 5_000 });
+        turns++;
+        perWorker[worker]++;
+        await lock.release();
+      }
+    };
+    for (let round = 0; round < 2; round++) {
+      // The handover script must now come back through NOSCRIPT and EVAL
+      // (the acquire and release scripts are loaded again at once): a
+      // handover retried that way would run after the next holder's calls.
+      await side.send("SCRIPT", "FLUSH");
+      await (await Lock.acquire(redis, "flushed")).release();
+      turns = 0;
+      await Promise.all(perWorker.map((_, worker) => work(worker)));
+    }
+    assert.ok(
+      perWorker.every((n) => n >= 50),
+      `turns per worker: ${perWorker}`,
+    );
+    assert.equal(await side.send("EXISTS", "deadbolt:{flushed}"), 0);
+  } finally {
+    await redis.quit();
+  }
+});
