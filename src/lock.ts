@@ -13,6 +13,7 @@ import {
 import { lockKeys } from "./keys.ts";
 import {
   ACQUIRE,
+  EAGER_HANDOVER,
   EXTEND,
   HANDOVER,
   RELEASE,
@@ -468,9 +469,9 @@ export class Lock implements AsyncDisposable {
       // EVAL, not EVALSHA: a NOSCRIPT answer would make the script run after
       // whatever the new holder sends next, out of the order this relies on.
       const call = this.#client.eval(
-        HANDOVER.source,
-        [this.key, this.#fenceKey, this.#waitingKey],
-        [this.#token, offer.token, String(offer.ttl), "0"],
+        EAGER_HANDOVER.source,
+        [this.key, this.#waitingKey],
+        [this.#token, offer.token, String(offer.ttl)],
       );
       const [handed, , waiting] = toIntegers(await this.#settle(call), 3);
       queue.waitingElsewhere = waiting === 1;

@@ -86,6 +86,23 @@ return {1, 0, waiting}`,
 };
 
 /**
+ * {@linkcode HANDOVER} without fencing, small enough to send with `EVAL`
+ * every time (an eager handover must never take a NOSCRIPT detour, see
+ * `Lock`): KEYS: lock, waiting marker. ARGV: the holder's token, the
+ * waiter's token, the waiter's ttl in ms. Replies {1, 0, waiting} handed
+ * over, {0, 0, 0} the key is gone, {-1, 0, 0} another owner holds it.
+ */
+export const EAGER_HANDOVER: LuaScript = {
+  source: `local holder = redis.pcall('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder == false then return {0, 0, 0} end
+  return {-1, 0, 0}
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {1, 0, redis.call('EXISTS', KEYS[2])}`,
+};
+
+/**
  * KEYS: lock. ARGV: token, ttl in ms. Replies 1 renewed, 0 the key is gone,
  * -1 another owner holds it. It never creates the key.
  */

@@ -7,6 +7,7 @@
 import type { ScriptClient } from "../mod.ts";
 import {
   ACQUIRE,
+  EAGER_HANDOVER,
   EXTEND,
   HANDOVER,
   type LuaScript,
@@ -21,6 +22,7 @@ const SCRIPTS: [ScriptKind, LuaScript][] = [
   ["extend", EXTEND],
   ["release", RELEASE],
   ["handover", HANDOVER],
+  ["handover", EAGER_HANDOVER],
 ];
 
 /**
