@@ -48,6 +48,7 @@ export class Lease {
   #validUntil = 0;
   #active = true;
   #timer: Timer | undefined;
+  #timerAt = Infinity;
   #renewAt = 0;
   #renewing = false;
   #failures = 0;
@@ -112,20 +113,27 @@ export class Lease {
   #stopTimer(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#timerAt = Infinity;
   }
 
-  // One timer per lease: at the next renewal or at the loss deadline.
+  // One timer per lease: at the next renewal or at the loss deadline. A
+  // timer already set to fire no later is kept (an extension only moves the
+  // times later; the early tick re-arms), which spares a clear and a set per
+  // extension and per eager handover's confirmation.
   #arm(): void {
-    this.#stopTimer();
-    if (!this.#active) return;
+    if (!this.#active) return this.#stopTimer();
     const lossAt = this.#validUntil - this.#margin;
     const renew = this.#options.autoExtend && !this.#renewing;
     const at = renew ? Math.min(this.#renewAt, lossAt) : lossAt;
+    if (this.#timer !== undefined && this.#timerAt <= at) return;
+    this.#stopTimer();
+    this.#timerAt = at;
     this.#timer = setBackgroundTimeout(this.#tick, Math.max(0, at - now()));
   }
 
   #tick = (): void => {
     this.#timer = undefined;
+    this.#timerAt = Infinity;
     if (!this.active) return;
     const { autoExtend } = this.#options;
     if (autoExtend && !this.#renewing && now() >= this.#renewAt) {
