@@ -219,7 +219,8 @@ const SUPPORTED =
 export function fromIoredis(client: IoredisClient): ScriptClient {
   const cluster = client.isCluster === true;
   return {
-    ordered: true,
+    // A Cluster may resend a redirected call after later ones.
+    ordered: !cluster,
     eval: (script, keys, args) =>
       client.eval(script, keys.length, ...keys, ...args),
     evalsha: (sha1, keys, args) =>
@@ -302,7 +303,8 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
       client.evalSha(sha1, { keys, arguments: args }),
   };
   if (typeof client.getSlotMaster === "function") {
-    return { ...base, ...nodeRedisCluster(client) };
+    // A cluster may resend a redirected call after later ones.
+    return { ...base, ordered: false, ...nodeRedisCluster(client) };
   }
   return {
     ...base,

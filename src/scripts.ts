@@ -1,4 +1,5 @@
 import type { ScriptClient } from "./client.ts";
+import { now } from "./_timers.ts";
 
 /** A Lua script and its SHA-1, computed once with Web Crypto. */
 export interface LuaScript {
@@ -153,25 +154,60 @@ async function sha1(source: string): Promise<string> {
 /**
  * Runs a script with `EVALSHA`, and with `EVAL` (which also loads it) when
  * the server answers `NOSCRIPT`: after a restart, a failover or `SCRIPT FLUSH`.
+ * A cluster's `TRYAGAIN` (see {@linkcode whileMigrating}) is retried.
  */
-export async function runScript(
+export function runScript(
   client: ScriptClient,
   script: LuaScript,
   keys: string[],
   args: string[],
 ): Promise<unknown> {
-  if (client.evalsha) {
-    script.sha ??= await sha1(script.source);
+  return whileMigrating(async () => {
+    if (client.evalsha) {
+      script.sha ??= await sha1(script.source);
+      try {
+        return await client.evalsha(script.sha, keys, args);
+      } catch (error) {
+        // Not startsWith: @db/redis prefixes "-", and GLIDE renames the code
+        // to "NoScriptError".
+        if (!/noscript/i.test(messageOf(error))) throw error;
+      }
+    }
+    return await client.eval(script.source, keys, args);
+  });
+}
+
+// How long a call is retried while its slot migrates.
+const MIGRATING_MS = 5_000;
+
+/**
+ * Runs `call` again while a cluster answers `TRYAGAIN`: during a slot
+ * migration, a script whose keys are split between the two masters (some
+ * moved, some not yet, such as a fence counter or a channel that does not
+ * exist) is refused without running, and the move takes milliseconds. Up to
+ * 5 s, with a backoff from 5 to 100 ms; then the error stands.
+ */
+export async function whileMigrating<T>(call: () => Promise<T>): Promise<T> {
+  const started = now();
+  for (let attempt = 0;; attempt++) {
     try {
-      return await client.evalsha(script.sha, keys, args);
+      return await call();
     } catch (error) {
-      // Not startsWith: @db/redis prefixes "-", and GLIDE renames the code
-      // to "NoScriptError".
-      const message = String((error as Error | undefined)?.message);
-      if (!/noscript/i.test(message)) throw error;
+      if (
+        !/TRYAGAIN/.test(messageOf(error)) ||
+        now() - started > MIGRATING_MS
+      ) {
+        throw error;
+      }
+      await new Promise((resolve) =>
+        setTimeout(resolve, Math.min(100, 5 * 2 ** attempt))
+      );
     }
   }
-  return await client.eval(script.source, keys, args);
+}
+
+function messageOf(error: unknown): string {
+  return String((error as Error | undefined)?.message);
 }
 
 /**
