@@ -31,6 +31,9 @@
 
 import { parseArgs } from "node:util";
 import { startRedis } from "../../tests/_redis.ts";
+import { fromIoredis } from "../../mod.ts";
+import { lockKeys } from "../../src/keys.ts";
+import { ACQUIRE, RELEASE, runScript, toIntegers } from "../../src/scripts.ts";
 import {
   type Contender,
   readLines,
@@ -124,6 +127,44 @@ const FLOOR: Variant = {
         return { release: async () => redis.evalsha(await sha, 1, key, token) };
       },
     });
+  },
+  gaveUp: () => false,
+};
+
+/**
+ * deadbolt's own acquire and release scripts, sent directly (no Lock, no
+ * lease, no timers): what the Lua costs against the floor, and what the
+ * library adds on top.
+ */
+const SCRIPTS_ONLY: Variant = {
+  id: "scripts",
+  library: "deadbolt's scripts alone (no Lock object)",
+  policy: "reference, not a lock library",
+  peer: false,
+  interval: 0,
+  open(redis) {
+    const client = fromIoredis(redis);
+    return (key) => {
+      const { lock, fence, released } = lockKeys("deadbolt:", key);
+      return {
+        async acquire() {
+          const token = crypto.randomUUID();
+          const [granted] = toIntegers(
+            await runScript(client, ACQUIRE, [lock, fence], [
+              token,
+              String(TTL),
+              "0",
+            ]),
+            2,
+          );
+          if (granted !== 1) throw new Error(`'${key}' is held`);
+          return {
+            release: () =>
+              runScript(client, RELEASE, [lock, released], [token]),
+          };
+        },
+      };
+    };
   },
   gaveUp: () => false,
 };
@@ -459,7 +500,7 @@ for (let round = 0; round < ROUNDS; round++) {
   progress(`round ${round + 1}/${ROUNDS}`);
   const uncontendedRun = await uncontendedRound(
     server.port,
-    rotate([...VARIANTS, FLOOR], round),
+    rotate([...VARIANTS, SCRIPTS_ONLY, FLOOR], round),
     round,
     SECONDS * 1000,
   );
@@ -550,12 +591,12 @@ out.push(
   }, library order rotated each round; ${elapsed.toFixed(0)} s)`,
   `- Same lease for all: TTL ${
     integer(TTL)
-  } ms. Ratios are value ÷ best peer's value (deadbolt and the floor are not peers).`,
+  } ms. Ratios are value ÷ best peer's value (deadbolt and the two reference rows are not peers).`,
   "",
 );
 
 {
-  const rows = [...VARIANTS, FLOOR].map((v) => {
+  const rows = [...VARIANTS, SCRIPTS_ONLY, FLOOR].map((v) => {
     const r = uncontendedResults.get(v.id)!;
     return { v, value: r.ops / r.seconds, r };
   });
