@@ -47,6 +47,14 @@ export class LocalQueue {
    */
   waitingElsewhere = false;
 
+  /**
+   * Eager handovers sent and not yet answered. Past
+   * {@linkcode MAX_UNANSWERED}, a handover waits for its answer: a chain of
+   * eager handovers runs in microtasks, and waiting for the network is what
+   * lets the event loop (timers, other I/O) take its turn.
+   */
+  unanswered = 0;
+
   constructor(onEmpty: () => void) {
     this.#onEmpty = onEmpty;
   }
@@ -237,6 +245,9 @@ export class LocalQueue {
  * goes through Redis: bounds how long other processes can be passed over.
  */
 export const MAX_HANDOVERS = 16;
+
+/** See {@linkcode LocalQueue.unanswered}. */
+export const MAX_UNANSWERED = 8;
 
 /** What a waiter needs to be handed a lock: its token and lease settings. */
 export interface Want {

@@ -27,6 +27,7 @@ import {
   existingQueue,
   type LocalQueue,
   localQueue,
+  MAX_UNANSWERED,
   type Offer,
   type PendingHandover,
 } from "./_queue.ts";
@@ -408,7 +409,10 @@ export class Lock implements AsyncDisposable {
     lease: Lease,
   ): Promise<boolean> {
     const sent = now();
-    if (offer.eager && this.#client.ordered) {
+    if (
+      offer.eager && this.#client.ordered &&
+      queue.unanswered < MAX_UNANSWERED
+    ) {
       // The waiter may start now if this handle's lease, still good, covers
       // its whole ttl from some moment on; its own lease then counts from
       // there (or from now, if that is earlier) until Redis confirms.
@@ -465,6 +469,7 @@ export class Lock implements AsyncDisposable {
     ) {
       return await this.#releaseKey(queue);
     }
+    queue.unanswered++;
     try {
       // EVAL, not EVALSHA: a NOSCRIPT answer would make the script run after
       // whatever the new holder sends next, out of the order this relies on.
@@ -481,6 +486,8 @@ export class Lock implements AsyncDisposable {
       // Unanswered: the waiter's renewals tell whether the key became its.
       code.reject(error);
       throw error;
+    } finally {
+      queue.unanswered--;
     }
   }
 

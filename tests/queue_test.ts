@@ -470,3 +470,41 @@ Deno.test("eager handovers keep their order after the server lost its scripts (S
     await redis.quit();
   }
 });
+
+Deno.test("a run of eager handovers leaves the event loop its turns", async () => {
+  await using server = await startRedis();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const TURNS = 3_000;
+    let turns = 0;
+    // Counts event-loop turns while the workers hand the lock around with
+    // zero-work sections, which run entirely in microtasks.
+    let ticks = 0;
+    let ticking = true;
+    const tick = () => {
+      ticks++;
+      if (ticking) setTimeout(tick, 0);
+    };
+    const first = await Lock.acquire(redis, "starve");
+    const workers = Array.from({ length: 200 }, async () => {
+      while (turns < TURNS) {
+        const lock = await Lock.acquire(redis, "starve", { timeout: 10_000 });
+        turns++;
+        await lock.release();
+      }
+    });
+    await sleep(20);
+    setTimeout(tick, 0);
+    const ticksBefore = ticks;
+    await first.release();
+    await Promise.all(workers);
+    const during = ticks - ticksBefore;
+    ticking = false;
+    await sleep(5);
+    // Unbounded, 200 waiters chained ~80 handovers per turn (37 turns);
+    // with at most 8 unanswered, ~26 (115 turns).
+    assert.ok(during >= 60, `${during} event-loop turns in ${turns} handovers`);
+  } finally {
+    await redis.quit();
+  }
+});

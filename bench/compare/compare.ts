@@ -246,11 +246,16 @@ async function contended(
     const end = start + ms;
     let sentAtEnd = 0;
     let serverAtEnd: Promise<number> = Promise.resolve(0);
-    const timer = setTimeout(() => {
+    // Closes the window once: when its timer fires, or when a worker finds
+    // the time past its end first (a fast lock can run its workers through
+    // the end before the event loop gets to the timer).
+    const close = () => {
+      if (stopped) return;
       stopped = true;
       sentAtEnd = counter.sent;
       serverAtEnd = side.info("commandstats").then(serverCalls);
-    }, ms);
+    };
+    const timer = setTimeout(close, ms);
 
     const work = async (worker: number, lock: Contender): Promise<void> => {
       while (!stopped) {
@@ -265,6 +270,7 @@ async function contended(
           }
         }
         const got = now();
+        if (got > end) close();
         if (!held || got > end) {
           // Still waiting when the window closed: its wait is at least this.
           if (end > wanted) waits.push(end - wanted);
