@@ -1,4 +1,4 @@
-import { setBackgroundTimeout, type Timer } from "./_timers.ts";
+import { settle } from "./_timers.ts";
 
 /**
  * What the servers of one round have answered so far: for each, its reply
@@ -72,39 +72,24 @@ export interface RoundOptions {
 /**
  * Waits for calls sent to every server at once, until `enough` holds, every
  * server has answered or failed, or the time is up (the servers still
- * silent then fail with `onTimeout`). One timer for the whole round, cleared
- * however it ends; every call keeps a handler, so a late rejection is never
- * unhandled.
+ * silent then fail with `onTimeout`). The time limit and the signal are
+ * {@linkcode settle}'s; every call keeps a handler, so a late rejection is
+ * never unhandled, and answers after the round has ended change nothing.
  */
-export function round(
+export async function round(
   calls: readonly Promise<unknown>[],
   options: RoundOptions,
 ): Promise<Tally> {
-  const {
-    timeout,
-    onTimeout,
-    parse,
-    enough = () => false,
-    signal,
-    background = false,
-  } = options;
+  const { parse, enough = () => false } = options;
   const tally = new Tally(calls.length);
-  return new Promise<Tally>((resolve, reject) => {
-    let done = false;
-    let timer: Timer | undefined;
-    const finish = (): boolean => {
-      if (done) return false;
-      done = true;
-      if (timer !== undefined) clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      return true;
-    };
+  let done = false;
+  const decided = new Promise<void>((resolve) => {
     const check = () => {
       if (tally.pending === 0 || enough(tally)) {
-        if (finish()) resolve(tally);
+        done = true;
+        resolve();
       }
     };
-    const onAbort = () => finish() && reject(signal!.reason);
     calls.forEach((call, i) => {
       call.then(
         (reply) => {
@@ -123,20 +108,18 @@ export function round(
         },
       );
     });
-    if (signal?.aborted) return onAbort();
-    signal?.addEventListener("abort", onAbort, { once: true });
-    if (timeout !== Infinity) {
-      const expire = () => {
-        if (!finish()) return;
-        for (let i = 0; i < calls.length; i++) {
-          if (tally.isPending(i)) tally.fail(i, onTimeout(i));
-        }
-        resolve(tally);
-      };
-      timer = background
-        ? setBackgroundTimeout(expire, timeout)
-        : setTimeout(expire, timeout);
-    }
     check();
   });
+  const timedOut = Symbol("timed out");
+  try {
+    await settle(decided, { ...options, onTimeout: () => timedOut });
+  } catch (error) {
+    if (error !== timedOut) throw error;
+    for (let i = 0; i < calls.length; i++) {
+      if (tally.isPending(i)) tally.fail(i, options.onTimeout(i));
+    }
+  } finally {
+    done = true;
+  }
+  return tally;
 }
