@@ -2,12 +2,14 @@
  * One soak worker (a child process of `tests/soak.ts`):
  * `deno run -A tests/_soak_worker.ts <lockPort> <resourcePort> <name> <id>`.
  *
- * It loops: acquire the lock `name` (ioredis, fencing, short ttl,
- * auto-extension), then under it read the current round number and that
- * round's counter from the resource server, pause a little, SET counter + 1
- * only if `lock.signal` has not aborted, write its fence to the fenced
- * register (whatever the signal says: the register must refuse stale
- * fences), and release. Every step is printed as one JSON {@linkcode Event}
+ * Two tasks share its one client and loop: acquire the lock `name`
+ * (ioredis, short ttl, auto-extension), then under it read the current round
+ * number and that round's counter from the resource server, pause a little,
+ * SET counter + 1 only if `lock.signal` has not aborted, and release. Task
+ * `w<id>` takes a fence and also writes it to the fenced register (whatever
+ * the signal says: the register must refuse stale fences); task `w<id>+`
+ * takes none, so a release in the process hands it the lock eagerly (before
+ * Redis answers), and the faults hit that path too. Every step is printed as one JSON {@linkcode Event}
  * per line, stamped with {@linkcode sharedNow}. Errors are recorded and the
  * loop goes on. Commands on stdin, one per line: `ping` is answered with
  * `{"clock": <now>}` (the parent measures clock agreement); `block <ms>`
@@ -46,12 +48,6 @@ const describe = (error: unknown): string =>
 
 async function main([lockPort, resourcePort, name, id]: string[]) {
   const proc = `w${id}`;
-  const emit = (
-    op: Event["op"],
-    type: Event["type"],
-    fields: Partial<Event> = {},
-  ) =>
-    console.log(JSON.stringify({ proc, op, type, t: sharedNow(), ...fields }));
   const shared = (monotonic: number) => performance.timeOrigin + monotonic;
 
   const stop = new AbortController();
@@ -90,79 +86,92 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
   const resource = await RespClient.connect(Number(resourcePort));
   let seq = 0;
 
-  while (!stop.signal.aborted) {
-    const lock = new Lock(redis, name, {
-      ttl: TTL,
-      fencing: true,
-      autoExtend: true,
-      timeout: ACQUIRE_TIMEOUT,
-      commandTimeout: COMMAND_TIMEOUT,
-    });
-    emit("acquire", "invoke");
-    try {
-      await lock.acquire({ signal: stop.signal });
-    } catch (error) {
-      const timedOut = error instanceof LockTimeoutError;
-      emit("acquire", timedOut ? "fail" : "info", { error: describe(error) });
-      // Redis down or slow: do not spin on instant errors.
-      if (!timedOut) await sleep(10 + Math.random() * 40);
-      continue;
-    }
-    const { token, fence } = lock;
-    const validUntil = () => shared(lock.validUntil);
-    emit("acquire", "ok", { token, fence, validUntil: validUntil() });
-    let lostSeen = false;
-    const onLost = () => {
-      lostSeen = true;
-      emit("lost", "info", {
-        token,
-        fence,
-        validUntil: validUntil(),
-        error: describe(lock.signal.reason),
+  const task = async (proc: string, fencing: boolean) => {
+    const emit = (
+      op: Event["op"],
+      type: Event["type"],
+      fields: Partial<Event> = {},
+    ) =>
+      console.log(
+        JSON.stringify({ proc, op, type, t: sharedNow(), ...fields }),
+      );
+    while (!stop.signal.aborted) {
+      const lock = new Lock(redis, name, {
+        ttl: TTL,
+        fencing,
+        autoExtend: true,
+        timeout: ACQUIRE_TIMEOUT,
+        commandTimeout: COMMAND_TIMEOUT,
       });
-    };
-    lock.signal.addEventListener("abort", onLost, { once: true });
-
-    // The resource server is never faulted; an error here is recorded and
-    // the write counts as indeterminate.
-    let current: Partial<Event> | undefined;
-    try {
-      const round = Number(await resource.send("GET", ROUND) ?? 0);
-      const key = counterKey(round);
-      const read = Number(await resource.send("GET", key) ?? 0);
-      await sleep(Math.random() * MAX_THINK_MS);
-      current = { key, token, fence, value: read + 1 };
-      emit("write", "invoke", { ...current, validUntil: validUntil() });
-      if (lock.signal.aborted) {
-        // The listener above must have run: an aborted signal whose event
-        // never came would mean the handle swapped its signal.
-        const error = lostSeen
-          ? "lock.signal aborted"
-          : "lock.signal aborted without an abort event";
-        emit("write", "fail", { ...current, error });
-      } else {
-        await resource.send("SET", key, read + 1);
-        emit("write", "ok", current);
+      emit("acquire", "invoke");
+      try {
+        await lock.acquire({ signal: stop.signal });
+      } catch (error) {
+        const timedOut = error instanceof LockTimeoutError;
+        emit("acquire", timedOut ? "fail" : "info", { error: describe(error) });
+        // Redis down or slow: do not spin on instant errors.
+        if (!timedOut) await sleep(10 + Math.random() * 40);
+        continue;
       }
-      current = { key: REGISTER, token, fence, value: ++seq };
-      emit("write", "invoke", { ...current, validUntil: validUntil() });
-      const applied = await fencedWrite(resource, REGISTER, fence!, seq);
-      emit("write", applied ? "ok" : "fail", current);
-      current = undefined;
-    } catch (error) {
-      emit("write", "info", { ...current, error: describe(error) });
-    }
+      const { token, fence } = lock;
+      const validUntil = () => shared(lock.validUntil);
+      emit("acquire", "ok", { token, fence, validUntil: validUntil() });
+      let lostSeen = false;
+      const onLost = () => {
+        lostSeen = true;
+        emit("lost", "info", {
+          token,
+          fence,
+          validUntil: validUntil(),
+          error: describe(lock.signal.reason),
+        });
+      };
+      lock.signal.addEventListener("abort", onLost, { once: true });
 
-    emit("release", "invoke", { token, fence, validUntil: validUntil() });
-    try {
-      const released = await lock.release();
-      emit("release", "ok", { token, fence, value: released ? 1 : 0 });
-    } catch (error) {
-      emit("release", "info", { token, fence, error: describe(error) });
-    } finally {
-      lock.signal.removeEventListener("abort", onLost);
+      // The resource server is never faulted; an error here is recorded and
+      // the write counts as indeterminate.
+      let current: Partial<Event> | undefined;
+      try {
+        const round = Number(await resource.send("GET", ROUND) ?? 0);
+        const key = counterKey(round);
+        const read = Number(await resource.send("GET", key) ?? 0);
+        await sleep(Math.random() * MAX_THINK_MS);
+        current = { key, token, fence, value: read + 1 };
+        emit("write", "invoke", { ...current, validUntil: validUntil() });
+        if (lock.signal.aborted) {
+          // The listener above must have run: an aborted signal whose event
+          // never came would mean the handle swapped its signal.
+          const error = lostSeen
+            ? "lock.signal aborted"
+            : "lock.signal aborted without an abort event";
+          emit("write", "fail", { ...current, error });
+        } else {
+          await resource.send("SET", key, read + 1);
+          emit("write", "ok", current);
+        }
+        if (fencing) {
+          current = { key: REGISTER, token, fence, value: ++seq };
+          emit("write", "invoke", { ...current, validUntil: validUntil() });
+          const applied = await fencedWrite(resource, REGISTER, fence!, seq);
+          emit("write", applied ? "ok" : "fail", current);
+        }
+        current = undefined;
+      } catch (error) {
+        emit("write", "info", { ...current, error: describe(error) });
+      }
+
+      emit("release", "invoke", { token, fence, validUntil: validUntil() });
+      try {
+        const released = await lock.release();
+        emit("release", "ok", { token, fence, value: released ? 1 : 0 });
+      } catch (error) {
+        emit("release", "info", { token, fence, error: describe(error) });
+      } finally {
+        lock.signal.removeEventListener("abort", onLost);
+      }
     }
-  }
+  };
+  await Promise.all([task(proc, true), task(`${proc}+`, false)]);
 
   Deno.removeSignalListener("SIGTERM", onTerm);
   await stdin.cancel();
