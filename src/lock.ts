@@ -372,13 +372,13 @@ export class Lock implements AsyncDisposable {
     const lease = this.#lease;
     // A lease past its validity is lost, and says so, even when the loss is
     // first noticed here (say, after a long block of the event loop).
-    lease?.active;
+    const held = lease?.active ?? false;
     lease?.end();
     const queue = existingQueue(this.#client, this.key);
     queue?.vacate(this);
     const offer = queue?.take();
     try {
-      if (offer) return await this.#handOver(offer, queue!, lease!);
+      if (offer) return await this.#handOver(offer, queue!, held && lease);
       return await this.#releaseKey(queue);
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
@@ -401,16 +401,17 @@ export class Lock implements AsyncDisposable {
   }
 
   // Passes the lock to a waiter of this process in one round trip. When the
-  // waiter needs nothing from Redis but the key, and the client runs calls
-  // in order, the waiter starts at once (see #handOverEagerly).
+  // waiter needs nothing from Redis but the key, the client runs calls in
+  // order, and this handle still held the lock (`lease`; `false` once lost),
+  // the waiter starts at once (see #handOverEagerly).
   async #handOver(
     offer: Offer,
     queue: LocalQueue,
-    lease: Lease,
+    lease: Lease | false | undefined,
   ): Promise<boolean> {
     const sent = now();
     if (
-      offer.eager && this.#client.ordered &&
+      lease && offer.eager && this.#client.ordered &&
       queue.unanswered < MAX_UNANSWERED
     ) {
       // The waiter may start now if this handle's lease, still good, covers

@@ -508,3 +508,32 @@ Deno.test("a run of eager handovers leaves the event loop its turns", async () =
     await redis.quit();
   }
 });
+
+Deno.test("a holder that has lost the lock never hands it over eagerly", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await side.send("SCRIPT", "LOAD", HANDOVER.source);
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const { client, open } = holdingHandovers(fromIoredis(redis), true);
+    const holder = await Lock.acquire(client, "stolen", { ttl: 300 });
+    let granted = false;
+    const waiting = Lock.acquire(client, "stolen", { timeout: 10_000 })
+      .then((lock) => (granted = true, lock));
+    // Another owner takes the key; the holder's next renewal finds out.
+    await side.send("SET", "deadbolt:{stolen}", "someone-else", "PX", 60_000);
+    await abortedAt(holder.signal);
+    const released = holder.release();
+    await sleep(50);
+    // The other owner holds it: the waiter must not have been told it does.
+    assert.equal(granted, false);
+    open();
+    assert.equal(await released, false);
+    assert.equal(granted, false);
+    await side.send("DEL", "deadbolt:{stolen}");
+    await using lock = await waiting;
+    assert.equal(await side.send("GET", "deadbolt:{stolen}"), lock.token);
+  } finally {
+    await redis.quit();
+  }
+});
