@@ -370,170 +370,162 @@ function holdingHandovers(inner: ScriptClient, ordered: boolean) {
   return { client, open: () => gate.resolve() };
 }
 
-Deno.test("with a client that runs calls in order, a release hands the lock to the next local waiter before Redis answers; with any other client, once it has", async (t) => {
-  await using server = await startRedis();
-  await using side = await server.connect();
-  // Loaded beforehand, so that the held-back call is the only one.
+/**
+ * A server, a side connection and one ioredis client, with the handover
+ * script loaded beforehand (so a held-back handover is the only call).
+ */
+async function ioredisSetup() {
+  const server = await startRedis();
+  const side = await server.connect();
   await side.send("SCRIPT", "LOAD", HANDOVER.source);
   const redis = new Redis(server.port, "127.0.0.1");
-  try {
-    for (const ordered of [true, false]) {
-      await t.step(ordered ? "ordered" : "not ordered", async () => {
-        const { client, open } = holdingHandovers(fromIoredis(redis), ordered);
-        const holder = await Lock.acquire(client, "eager");
-        let granted = false;
-        const waiting = Lock.acquire(client, "eager", { timeout: 10_000 })
-          .then((lock) => (granted = true, lock));
-        await sleep(50);
-        const released = holder.release();
-        await sleep(50);
-        // The handover script ran; only its answer is held back.
-        assert.equal(granted, ordered);
-        open();
-        assert.equal(await released, true);
-        const lock = await waiting;
-        assert.ok(lock.held);
-        assert.equal(await side.send("GET", "deadbolt:{eager}"), lock.token);
-        // Calls the new holder makes run after the handover.
-        assert.equal(await lock.extend(), true);
-        assert.equal(await lock.release(), true);
-        assert.equal(await side.send("EXISTS", "deadbolt:{eager}"), 0);
-      });
-    }
-  } finally {
-    await redis.quit();
+  return {
+    side,
+    redis,
+    async [Symbol.asyncDispose]() {
+      await redis.quit();
+      await side[Symbol.asyncDispose]();
+      await server.stop();
+    },
+  };
+}
+
+Deno.test("with a client that runs calls in order, a release hands the lock to the next local waiter before Redis answers; with any other client, once it has", async (t) => {
+  await using env = await ioredisSetup();
+  const { side, redis } = env;
+  for (const ordered of [true, false]) {
+    await t.step(ordered ? "ordered" : "not ordered", async () => {
+      const { client, open } = holdingHandovers(fromIoredis(redis), ordered);
+      const holder = await Lock.acquire(client, "eager");
+      let granted = false;
+      const waiting = Lock.acquire(client, "eager", { timeout: 10_000 })
+        .then((lock) => (granted = true, lock));
+      await sleep(50);
+      const released = holder.release();
+      await sleep(50);
+      // The handover script ran; only its answer is held back.
+      assert.equal(granted, ordered);
+      open();
+      assert.equal(await released, true);
+      const lock = await waiting;
+      assert.ok(lock.held);
+      assert.equal(await side.send("GET", "deadbolt:{eager}"), lock.token);
+      // Calls the new holder makes run after the handover.
+      assert.equal(await lock.extend(), true);
+      assert.equal(await lock.release(), true);
+      assert.equal(await side.send("EXISTS", "deadbolt:{eager}"), 0);
+    });
   }
 });
 
 Deno.test("a lock handed over before Redis answered is lost, and says so, when the holder's key turned out gone", async () => {
-  await using server = await startRedis();
-  await using side = await server.connect();
-  await side.send("SCRIPT", "LOAD", HANDOVER.source);
-  const redis = new Redis(server.port, "127.0.0.1");
-  try {
-    const { client, open } = holdingHandovers(fromIoredis(redis), true);
-    const holder = await Lock.acquire(client, "eager-lost");
-    const waiting = Lock.acquire(client, "eager-lost", { timeout: 10_000 });
-    await sleep(50);
-    // Redis forgets the holder's key (an operator, a failover).
-    await side.send("DEL", "deadbolt:{eager-lost}");
-    const released = holder.release();
-    const lock = await waiting;
-    const lost = abortedAt(lock.signal);
-    open();
-    await lost;
-    assert.ok(lock.signal.reason instanceof LockLostError);
-    assert.match(
-      String(lock.signal.reason.message),
-      /gone when it was handed over/,
-    );
-    assert.equal(lock.held, false);
-    assert.equal(await released, false);
-    assert.equal(await lock.release(), false);
-    assert.equal(await side.send("EXISTS", "deadbolt:{eager-lost}"), 0);
-  } finally {
-    await redis.quit();
-  }
+  await using env = await ioredisSetup();
+  const { side, redis } = env;
+  const { client, open } = holdingHandovers(fromIoredis(redis), true);
+  const holder = await Lock.acquire(client, "eager-lost");
+  const waiting = Lock.acquire(client, "eager-lost", { timeout: 10_000 });
+  await sleep(50);
+  // Redis forgets the holder's key (an operator, a failover).
+  await side.send("DEL", "deadbolt:{eager-lost}");
+  const released = holder.release();
+  const lock = await waiting;
+  const lost = abortedAt(lock.signal);
+  open();
+  await lost;
+  assert.ok(lock.signal.reason instanceof LockLostError);
+  assert.match(
+    String(lock.signal.reason.message),
+    /gone when it was handed over/,
+  );
+  assert.equal(lock.held, false);
+  assert.equal(await released, false);
+  assert.equal(await lock.release(), false);
+  assert.equal(await side.send("EXISTS", "deadbolt:{eager-lost}"), 0);
 });
 
 Deno.test("eager handovers keep their order after the server lost its scripts (SCRIPT FLUSH)", async () => {
-  await using server = await startRedis();
-  await using side = await server.connect();
-  const redis = new Redis(server.port, "127.0.0.1");
-  try {
-    const TURNS = 400;
-    let turns = 0;
-    const perWorker = [0, 0, 0, 0];
-    const work = async (worker: number) => {
-      while (turns < TURNS) {
-        const lock = await Lock.acquire(redis, "flushed", { timeout: 5_000 });
-        turns++;
-        perWorker[worker]++;
-        await lock.release();
-      }
-    };
-    for (let round = 0; round < 2; round++) {
-      // The handover script must now come back through NOSCRIPT and EVAL
-      // (the acquire and release scripts are loaded again at once): a
-      // handover retried that way would run after the next holder's calls.
-      await side.send("SCRIPT", "FLUSH");
-      await (await Lock.acquire(redis, "flushed")).release();
-      turns = 0;
-      await Promise.all(perWorker.map((_, worker) => work(worker)));
+  await using env = await ioredisSetup();
+  const { side, redis } = env;
+  const TURNS = 400;
+  let turns = 0;
+  const perWorker = [0, 0, 0, 0];
+  const work = async (worker: number) => {
+    while (turns < TURNS) {
+      const lock = await Lock.acquire(redis, "flushed", { timeout: 5_000 });
+      turns++;
+      perWorker[worker]++;
+      await lock.release();
     }
-    assert.ok(
-      perWorker.every((n) => n >= 50),
-      `turns per worker: ${perWorker}`,
-    );
-    assert.equal(await side.send("EXISTS", "deadbolt:{flushed}"), 0);
-  } finally {
-    await redis.quit();
+  };
+  for (let round = 0; round < 2; round++) {
+    // The handover script must now come back through NOSCRIPT and EVAL
+    // (the acquire and release scripts are loaded again at once): a
+    // handover retried that way would run after the next holder's calls.
+    await side.send("SCRIPT", "FLUSH");
+    await (await Lock.acquire(redis, "flushed")).release();
+    turns = 0;
+    await Promise.all(perWorker.map((_, worker) => work(worker)));
   }
+  assert.ok(
+    perWorker.every((n) => n >= 50),
+    `turns per worker: ${perWorker}`,
+  );
+  assert.equal(await side.send("EXISTS", "deadbolt:{flushed}"), 0);
 });
 
 Deno.test("a run of eager handovers leaves the event loop its turns", async () => {
-  await using server = await startRedis();
-  const redis = new Redis(server.port, "127.0.0.1");
-  try {
-    const TURNS = 3_000;
-    let turns = 0;
-    // Counts event-loop turns while the workers hand the lock around with
-    // zero-work sections, which run entirely in microtasks.
-    let ticks = 0;
-    let ticking = true;
-    const tick = () => {
-      ticks++;
-      if (ticking) setTimeout(tick, 0);
-    };
-    const first = await Lock.acquire(redis, "starve");
-    const workers = Array.from({ length: 200 }, async () => {
-      while (turns < TURNS) {
-        const lock = await Lock.acquire(redis, "starve", { timeout: 10_000 });
-        turns++;
-        await lock.release();
-      }
-    });
-    await sleep(20);
-    setTimeout(tick, 0);
-    const ticksBefore = ticks;
-    await first.release();
-    await Promise.all(workers);
-    const during = ticks - ticksBefore;
-    ticking = false;
-    await sleep(5);
-    // Unbounded, 200 waiters chained ~80 handovers per turn (37 turns);
-    // with at most 8 unanswered, ~26 (115 turns).
-    assert.ok(during >= 60, `${during} event-loop turns in ${turns} handovers`);
-  } finally {
-    await redis.quit();
-  }
+  await using env = await ioredisSetup();
+  const { redis } = env;
+  const TURNS = 3_000;
+  let turns = 0;
+  // Counts event-loop turns while the workers hand the lock around with
+  // zero-work sections, which run entirely in microtasks.
+  let ticks = 0;
+  let ticking = true;
+  const tick = () => {
+    ticks++;
+    if (ticking) setTimeout(tick, 0);
+  };
+  const first = await Lock.acquire(redis, "starve");
+  const workers = Array.from({ length: 200 }, async () => {
+    while (turns < TURNS) {
+      const lock = await Lock.acquire(redis, "starve", { timeout: 10_000 });
+      turns++;
+      await lock.release();
+    }
+  });
+  await sleep(20);
+  setTimeout(tick, 0);
+  const ticksBefore = ticks;
+  await first.release();
+  await Promise.all(workers);
+  const during = ticks - ticksBefore;
+  ticking = false;
+  await sleep(5);
+  // Unbounded, 200 waiters chained ~80 handovers per turn (37 turns);
+  // with at most 8 unanswered, ~26 (115 turns).
+  assert.ok(during >= 60, `${during} event-loop turns in ${turns} handovers`);
 });
 
 Deno.test("a holder that has lost the lock never hands it over eagerly", async () => {
-  await using server = await startRedis();
-  await using side = await server.connect();
-  await side.send("SCRIPT", "LOAD", HANDOVER.source);
-  const redis = new Redis(server.port, "127.0.0.1");
-  try {
-    const { client, open } = holdingHandovers(fromIoredis(redis), true);
-    const holder = await Lock.acquire(client, "stolen", { ttl: 300 });
-    let granted = false;
-    const waiting = Lock.acquire(client, "stolen", { timeout: 10_000 })
-      .then((lock) => (granted = true, lock));
-    // Another owner takes the key; the holder's next renewal finds out.
-    await side.send("SET", "deadbolt:{stolen}", "someone-else", "PX", 60_000);
-    await abortedAt(holder.signal);
-    const released = holder.release();
-    await sleep(50);
-    // The other owner holds it: the waiter must not have been told it does.
-    assert.equal(granted, false);
-    open();
-    assert.equal(await released, false);
-    assert.equal(granted, false);
-    await side.send("DEL", "deadbolt:{stolen}");
-    await using lock = await waiting;
-    assert.equal(await side.send("GET", "deadbolt:{stolen}"), lock.token);
-  } finally {
-    await redis.quit();
-  }
+  await using env = await ioredisSetup();
+  const { side, redis } = env;
+  const { client, open } = holdingHandovers(fromIoredis(redis), true);
+  const holder = await Lock.acquire(client, "stolen", { ttl: 300 });
+  let granted = false;
+  const waiting = Lock.acquire(client, "stolen", { timeout: 10_000 })
+    .then((lock) => (granted = true, lock));
+  // Another owner takes the key; the holder's next renewal finds out.
+  await side.send("SET", "deadbolt:{stolen}", "someone-else", "PX", 60_000);
+  await abortedAt(holder.signal);
+  const released = holder.release();
+  await sleep(50);
+  // The other owner holds it: the waiter must not have been told it does.
+  assert.equal(granted, false);
+  open();
+  assert.equal(await released, false);
+  assert.equal(granted, false);
+  await side.send("DEL", "deadbolt:{stolen}");
+  await using lock = await waiting;
+  assert.equal(await side.send("GET", "deadbolt:{stolen}"), lock.token);
 });
