@@ -39,23 +39,27 @@ export {
   LockReplicationError,
   LockTimeoutError,
 } from "./src/errors.ts";
+export type { ClientHooks, RedisClient, ScriptClient } from "./src/client.ts";
+export { type BunRedisClient, fromBunRedis } from "./src/clients/bun.ts";
 export {
-  fromBunRedis,
+  type DbRedisClient,
+  type DbRedisOptions,
+  type DbRedisSubscriberClient,
+  type DbRedisSubscription,
   fromDbRedis,
-  fromGlide,
+} from "./src/clients/db_redis.ts";
+export { fromGlide, type GlideClient } from "./src/clients/glide.ts";
+export {
   fromIoredis,
+  type IoredisClient,
+  type IoredisNode,
+  type IoredisSubscriber,
+} from "./src/clients/ioredis.ts";
+export {
   fromNodeRedis,
-  fromUpstash,
-} from "./src/client.ts";
-export type {
-  BunRedisClient,
-  GlideClient,
-  IoredisClient,
-  IoredisNode,
-  IoredisSubscriber,
-  NodeRedisClient,
-  NodeRedisEvalOptions,
-  NodeRedisSubscriber,
-  RedisClient,
-  ScriptClient,
-} from "./src/client.ts";
+  type NodeRedisClient,
+  type NodeRedisEvalOptions,
+  type NodeRedisSubscriber,
+} from "./src/clients/node_redis.ts";
+export { fromUpstash, type UpstashClient } from "./src/clients/upstash.ts";
+export { diagnostics, SubscriberErrorEvent } from "./src/diagnostics.ts";

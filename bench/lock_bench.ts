@@ -101,8 +101,7 @@ let calls = 0;
 let acquisitions = 0;
 const counted = fromIoredis(ioredis);
 const counting: ScriptClient = {
-  ordered: true,
-  subscribe: counted.subscribe,
+  deadbolt: counted.deadbolt,
   eval: (script, keys, args) => (calls++, counted.eval(script, keys, args)),
   evalsha: (sha, keys, args) => (calls++, counted.evalsha!(sha, keys, args)),
 };

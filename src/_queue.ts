@@ -19,19 +19,18 @@ export class LocalQueue {
   #handovers = 0;
   #woken = false;
   #onEmpty: () => void;
+  #onUnwatch: (stopped: Promise<void>) => void;
   #unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
+  #reading: { pttl: number; at: number } | undefined;
   #quietUntil = 0;
   #later: ReturnType<typeof setTimeout> | undefined;
-
-  /** The holder's remaining lease as the last head saw it (for timeouts). */
-  remainingTtl = -1;
 
   /**
    * The handle in this process that took the lock through this queue and has
    * not released it yet: a new head then waits to be handed the lock instead
    * of asking Redis first. The queue stays registered while it has one.
    */
-  holder: object | undefined;
+  holder: Holder | undefined;
 
   /**
    * Set by {@linkcode take} when it refused a handover to let other
@@ -55,8 +54,39 @@ export class LocalQueue {
    */
   unanswered = 0;
 
-  constructor(onEmpty: () => void) {
+  /**
+   * @param onEmpty Called when the queue has neither waiters nor a holder.
+   * @param onUnwatch Given the end of each wake-up subscription.
+   */
+  constructor(
+    onEmpty: () => void,
+    onUnwatch: (stopped: Promise<void>) => void,
+  ) {
     this.#onEmpty = onEmpty;
+    this.#onUnwatch = onUnwatch;
+  }
+
+  /** Records the holder's remaining lease (a PTTL) as the head just read it. */
+  noteRemaining(pttl: number): void {
+    this.#reading = { pttl, at: now() };
+  }
+
+  /**
+   * The holder's remaining lease as last known, counted down to now: the
+   * head's last reading, else the lease of a holder in this process; `-1`
+   * when the key has no expiry; `NaN` when nothing is known yet (a wait
+   * shorter than the head's first round trip).
+   */
+  remainingTtl(): number {
+    const reading = this.#reading;
+    if (reading) {
+      if (reading.pttl < 0) return reading.pttl;
+      return Math.max(0, Math.round(reading.pttl - (now() - reading.at)));
+    }
+    if (this.holder) {
+      return Math.max(0, Math.round(this.holder.validUntil - now()));
+    }
+    return NaN;
   }
 
   /**
@@ -226,17 +256,34 @@ export class LocalQueue {
     if (this.#waiters.length === 0) {
       clearTimeout(this.#later);
       this.#quietUntil = 0;
-      this.#unwatch?.then((stop) => stop?.()).catch(() => {});
+      this.#reading = undefined;
+      const unwatch = this.#unwatch;
       this.#unwatch = undefined;
+      if (unwatch) {
+        this.#onUnwatch(unwatch.then((stop) => stop?.()).catch(() => {}));
+      }
       if (!this.holder) this.#onEmpty();
     }
   }
 
-  /** `lock` no longer holds through this queue (released, or lost). */
-  vacate(lock: object): void {
+  /**
+   * `lock` no longer holds through this queue: it is releasing (and will
+   * hand the lock over or wake the head itself).
+   */
+  vacate(lock: Holder): void {
     if (this.holder !== lock) return;
     this.holder = undefined;
     if (this.#waiters.length === 0) this.#onEmpty();
+  }
+
+  /**
+   * `lock`'s lease ended without a release (lost, or run out): the head,
+   * which sleeps waiting to be handed the lock, asks Redis now instead.
+   */
+  lost(lock: Holder): void {
+    if (this.holder !== lock) return;
+    this.vacate(lock);
+    this.wake();
   }
 }
 
@@ -248,6 +295,12 @@ export const MAX_HANDOVERS = 16;
 
 /** See {@linkcode LocalQueue.unanswered}. */
 export const MAX_UNANSWERED = 8;
+
+/** A handle holding the lock through a queue. */
+export interface Holder {
+  /** Until when (monotonic ms) its ownership is guaranteed. */
+  readonly validUntil: number;
+}
 
 /** What a waiter needs to be handed a lock: its token and lease settings. */
 export interface Want {
@@ -303,6 +356,8 @@ interface Sleeper {
 }
 
 const queues = new WeakMap<ScriptClient, Map<string, LocalQueue>>();
+// Wake-up subscriptions of each client still being stopped.
+const stopping = new WeakMap<ScriptClient, Set<Promise<void>>>();
 
 /** The queue for `key` on `client`, created on first use, dropped when empty. */
 export function localQueue(client: ScriptClient, key: string): LocalQueue {
@@ -311,10 +366,29 @@ export function localQueue(client: ScriptClient, key: string): LocalQueue {
   let queue = byKey.get(key);
   if (!queue) {
     const map = byKey;
-    queue = new LocalQueue(() => map.delete(key));
+    queue = new LocalQueue(
+      () => map.delete(key),
+      (stopped) => {
+        let pending = stopping.get(client);
+        if (!pending) stopping.set(client, pending = new Set());
+        const each = pending;
+        each.add(stopped);
+        stopped.then(() => each.delete(stopped));
+      },
+    );
     byKey.set(key, queue);
   }
   return queue;
+}
+
+/**
+ * Resolves once every wake-up subscription of `client`'s queues that has
+ * ended is gone, connection and all: the calls that end a wait await it, so
+ * that nothing deadbolt opened outlives them.
+ */
+export async function unwatched(client: ScriptClient): Promise<void> {
+  const pending = stopping.get(client);
+  if (pending?.size) await Promise.all(pending);
 }
 
 /** The queue for `key` on `client`, if any waiter has one now. */

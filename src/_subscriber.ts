@@ -1,62 +1,127 @@
+import { reportSubscriberError } from "./diagnostics.ts";
+
 /** One subscriber connection, as a client adapter opens it. */
 export interface SubscriberConnection {
   /** Subscribes to `channel`. */
   subscribe(channel: string): Promise<unknown>;
   /** Unsubscribes from `channel`. */
   unsubscribe(channel: string): Promise<unknown>;
-  /** Closes the connection. */
-  close(): Promise<unknown>;
+  /**
+   * Closes the connection; resolves once its socket is closed and the client
+   * library holds no timer for it any more.
+   */
+  close(): Promise<void>;
 }
 
-/** Opens a subscriber connection that calls `deliver(channel)` per message. */
+/** What an adapter's {@linkcode OpenSubscriber} is given. */
+export interface SubscriberEvents {
+  /** Call with the channel of every message. */
+  deliver(channel: string): void;
+  /**
+   * Call with every error the connection reports (an `'error'` event): it
+   * is reported, never thrown; waiters keep their backoff meanwhile.
+   */
+  fail(error: unknown): void;
+  /**
+   * Aborts when deadbolt no longer wants the connection while it is still
+   * opening (on a stalled server a ready check may never answer): the
+   * adapter must then close what it opened and reject.
+   */
+  signal: AbortSignal;
+}
+
+/** Opens a subscriber connection, resolving once it is ready for commands. */
 export type OpenSubscriber = (
-  deliver: (channel: string) => void,
+  events: SubscriberEvents,
 ) => Promise<SubscriberConnection>;
 
 /**
  * Calls `listener` on every message to `channel`; resolves with a function
- * that stops it. See {@linkcode sharedSubscriber}.
+ * that stops it, which resolves once the subscription, and any connection
+ * opened for it, is gone. See {@linkcode sharedSubscriber}.
  */
 export type Subscribe = (
   channel: string,
   listener: () => void,
 ) => Promise<() => Promise<void>>;
 
+interface Opening {
+  connection: Promise<SubscriberConnection>;
+  abort: AbortController;
+}
+
 /**
  * Shares one subscriber connection among every channel a process waits on
  * through one client: opened on the first subscription, closed when the last
- * one ends, so a process that no longer waits holds no extra connection.
+ * one ends (its stop function resolves once the connection is closed), so a
+ * process that no longer waits holds no extra connection, socket or timer.
  */
 export function sharedSubscriber(open: OpenSubscriber): Subscribe {
   const listeners = new Map<string, Set<() => void>>();
-  let connection: Promise<SubscriberConnection> | undefined;
-  const deliver = (channel: string) => {
-    for (const listener of listeners.get(channel) ?? []) listener();
+  // Each channel's SUBSCRIBE, once sent: settled when the server answered.
+  const subscribed = new Map<string, Promise<unknown>>();
+  let current: Opening | undefined;
+
+  const start = (): Opening => {
+    const abort = new AbortController();
+    const connection = open({
+      deliver: (channel) => {
+        for (const listener of listeners.get(channel) ?? []) listener();
+      },
+      fail: (error) => reportSubscriberError(error),
+      signal: abort.signal,
+    });
+    // Whoever awaits it handles a failure; this only keeps it from being
+    // unhandled when nobody does.
+    connection.catch(() => {});
+    return { connection, abort };
   };
+
+  const close = async (opening: Opening): Promise<void> => {
+    opening.abort.abort();
+    const connection = await opening.connection.catch(() => undefined);
+    // Closing unsubscribes from everything; no UNSUBSCRIBE first, which a
+    // stalled server would never answer.
+    await connection?.close().catch(reportSubscriberError);
+  };
+
   return async (channel, listener) => {
     let channelListeners = listeners.get(channel);
-    const first = !channelListeners;
     if (!channelListeners) listeners.set(channel, channelListeners = new Set());
     channelListeners.add(listener);
-    const opened = connection ??= open(deliver);
-    let subscribed = !first;
-    try {
-      if (first) await (await opened).subscribe(channel);
-      subscribed = true;
-    } catch (error) {
-      await stop();
-      throw error;
+    const opening = current ??= start();
+    let ready = subscribed.get(channel);
+    if (!ready) {
+      ready = opening.connection.then((connection) =>
+        connection.subscribe(channel)
+      );
+      ready.catch(() => {}); // each waiter awaits it below
+      subscribed.set(channel, ready);
     }
-    async function stop(): Promise<void> {
-      channelListeners!.delete(listener);
+    const stop = async (): Promise<void> => {
+      if (!channelListeners!.delete(listener)) return;
       if (channelListeners!.size > 0) return;
       listeners.delete(channel);
-      const current = await opened.catch(() => undefined);
-      if (subscribed) await current?.unsubscribe(channel).catch(() => {});
-      if (listeners.size === 0 && connection === opened) {
-        connection = undefined;
-        await current?.close().catch(() => {});
+      const wasSubscribed = subscribed.get(channel);
+      subscribed.delete(channel);
+      if (listeners.size === 0 && current === opening) {
+        current = undefined;
+        return await close(opening);
       }
+      // Other channels still use the connection: unsubscribe in the
+      // background (nobody needs to wait for it, and a stalled server would
+      // keep them waiting).
+      wasSubscribed?.then(
+        async () => await (await opening.connection).unsubscribe(channel),
+        () => {}, // never subscribed: nothing to undo
+      ).catch(reportSubscriberError);
+    };
+    try {
+      await ready;
+    } catch (error) {
+      reportSubscriberError(error);
+      await stop();
+      throw error;
     }
     return stop;
   };

@@ -30,6 +30,7 @@ import {
   MAX_UNANSWERED,
   type Offer,
   type PendingHandover,
+  unwatched,
 } from "./_queue.ts";
 import {
   checkInteger,
@@ -128,9 +129,9 @@ export class Lock implements AsyncDisposable {
     const action = `Cannot lock ${JSON.stringify(name)}`;
     this.#settings = lockSettings(action, options);
     this.#client = toScriptClient(client);
-    if (this.#settings.waitReplicas > 0 && !this.#client.wait) {
+    if (this.#settings.waitReplicas > 0 && !this.#client.deadbolt?.wait) {
       throw new TypeError(
-        `${action} as 'waitReplicas' needs a client that can send WAIT: current value is ${this.#settings.waitReplicas}`,
+        `${action} as 'waitReplicas' needs a client that can send WAIT (pass @db/redis through fromDbRedis): current value is ${this.#settings.waitReplicas}`,
       );
     }
     const keys = lockKeys(this.#settings.prefix, name);
@@ -367,6 +368,16 @@ export class Lock implements AsyncDisposable {
   }
 
   async #release(): Promise<boolean> {
+    try {
+      return await this.#releaseHold();
+    } finally {
+      // A wake-up connection that a wait of this client opened is closed
+      // by now: nothing deadbolt opened outlives the call.
+      await unwatched(this.#client);
+    }
+  }
+
+  async #releaseHold(): Promise<boolean> {
     if (!this.#acquired) return false;
     this.#acquired = false;
     const lease = this.#lease;
@@ -390,9 +401,12 @@ export class Lock implements AsyncDisposable {
   // Deletes the key if it holds this handle's token, waking waiters.
   async #releaseKey(queue: LocalQueue | undefined): Promise<boolean> {
     const reply = await this.#settle(
-      runScript(this.#client, RELEASE, [this.key, this.#channel], [
-        this.#token,
-      ]),
+      runScript(
+        this.#client,
+        RELEASE,
+        [this.key, this.#channel, this.#waitingKey],
+        [this.#token],
+      ),
     );
     // After a run of handovers, waiters elsewhere get a head start.
     if (queue?.yielding) queue.wakeLater(YIELD_MS);
@@ -411,7 +425,7 @@ export class Lock implements AsyncDisposable {
   ): Promise<boolean> {
     const sent = now();
     if (
-      lease && offer.eager && this.#client.ordered &&
+      lease && offer.eager && this.#client.deadbolt?.ordered &&
       queue.unanswered < MAX_UNANSWERED
     ) {
       // The waiter may start now if this handle's lease, still good, covers
@@ -506,30 +520,36 @@ export class Lock implements AsyncDisposable {
       : undefined;
     // When the first attempt goes out right away, `started` is its send time.
     let firstSend = started;
-    const entered = queue?.enter(signal, deadline) ?? true;
-    if (entered !== true) {
-      if (!await entered) {
-        throw new LockTimeoutError(
-          this.name,
-          now() - started,
-          queue!.remainingTtl,
-        );
-      }
-      firstSend = now();
-    }
     try {
-      await this.#contend(
-        action,
-        wait,
-        signal,
-        started,
-        firstSend,
-        deadline,
-        queue,
-      );
-      if (queue) queue.holder = this;
-    } finally {
-      queue?.leave();
+      const entered = queue?.enter(signal, deadline) ?? true;
+      if (entered !== true) {
+        if (!await entered) {
+          throw new LockTimeoutError(
+            this.name,
+            now() - started,
+            queue!.remainingTtl(),
+          );
+        }
+        firstSend = now();
+      }
+      try {
+        await this.#contend(
+          action,
+          wait,
+          signal,
+          started,
+          firstSend,
+          deadline,
+          queue,
+        );
+        if (queue) queue.holder = this;
+      } finally {
+        queue?.leave();
+      }
+    } catch (error) {
+      // A wait that fails leaves nothing open behind it (see #release).
+      await unwatched(this.#client);
+      throw error;
     }
   }
 
@@ -555,12 +575,12 @@ export class Lock implements AsyncDisposable {
       fencing: this.#settings.fencing,
       eager: !this.#settings.fencing && this.#settings.waitReplicas === 0,
     });
+    const subscribe = this.#client.deadbolt?.subscribe;
     if (queue?.holder) {
       // A handle of this process holds it: wait to be handed it, rather
-      // than ask Redis now (its release would come while we asked).
-      if (this.#client.subscribe) {
-        queue.watch(this.#client.subscribe, this.#channel);
-      }
+      // than ask Redis now (its release would come while we asked). If its
+      // lease ends without a release (lost, or run out), the queue wakes us.
+      if (subscribe) queue.watch(subscribe, this.#channel);
       const pause = Math.min(wait.maxRetryDelay, deadline - now());
       const handed = await queue.sleep(pause, signal, want());
       if (
@@ -630,10 +650,8 @@ export class Lock implements AsyncDisposable {
       let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
       if (code === 0 && value >= 0) pause = Math.min(pause, value);
       if (code === 0 && queue) {
-        queue.remainingTtl = value;
-        if (this.#client.subscribe) {
-          queue.watch(this.#client.subscribe, this.#channel);
-        }
+        queue.noteRemaining(value);
+        if (subscribe) queue.watch(subscribe, this.#channel);
       }
       pause = Math.min(pause, left);
       const handed = queue
@@ -697,7 +715,7 @@ export class Lock implements AsyncDisposable {
   async #awaitReplicas(token: string, signal: AbortSignal): Promise<void> {
     let acknowledged: number;
     try {
-      const call = this.#client.wait!(
+      const call = this.#client.deadbolt!.wait!(
         this.#settings.waitReplicas,
         this.#settings.replicaTimeout,
         this.key,
@@ -769,7 +787,7 @@ export class Lock implements AsyncDisposable {
         return toIntegers(reply, 1)[0];
       },
       onLost: (message, cause) => {
-        existingQueue(this.#client, this.key)?.vacate(this);
+        existingQueue(this.#client, this.key)?.lost(this);
         controller.abort(
           new LockLostError(
             this.name,

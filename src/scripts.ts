@@ -118,13 +118,16 @@ return -1`,
 };
 
 /**
- * KEYS: lock, and optionally the channel that wakes waiters. ARGV: token.
- * Replies 1 deleted our own key, 0 the key is gone, -1 another owner (or a
- * key of another type) holds it and was left alone. The wake-up is sharded
- * (`SPUBLISH`, Redis 7 and later: on a cluster it reaches only the lock's
- * shard), or a plain `PUBLISH` where the server does not know `SPUBLISH`;
- * subscribers make the same choice (see `_subscriber.ts`). Both are `PCALL`s:
- * a refused or lost message costs waiters latency, never a release.
+ * KEYS: lock, and optionally the channel that wakes waiters and the waiting
+ * marker. ARGV: token. Replies 1 deleted our own key, 0 the key is gone, -1
+ * another owner (or a key of another type) holds it and was left alone.
+ * The wake-up is sharded (`SPUBLISH`, Redis 7 and later: on a cluster it
+ * reaches only the lock's shard); it is a plain `PUBLISH` where the server
+ * does not know `SPUBLISH`, and also when the sharded message reached nobody
+ * while the marker says someone waits (a client that can only `SUBSCRIBE`,
+ * such as `@db/redis`). Subscribers make the same choice (see
+ * `_subscriber.ts`). All are `PCALL`s: a refused or lost message costs
+ * waiters latency, never a release.
  */
 export const RELEASE: LuaScript = {
   source: `local holder = redis.pcall('GET', KEYS[1])
@@ -132,7 +135,10 @@ if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if KEYS[2] then
     local sent = redis.pcall('SPUBLISH', KEYS[2], '')
-    if type(sent) == 'table' then redis.pcall('PUBLISH', KEYS[2], '') end
+    if type(sent) == 'table' or
+        (sent == 0 and KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1) then
+      redis.pcall('PUBLISH', KEYS[2], '')
+    end
   end
   return 1
 end

@@ -8,7 +8,7 @@ import {
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
-import { abortedAt, CountingClient, sleep } from "./_util.ts";
+import { abortedAt, CountingClient, sleep, within } from "./_util.ts";
 
 // Core semantics against a real redis-server. The client is the @db/redis
 // shape over a Deno socket, so the sanitizers see its resources too.
@@ -148,7 +148,7 @@ Deno.test("Lock.acquire() takes the lock as soon as the holder releases it", asy
   const waiting = Lock.acquire(env.redis, "handoff", { timeout: 5_000 });
   await sleep(50);
   await holder.release();
-  await using next = await waiting;
+  await using next = await within(waiting, 20_000, "the waiter's grant");
   assert.equal(await env.side.send("GET", next.key), next.token);
 });
 
@@ -330,7 +330,7 @@ Deno.test("Lock.acquire() aborted while its SET is in flight cleans up the late 
   await stalled;
   await stall[Symbol.asyncDispose]();
   // The grant landed after the abort; deadbolt deletes it once it arrives.
-  await client.released;
+  await within(client.released, 5_000, "the late grant's deletion");
   assert.equal(await env.side.send("EXISTS", "deadbolt:{inflight}"), 0);
 });
 
@@ -348,7 +348,7 @@ Deno.test("a grant that arrives with no validity left is void and cleaned up", a
   await stall[Symbol.asyncDispose]();
   assert.ok(!(error instanceof LockTimeoutError));
   assert.equal((error as Error).name, "TimeoutError");
-  await client.released;
+  await within(client.released, 5_000, "the late grant's deletion");
   assert.equal(await env.side.send("EXISTS", "deadbolt:{late}"), 0);
 });
 
@@ -380,7 +380,7 @@ Deno.test("a stalled Redis rejects after commandTimeout, not as LockTimeoutError
     env.server.signal("SIGCONT");
   }
   // The script ran once the server resumed; its key is deleted by token.
-  await client.released;
+  await within(client.released, 5_000, "the late grant's deletion");
   assert.equal(await env.side.send("EXISTS", "deadbolt:{stalled}"), 0);
 });
 

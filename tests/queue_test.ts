@@ -11,7 +11,13 @@ import {
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape } from "./_resp.ts";
-import { abortedAt, CountingClient, scriptKind, sleep } from "./_util.ts";
+import {
+  abortedAt,
+  CountingClient,
+  scriptKind,
+  sleep,
+  within,
+} from "./_util.ts";
 import { HANDOVER } from "../src/scripts.ts";
 
 // Waiters in one process on one lock queue locally: first come, first
@@ -63,7 +69,7 @@ Deno.test("a release in this process wakes the next local waiter at once, not af
   await sleep(100);
   const released = performance.now();
   await holder.release();
-  await using next = await waiting;
+  await using next = await within(waiting, 20_000, "the waiter's grant");
   const handoff = performance.now() - released;
   assert.ok(next.held);
   assert.ok(handoff < 50, `handoff took ${handoff} ms`);
@@ -121,7 +127,7 @@ Deno.test("tryAcquire does not queue behind local waiters", async () => {
   assert.equal(await Lock.tryAcquire(env.redis, "barge"), null);
   assert.ok(performance.now() - started < 50);
   await holder.release();
-  await (await waiting).release();
+  await (await within(waiting, 20_000, "the waiter's grant")).release();
 });
 
 // A server without sharded pub/sub, as Redis 6 is: both commands unknown.
@@ -179,7 +185,7 @@ Deno.test("a release in another process wakes a waiter through sharded pub/sub, 
           assert.equal(await subscribers(unused), 0);
           const released = performance.now();
           await held.release();
-          const lock = await waiting;
+          const lock = await within(waiting, 20_000, "the waiter's grant");
           const handoff = performance.now() - released;
           assert.ok(handoff < 1_000, `handoff took ${handoff} ms`);
           await lock.release();
@@ -361,7 +367,7 @@ function holdingHandovers(inner: ScriptClient, ordered: boolean) {
     return gate.promise.then(() => reply);
   };
   const client: ScriptClient = {
-    ordered,
+    deadbolt: { ordered },
     eval: (script, keys, args) =>
       hold(scriptKind(script), inner.eval(script, keys, args)),
     evalsha: (sha, keys, args) =>
@@ -407,7 +413,7 @@ Deno.test("with a client that runs calls in order, a release hands the lock to t
       assert.equal(granted, ordered);
       open();
       assert.equal(await released, true);
-      const lock = await waiting;
+      const lock = await within(waiting, 20_000, "the waiter's grant");
       assert.ok(lock.held);
       assert.equal(await side.send("GET", "deadbolt:{eager}"), lock.token);
       // Calls the new holder makes run after the handover.
@@ -428,7 +434,7 @@ Deno.test("a lock handed over before Redis answered is lost, and says so, when t
   // Redis forgets the holder's key (an operator, a failover).
   await side.send("DEL", "deadbolt:{eager-lost}");
   const released = holder.release();
-  const lock = await waiting;
+  const lock = await within(waiting, 20_000, "the waiter's grant");
   const lost = abortedAt(lock.signal);
   open();
   await lost;
@@ -526,6 +532,6 @@ Deno.test("a holder that has lost the lock never hands it over eagerly", async (
   assert.equal(await released, false);
   assert.equal(granted, false);
   await side.send("DEL", "deadbolt:{stolen}");
-  await using lock = await waiting;
+  await using lock = await within(waiting, 20_000, "the waiter's grant");
   assert.equal(await side.send("GET", "deadbolt:{stolen}"), lock.token);
 });

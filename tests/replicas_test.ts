@@ -66,8 +66,10 @@ function withWait(conn: RespClient) {
       watch(args, redis.eval(script, keys, args)),
     evalsha: (sha: string, keys: string[], args: string[]) =>
       watch(args, redis.evalsha(sha, keys, args)),
-    wait: (numreplicas: number, timeout: number) =>
-      conn.send("WAIT", numreplicas, timeout),
+    deadbolt: {
+      wait: (numreplicas: number, timeout: number) =>
+        conn.send("WAIT", numreplicas, timeout),
+    },
   };
 }
 

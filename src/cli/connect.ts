@@ -1,7 +1,8 @@
 // Loaded when a command first needs Redis: usage errors and --help do not
 // pay for it, and the library's docs do not pull in ioredis' Node types.
 import type { Redis } from "npm:ioredis@6";
-import { fromIoredis, type ScriptClient } from "../client.ts";
+import type { ScriptClient } from "../client.ts";
+import { fromIoredis, type IoredisClient } from "../clients/ioredis.ts";
 
 /** Redis could not be reached or refused us: `deadbolt` exits 69. */
 export class RedisUnavailableError extends Error {
@@ -10,8 +11,6 @@ export class RedisUnavailableError extends Error {
 
 /** How long connecting may take before `deadbolt` gives up, in ms. */
 export const CONNECT_TIMEOUT_MS = 3_000;
-
-const noop = () => {};
 
 /** The URL without its password, for messages. */
 export function redactUrl(url: string): string {
@@ -69,23 +68,11 @@ export async function connectRedis(url: string): Promise<Redis> {
 
 /**
  * The deadbolt client over `redis`. Its pub/sub connection (it wakes a waiter
- * as soon as the holder releases) is a duplicate that queues its `SUBSCRIBE`
- * until connected, since the main connection queues nothing.
+ * as soon as the holder releases) is a duplicate that deadbolt connects,
+ * listens to and closes itself.
  */
 export function lockClient(redis: Redis): ScriptClient {
-  return fromIoredis({
-    eval: (script, numkeys, ...rest) => redis.eval(script, numkeys, ...rest),
-    evalsha: (sha1, numkeys, ...rest) => redis.evalsha(sha1, numkeys, ...rest),
-    defineCommand: noop,
-    duplicate: () => {
-      const subscriber = redis.duplicate({
-        lazyConnect: false,
-        enableOfflineQueue: true,
-      });
-      subscriber.on("error", noop);
-      return subscriber;
-    },
-  });
+  return fromIoredis(redis as unknown as IoredisClient);
 }
 
 /** Closes `redis`, politely if it can within a moment. */

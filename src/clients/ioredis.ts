@@ -1,0 +1,198 @@
+import type { ScriptClient } from "../client.ts";
+import { keySlot } from "../keys.ts";
+import {
+  type OpenSubscriber,
+  shardedFirst,
+  sharedSubscriber,
+} from "../_subscriber.ts";
+import { bindWait, closeWithin } from "./_shared.ts";
+
+/** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
+export interface IoredisClient {
+  /** `EVAL` with variadic keys and arguments. */
+  eval(
+    script: string,
+    numkeys: number,
+    ...keysAndArgs: string[]
+  ): Promise<unknown>;
+  /** `EVALSHA` with variadic keys and arguments. */
+  evalsha(
+    sha1: string,
+    numkeys: number,
+    ...keysAndArgs: string[]
+  ): Promise<unknown>;
+  /** Present on ioredis only; used to tell it apart from other clients. */
+  defineCommand(name: string, definition: { lua: string }): unknown;
+  /** `WAIT`, for the `waitReplicas` option. */
+  wait?(numreplicas: number, timeout: number): Promise<unknown>;
+  /**
+   * A new connection (or, for a `Cluster`, a new cluster client) with the
+   * same options and the given overrides, for pub/sub wake-ups.
+   */
+  duplicate?(...options: never[]): IoredisSubscriber;
+  /** `true` on an ioredis `Cluster`. */
+  readonly isCluster?: boolean;
+  /** A `Cluster`'s slot table: the `host:port` of each slot's nodes, master first. */
+  readonly slots?: readonly (readonly string[] | undefined)[];
+  /** A `Cluster`'s node connections. */
+  nodes?(role: "master"): IoredisNode[];
+}
+
+/** One node connection of an ioredis `Cluster`. */
+export interface IoredisNode {
+  /** The node's address. */
+  readonly options: { readonly host?: string; readonly port?: number };
+  /** `WAIT`, for the `waitReplicas` option. */
+  wait(numreplicas: number, timeout: number): Promise<unknown>;
+}
+
+/** The part of an ioredis connection (a duplicate) used to subscribe. */
+export interface IoredisSubscriber {
+  /** `"wait"`, `"connecting"`, `"ready"`, `"reconnecting"`, `"end"`, … */
+  readonly status: string;
+  /** Connects; resolves once ioredis is ready (its ready check answered). */
+  connect(): Promise<unknown>;
+  /** `SUBSCRIBE`. */
+  subscribe(channel: string): Promise<unknown>;
+  /** `UNSUBSCRIBE`. */
+  unsubscribe(channel: string): Promise<unknown>;
+  /** `SSUBSCRIBE` (ioredis 5.3 and later). */
+  ssubscribe?(channel: string): Promise<unknown>;
+  /** `SUNSUBSCRIBE` (ioredis 5.3 and later). */
+  sunsubscribe?(channel: string): Promise<unknown>;
+  /**
+   * Listens for plain (`message`) and sharded (`smessage`) messages, for
+   * errors (`error`) and for the end of the connection (`end`).
+   */
+  on(
+    event: "message" | "smessage" | "error" | "end",
+    listener: (channel: string) => void,
+  ): unknown;
+  /** Removes a listener added with `on`. */
+  off(event: "end", listener: () => void): unknown;
+  /** Closes the connection and stops reconnecting. */
+  disconnect(): void;
+}
+
+/**
+ * Adapts an ioredis 5 or 6 client (or `Cluster`). Waiters are woken by
+ * pub/sub over one extra connection (`client.duplicate()`), open only while
+ * some lock of this process is waited for through this client: it is
+ * connected and ready before it subscribes, its errors are listened to
+ * (reported as a {@linkcode SubscriberErrorEvent}, never unhandled), and it
+ * is closed, socket and timers gone, before the call that ended the wait
+ * (or `release()`) resolves.
+ *
+ * @param client A connected ioredis client.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { Redis } from "npm:ioredis";
+ * import { fromIoredis, Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = fromIoredis(new Redis());
+ * await using lock = await Lock.acquire(redis, "report");
+ * ```
+ */
+export function fromIoredis(client: IoredisClient): ScriptClient {
+  const cluster = client.isCluster === true;
+  return {
+    eval: (script, keys, args) =>
+      client.eval(script, keys.length, ...keys, ...args),
+    evalsha: (sha1, keys, args) =>
+      client.evalsha(sha1, keys.length, ...keys, ...args),
+    deadbolt: {
+      // A Cluster may resend a redirected call after later ones.
+      ordered: !cluster,
+      ...(cluster ? { wait: clusterWait(client) } : bindWait(client)),
+      ...(typeof client.duplicate === "function" && {
+        subscribe: sharedSubscriber(openSubscriber(client, cluster)),
+      }),
+    },
+  };
+}
+
+function openSubscriber(
+  client: IoredisClient,
+  cluster: boolean,
+): OpenSubscriber {
+  return async ({ deliver, fail, signal }) => {
+    const duplicate = client.duplicate!.bind(client) as (
+      ...options: unknown[]
+    ) => IoredisSubscriber;
+    // lazyConnect: connect() below resolves after ioredis' ready check, so
+    // SUBSCRIBE never races it. A Cluster subscribes to sharded channels only
+    // through its own per-shard subscribers, which shardedSubscribers turns
+    // on. disconnectTimeout 0: a close does not leave ioredis a 2 s timer
+    // for a server that is slow to close its side.
+    const subscriber = cluster
+      ? duplicate([], { shardedSubscribers: true, lazyConnect: true })
+      : duplicate({ lazyConnect: true, disconnectTimeout: 0 });
+    subscriber.on("error", fail);
+    subscriber.on("message", deliver);
+    subscriber.on("smessage", deliver);
+    const close = () => closeSubscriber(subscriber);
+    const onAbort = () => subscriber.disconnect();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      await subscriber.connect();
+      signal.throwIfAborted();
+    } catch (error) {
+      await close();
+      throw error;
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+    return {
+      ...shardedFirst(
+        subscriber.ssubscribe && {
+          subscribe: (channel) => subscriber.ssubscribe!(channel),
+          unsubscribe: (channel) => subscriber.sunsubscribe!(channel),
+        },
+        {
+          subscribe: (channel) => subscriber.subscribe(channel),
+          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+        },
+      ),
+      close,
+    };
+  };
+}
+
+// Resolves once ioredis says the connection ended ("end": its socket is
+// closed, its timers cleared). A connection that was between reconnection
+// attempts has no socket: ioredis 5 never says "end" for it.
+function closeSubscriber(subscriber: IoredisSubscriber): Promise<void> {
+  if (subscriber.status === "end") return Promise.resolve();
+  return closeWithin((ended) => {
+    subscriber.on("end", ended);
+    const idle = subscriber.status === "reconnecting";
+    subscriber.disconnect();
+    if (idle || subscriber.status === "end") ended();
+    return () => subscriber.off("end", ended);
+  });
+}
+
+// WAIT has no key, so a Cluster would send it to any node: send it to the
+// master of the key's slot instead, over the connection that ran the script.
+function clusterWait(
+  client: IoredisClient,
+): (numreplicas: number, timeout: number, key: string) => Promise<unknown> {
+  return (numreplicas, timeout, key) => {
+    const address = client.slots?.[keySlot(key)]?.[0];
+    const node = client.nodes?.("master").find(({ options }) =>
+      `${options.host}:${options.port}` === address
+    );
+    if (!node) {
+      return Promise.reject(
+        new Error(
+          `Cannot send WAIT as the cluster knows no master for key '${key}' (slot ${
+            keySlot(key)
+          })`,
+        ),
+      );
+    }
+    return node.wait(numreplicas, timeout);
+  };
+}

@@ -1,0 +1,237 @@
+import type { ScriptClient } from "../client.ts";
+import { keySlot } from "../keys.ts";
+import {
+  type OpenSubscriber,
+  shardedFirst,
+  sharedSubscriber,
+} from "../_subscriber.ts";
+import { bindWait } from "./_shared.ts";
+
+/** The keys-and-arguments option of node-redis' `eval` and `evalSha`. */
+export interface NodeRedisEvalOptions {
+  /** The script's `KEYS`. */
+  keys: string[];
+  /** The script's `ARGV`. */
+  arguments: string[];
+}
+
+/** The part of a node-redis 5 or 6 client (or cluster) that deadbolt uses. */
+export interface NodeRedisClient {
+  /** `EVAL` with keys and arguments in an options object. */
+  eval(script: string, options: NodeRedisEvalOptions): Promise<unknown>;
+  /** `EVALSHA` with keys and arguments in an options object. */
+  evalSha(sha1: string, options: NodeRedisEvalOptions): Promise<unknown>;
+  /** `WAIT`, for the `waitReplicas` option. */
+  wait?(numreplicas: number, timeout: number): Promise<unknown>;
+  /** The client's options, which its duplicate for wake-ups starts from. */
+  readonly options?: { readonly socket?: object };
+  /** A new client with the same options and the given overrides, for pub/sub wake-ups. */
+  duplicate?(overrides?: never): NodeRedisSubscriber;
+  /**
+   * Present on a cluster (`createCluster`) only: the master of a slot. A
+   * cluster subscribes with its own sharded subscribers and sends `WAIT` to
+   * the master of the lock's slot.
+   */
+  getSlotMaster?(slot: number): unknown;
+  /** A cluster's connection to one node. */
+  nodeClient?(node: never): unknown;
+  /** `SSUBSCRIBE` on a cluster. */
+  sSubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `SUNSUBSCRIBE` on a cluster. */
+  sUnsubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `SUBSCRIBE` on a cluster. */
+  subscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `UNSUBSCRIBE` on a cluster. */
+  unsubscribe?(channel: string, listener: () => void): Promise<unknown>;
+}
+
+/** The part of a node-redis client (a duplicate) used to subscribe. */
+export interface NodeRedisSubscriber {
+  /** Connects; resolves once the client is ready. */
+  connect(): Promise<unknown>;
+  /** Listens for connection errors. */
+  on(event: "error", listener: (error: unknown) => void): unknown;
+  /** `SUBSCRIBE` with a listener. */
+  subscribe(channel: string, listener: () => void): Promise<unknown>;
+  /** `UNSUBSCRIBE`. */
+  unsubscribe(channel: string): Promise<unknown>;
+  /** `SSUBSCRIBE` with a listener. */
+  sSubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  /** `SUNSUBSCRIBE`. */
+  sUnsubscribe?(channel: string): Promise<unknown>;
+  /** Closes the socket at once (node-redis 5 and 6). */
+  destroy?(): unknown;
+  /** Closes the socket at once (node-redis 4). */
+  disconnect?(): Promise<unknown>;
+}
+
+/**
+ * Adapts a node-redis 5 or 6 client (or a `createCluster` cluster). Waiters
+ * are woken by pub/sub over one extra connection (`client.duplicate()`),
+ * open only while some lock of this process is waited for through this
+ * client: its errors are listened to (reported as a
+ * {@linkcode SubscriberErrorEvent}; node-redis would otherwise throw them
+ * as an unhandled `'error'` event and end the process), and it is closed,
+ * socket and reconnection timer gone, before the call that ended the wait
+ * (or `release()`) resolves. A cluster subscribes through its own pub/sub
+ * connections.
+ *
+ * @param client A connected node-redis client.
+ * @returns A {@linkcode ScriptClient} over it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { createClient } from "npm:redis";
+ * import { fromNodeRedis, Lock } from "@deadbolt/deadbolt";
+ *
+ * const redis = fromNodeRedis(await createClient().connect());
+ * await using lock = await Lock.acquire(redis, "report");
+ * ```
+ */
+export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
+  const base = {
+    eval: (script: string, keys: string[], args: string[]) =>
+      client.eval(script, { keys, arguments: args }),
+    evalsha: (sha1: string, keys: string[], args: string[]) =>
+      client.evalSha(sha1, { keys, arguments: args }),
+  };
+  if (typeof client.getSlotMaster === "function") {
+    // A cluster may resend a redirected call after later ones.
+    return { ...base, deadbolt: { ordered: false, ...cluster(client) } };
+  }
+  return {
+    ...base,
+    deadbolt: {
+      ordered: true,
+      ...bindWait(client),
+      ...(typeof client.duplicate === "function" && {
+        subscribe: sharedSubscriber(openSubscriber(client)),
+      }),
+    },
+  };
+}
+
+// Reconnection delays of the wake-up connection (ms): short, since waiters
+// poll meanwhile, and known, so a close can outwait the pending one.
+const retryDelay = (retries: number) => Math.min(50 * 2 ** retries, 500);
+
+function openSubscriber(client: NodeRedisClient): OpenSubscriber {
+  return async ({ deliver, fail, signal }) => {
+    // node-redis waits for a reconnection attempt with a timer nothing can
+    // cancel; the strategy says how long, so a close can wait it out.
+    let retryUntil = 0;
+    const reconnectStrategy = (retries: number) => {
+      if (signal.aborted) return false;
+      const delay = retryDelay(retries);
+      retryUntil = performance.now() + delay;
+      return delay;
+    };
+    const subscriber = client.duplicate!({
+      socket: { ...client.options?.socket, reconnectStrategy },
+    } as never);
+    subscriber.on("error", fail);
+    const destroy = () => {
+      if (subscriber.destroy) subscriber.destroy();
+      else subscriber.disconnect?.().catch(() => {});
+    };
+    let connected: Promise<unknown> | undefined;
+    const close = async () => {
+      destroy();
+      await connected?.catch(() => {});
+      const pending = retryUntil - performance.now();
+      if (pending > 0) {
+        await new Promise((resolve) => setTimeout(resolve, pending + 1));
+      }
+    };
+    signal.addEventListener("abort", destroy, { once: true });
+    try {
+      await (connected = subscriber.connect());
+      signal.throwIfAborted();
+    } catch (error) {
+      await close();
+      throw error;
+    } finally {
+      signal.removeEventListener("abort", destroy);
+    }
+    return {
+      ...shardedFirst(
+        subscriber.sSubscribe && {
+          subscribe: (channel) =>
+            subscriber.sSubscribe!(channel, () => deliver(channel)),
+          unsubscribe: (channel) => subscriber.sUnsubscribe!(channel),
+        },
+        {
+          subscribe: (channel) =>
+            subscriber.subscribe(channel, () => deliver(channel)),
+          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+        },
+      ),
+      close,
+    };
+  };
+}
+
+// A node-redis cluster keeps its own pub/sub connections (one per shard for
+// sharded channels), so it subscribes itself; WAIT goes to the master of the
+// key's slot, over the connection the cluster sent the script on.
+function cluster(
+  cluster: NodeRedisClient,
+): {
+  wait(numreplicas: number, timeout: number, key: string): Promise<unknown>;
+  subscribe?: ReturnType<typeof sharedSubscriber>;
+} {
+  type Commands = (channel: string, listener: () => void) => Promise<unknown>;
+  const bound = (command: Commands | undefined) => command?.bind(cluster);
+  const [sSubscribe, sUnsubscribe, subscribe, unsubscribe] = [
+    bound(cluster.sSubscribe),
+    bound(cluster.sUnsubscribe),
+    bound(cluster.subscribe),
+    bound(cluster.unsubscribe),
+  ];
+  return {
+    wait: async (numreplicas, timeout, key) => {
+      const node = cluster.getSlotMaster!(keySlot(key));
+      const connection = await cluster.nodeClient!(node as never) as {
+        wait(numreplicas: number, timeout: number): Promise<unknown>;
+      };
+      return await connection.wait(numreplicas, timeout);
+    },
+    ...(subscribe && unsubscribe && {
+      subscribe: sharedSubscriber(({ deliver }) => {
+        const listeners = new Map<string, () => void>();
+        const listener = (channel: string) => {
+          let each = listeners.get(channel);
+          if (!each) listeners.set(channel, each = () => deliver(channel));
+          return each;
+        };
+        const forget = (run: Commands) => (channel: string) => {
+          const each = listener(channel);
+          listeners.delete(channel);
+          return run(channel, each);
+        };
+        const commands = shardedFirst(
+          sSubscribe && sUnsubscribe && {
+            subscribe: (channel) => sSubscribe(channel, listener(channel)),
+            unsubscribe: forget(sUnsubscribe),
+          },
+          {
+            subscribe: (channel) => subscribe(channel, listener(channel)),
+            unsubscribe: forget(unsubscribe),
+          },
+        );
+        // The cluster's pub/sub connections are its own, so closing ours
+        // only unsubscribes what is left, without waiting for the answers
+        // (a stalled node would hold a release up).
+        return Promise.resolve({
+          ...commands,
+          close: () => {
+            for (const channel of listeners.keys()) {
+              commands.unsubscribe(channel).catch(() => {});
+            }
+            return Promise.resolve();
+          },
+        });
+      }),
+    }),
+  };
+}

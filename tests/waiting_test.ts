@@ -1,0 +1,215 @@
+import assert from "node:assert/strict";
+import { Redis } from "npm:ioredis@6";
+import {
+  fromIoredis,
+  Lock,
+  LockTimeoutError,
+  type ScriptClient,
+} from "../mod.ts";
+import { startRedis } from "./_redis.ts";
+import type { RespClient } from "./_resp.ts";
+import { scriptKind, within } from "./_util.ts";
+
+// How waiting ends: the local queue, the backoff, the timeout and what it
+// reports. Each test fails on a specific broken behaviour, deterministically.
+
+/** A plain `eval`-only client over one RESP connection. */
+function evalClient(conn: RespClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      conn.send("EVAL", script, keys.length, ...keys, ...args),
+  };
+}
+
+async function setup() {
+  const server = await startRedis();
+  const conn = await server.connect();
+  const side = await server.connect();
+  return {
+    server,
+    side,
+    client: evalClient(conn),
+    async [Symbol.asyncDispose]() {
+      await conn[Symbol.asyncDispose]();
+      await side[Symbol.asyncDispose]();
+      await server.stop();
+    },
+  };
+}
+
+Deno.test("a waiter queued behind a holder of its own process gets the lock when that holder's lease runs out, not a maxRetryDelay later", async () => {
+  await using env = await setup();
+  // Never released: its lease simply runs out after ~200 ms.
+  const first = await Lock.acquire(env.client, "runs-out", {
+    ttl: 200,
+    autoExtend: false,
+  });
+  const started = performance.now();
+  await using second = await within(
+    Lock.acquire(env.client, "runs-out", {
+      timeout: 10_000,
+      maxRetryDelay: 5_000,
+    }),
+    2_500,
+    "the grant after the first lease ran out",
+  );
+  const waited = performance.now() - started;
+  assert.ok(waited < 1_000, `waited ${Math.round(waited)} ms`);
+  assert.equal(first.held, false);
+  assert.equal(await env.side.send("GET", second.key), second.token);
+});
+
+Deno.test("a waiter queued behind a holder of its own process gets the lock soon after that holder loses it", async () => {
+  await using env = await setup();
+  const first = await Lock.acquire(env.client, "deleted", { ttl: 600 });
+  const waiting = Lock.acquire(env.client, "deleted", {
+    timeout: 10_000,
+    maxRetryDelay: 5_000,
+  });
+  // Deleted behind deadbolt's back: the holder's next renewal (≤ 200 ms)
+  // finds it gone, and its loss must wake the queue.
+  await env.side.send("DEL", first.key);
+  await using second = await within(
+    waiting,
+    2_500,
+    "the grant after the holder lost its key",
+  );
+  assert.equal(first.signal.aborted, true);
+  assert.equal(await env.side.send("GET", second.key), second.token);
+});
+
+Deno.test("every waiter that times out reports the holder's remaining lease, queued ones too", async () => {
+  await using env = await setup();
+  // The holder is of this process too: queued waiters then never ask Redis.
+  const holder = await Lock.acquire(env.client, "long", { ttl: 600_000 });
+  const errors = await within(
+    Promise.all(
+      [0, 1, 2].map(() =>
+        Lock.acquire(env.client, "long", { timeout: 300 }).then(
+          () => assert.fail("granted while held"),
+          (error) => error,
+        )
+      ),
+    ),
+    5_000,
+    "three timeouts",
+  );
+  for (const error of errors) {
+    assert.ok(error instanceof LockTimeoutError, String(error));
+    assert.ok(
+      error.remainingTtl > 590_000 && error.remainingTtl <= 600_000,
+      `remainingTtl ${error.remainingTtl}`,
+    );
+  }
+  assert.equal(await holder.release(), true);
+});
+
+Deno.test("a waiter whose backoff would outlast its timeout gives up at the timeout", async () => {
+  await using env = await setup();
+  await using other = await env.server.connect();
+  const holder = await Lock.acquire(evalClient(other), "slow-backoff", {
+    ttl: 60_000,
+  });
+  // Every backoff draw is the largest possible: 10 s, far past the timeout.
+  const random = Math.random;
+  Math.random = () => 0.999;
+  try {
+    const started = performance.now();
+    const error = await within(
+      Lock.acquire(env.client, "slow-backoff", {
+        timeout: 300,
+        retryDelay: 10_000,
+        maxRetryDelay: 10_000,
+      }).then(() => assert.fail("granted while held"), (error) => error),
+      3_000,
+      "the timeout",
+    );
+    const took = performance.now() - started;
+    assert.ok(error instanceof LockTimeoutError, String(error));
+    assert.ok(took >= 300 && took < 1_000, `took ${Math.round(took)} ms`);
+  } finally {
+    Math.random = random;
+  }
+  assert.equal(await holder.release(), true);
+});
+
+Deno.test("a lock handed over before Redis answers is valid no longer than the releasing holder's own lease", async () => {
+  await using server = await startRedis();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    // Handover replies are held back, so the waiter runs on the holder's
+    // lease alone until Redis confirms.
+    const inner = fromIoredis(redis);
+    const gate = Promise.withResolvers<void>();
+    const hold = (kind: string, reply: Promise<unknown>) => {
+      if (kind !== "handover") return reply;
+      reply.catch(() => {});
+      return gate.promise.then(() => reply);
+    };
+    const client: ScriptClient = {
+      deadbolt: inner.deadbolt,
+      eval: (s, k, a) => hold(scriptKind(s), inner.eval(s, k, a)),
+      evalsha: (s, k, a) => hold(scriptKind(s), inner.evalsha!(s, k, a)),
+    };
+    const holder = await Lock.acquire(client, "capped", { ttl: 5_000 });
+    const waiting = Lock.acquire(client, "capped", {
+      ttl: 60_000,
+      timeout: 10_000,
+      retryDelay: 10_000,
+      maxRetryDelay: 10_000,
+    });
+    // Behind a holder of its own process, the waiter asks Redis nothing: it
+    // is asleep at the head, offering to be handed the lock, as soon as its
+    // acquire() has run to its first await (one macrotask is plenty).
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    const holderValidUntil = holder.validUntil;
+    const released = holder.release();
+    const next = await within(waiting, 2_000, "the eager handover");
+    try {
+      assert.ok(
+        next.validUntil <= holderValidUntil + 1, // float rounding
+        `the new holder is told it holds ${
+          Math.round(next.validUntil - holderValidUntil)
+        } ms past the key's own lease`,
+      );
+      gate.resolve();
+      assert.equal(await within(released, 2_000, "the release"), true);
+      // Confirmed by Redis: now its own 60 s lease counts.
+      assert.ok(next.validUntil > holderValidUntil + 50_000);
+    } finally {
+      gate.resolve();
+      await next.release();
+    }
+  } finally {
+    await redis.quit();
+  }
+});
+
+Deno.test("release() and extend() reject after commandTimeout when Redis stalls, and release() can be tried again", async () => {
+  await using env = await setup();
+  const lock = await Lock.acquire(env.client, "stall", {
+    commandTimeout: 200,
+    autoExtend: false,
+  });
+  env.server.signal("SIGSTOP");
+  try {
+    for (const call of [() => lock.extend(), () => lock.release()]) {
+      const started = performance.now();
+      const error = await within(
+        call().then(() => assert.fail("answered"), (error) => error),
+        2_000,
+        "the commandTimeout",
+      );
+      const took = performance.now() - started;
+      assert.equal((error as Error).name, "TimeoutError", String(error));
+      assert.ok(took >= 200 && took < 1_000, `took ${Math.round(took)} ms`);
+    }
+  } finally {
+    env.server.signal("SIGCONT");
+  }
+  // The timed-out release still ran once the server resumed (its call was
+  // queued on the connection before the retry's), so the retry finds the
+  // key gone; it answers, and nothing is left behind.
+  assert.equal(await within(lock.release(), 2_000, "the retry"), false);
+  assert.equal(await env.side.send("EXISTS", lock.key), 0);
+});
