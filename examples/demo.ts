@@ -149,9 +149,7 @@ async function startServer(interrupt: AbortSignal): Promise<RedisServer> {
     // Ctrl-C reaches redis-server too, which may then fail to start.
     if (interrupt.aborted) throw new Interrupted();
     if (error instanceof Deno.errors.NotFound) {
-      throw new Fatal(
-        "redis-server not found on PATH; install it (apt-get install redis-server) or set REDIS_URL",
-      );
+      throw new Fatal(`${(error as Error).message}, or set REDIS_URL`);
     }
     const message = (error as Error).message.split("\n")[0];
     throw new Fatal(`cannot start redis-server: ${message}`);

@@ -2,6 +2,7 @@ import type { ScriptClient } from "./client.ts";
 import type { Subscribe } from "./_subscriber.ts";
 import { type Deferred, deferred } from "./_deferred.ts";
 import { now } from "./_timers.ts";
+import { reportSubscriberError } from "./diagnostics.ts";
 import { MAX_TIMER_MS } from "./_validate.ts";
 
 /**
@@ -215,12 +216,14 @@ export class LocalQueue {
   /**
    * Wakes the head on every message to `channel` from now until the queue
    * empties. It does not wait for the subscription: until it is set up, a
-   * release costs the head a backoff sleep, as without one.
+   * release costs the head a backoff sleep, as without one; if it fails,
+   * that is reported on `diagnostics` and the head keeps its backoff.
    */
   watch(subscribe: Subscribe, channel: string): void {
-    this.#unwatch ??= subscribe(channel, () => this.wake()).catch(() =>
-      undefined
-    );
+    this.#unwatch ??= subscribe(channel, () => this.wake()).catch((error) => {
+      reportSubscriberError(error);
+      return undefined;
+    });
   }
 
   /**

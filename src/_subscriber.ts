@@ -119,7 +119,6 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
     try {
       await ready;
     } catch (error) {
-      reportSubscriberError(error);
       await stop();
       throw error;
     }

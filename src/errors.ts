@@ -23,8 +23,11 @@ export class LockTimeoutError extends Error {
   /** How long the caller waited, in milliseconds. */
   readonly waited: number;
   /**
-   * The other owner's remaining lease as Redis last reported it, in
-   * milliseconds; `-1` when the key has no expiry.
+   * The other owner's remaining lease in milliseconds, as last known
+   * (Redis' answer to this waiter or to the head of its process's queue,
+   * or the lease of a holder in this process) and counted down to the
+   * moment of the error; `-1` when the key has no expiry; `NaN` when the
+   * wait ended before anything was known (shorter than one round trip).
    */
   readonly remainingTtl: number;
 

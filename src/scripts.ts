@@ -81,7 +81,8 @@ ${CHECK_FENCE}
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-local waiting = redis.call('EXISTS', KEYS[3])
+-- GET, not EXISTS: the commands a least-privilege user needs stay few.
+local waiting = redis.call('GET', KEYS[3]) and 1 or 0
 if fencing then return {1, redis.call('INCR', KEYS[2]), waiting} end
 return {1, 0, waiting}`,
 };
@@ -100,7 +101,7 @@ if holder ~= ARGV[1] then
   return {-1, 0, 0}
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return {1, 0, redis.call('EXISTS', KEYS[2])}`,
+return {1, 0, redis.call('GET', KEYS[2]) and 1 or 0}`,
 };
 
 /**
@@ -136,7 +137,7 @@ if holder == ARGV[1] then
   if KEYS[2] then
     local sent = redis.pcall('SPUBLISH', KEYS[2], '')
     if type(sent) == 'table' or
-        (sent == 0 and KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1) then
+        (sent == 0 and KEYS[3] and redis.call('GET', KEYS[3])) then
       redis.pcall('PUBLISH', KEYS[2], '')
     end
   end

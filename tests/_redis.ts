@@ -6,6 +6,7 @@
  * @module
  */
 
+import { ensureRedisServer } from "./_install.ts";
 import { RespClient } from "./_resp.ts";
 
 /** A redis-server process started by `startRedis()`; dispose stops it. */
@@ -53,6 +54,7 @@ export async function startRedis(
   options: StartRedisOptions = {},
 ): Promise<RedisServer> {
   const { args = [] } = options;
+  await ensureRedisServer();
   const dir = await Deno.makeTempDir({ prefix: "deadbolt-redis-" });
   const server = new RedisProcess(dir, args);
   try {

@@ -122,9 +122,9 @@ Deno.test("the demo without redis-server on PATH prints one line and exits 1", a
   try {
     const run = await deno(["run", "-A", DEMO.href], { PATH: empty });
     assert.equal(run.code, 1);
-    assert.equal(
+    assert.match(
       run.stderr,
-      "deadbolt demo: redis-server not found on PATH; install it (apt-get install redis-server) or set REDIS_URL\n",
+      /^deadbolt demo: redis-server is not installed: install it with `(sudo )?apt-get install -y redis-server redis-tools` \(Debian, Ubuntu\) or your system's package manager, or set REDIS_URL\n$/,
     );
     assert.equal(run.stdout, "");
   } finally {

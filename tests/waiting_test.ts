@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import {
+  diagnostics,
   fromIoredis,
   Lock,
   LockTimeoutError,
   type ScriptClient,
+  SubscriberErrorEvent,
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import type { RespClient } from "./_resp.ts";
@@ -212,4 +214,51 @@ Deno.test("release() and extend() reject after commandTimeout when Redis stalls,
   // key gone; it answers, and nothing is left behind.
   assert.equal(await within(lock.release(), 2_000, "the retry"), false);
   assert.equal(await env.side.send("EXISTS", lock.key), 0);
+});
+
+Deno.test("a waiter whose wake-up subscription is refused falls back to backoff and says so on diagnostics (ioredis)", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  // May run deadbolt's scripts and publish, but not subscribe.
+  await side.send(
+    "ACL",
+    ..."SETUSER nosub on >secret ~deadbolt:* &deadbolt:* -@all +eval +evalsha +info +ping +get +set +pexpire +pttl +del +exists +spublish +publish"
+      .split(" "),
+  );
+  const holder = new Redis(server.port, "127.0.0.1");
+  const waiter = new Redis({
+    port: server.port,
+    host: "127.0.0.1",
+    username: "nosub",
+    password: "secret",
+  });
+  const errors: unknown[] = [];
+  const onError = (event: unknown) => {
+    if (event instanceof SubscriberErrorEvent) errors.push(event.error);
+  };
+  diagnostics.addEventListener("subscribererror", onError);
+  try {
+    const held = await Lock.acquire(holder, "refused");
+    const waiting = Lock.acquire(waiter, "refused", {
+      timeout: 10_000,
+      maxRetryDelay: 50,
+    });
+    await within(
+      (async () => {
+        while (errors.length === 0) {
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+      })(),
+      5_000,
+      "the report of the refused subscription",
+    );
+    assert.match(String(errors[0]), /NOPERM|no permissions/i);
+    assert.equal(await held.release(), true);
+    const next = await within(waiting, 5_000, "the grant by backoff");
+    assert.equal(await next.release(), true);
+  } finally {
+    diagnostics.removeEventListener("subscribererror", onError);
+    await holder.quit();
+    await waiter.quit();
+  }
 });
