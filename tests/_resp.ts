@@ -3,6 +3,11 @@
  * assertions and fault injection, plus stand-ins with the exact call shapes of
  * `@db/redis` and `@upstash/redis` (neither can be installed here).
  *
+ * `DbRedisShape` mirrors `@db/redis` 0.41.2 (denodrivers/redis@f5d5051f,
+ * files redis.ts, default_client.ts, default_connection.ts,
+ * default_subscription.ts and errors.ts) wherever deadbolt might touch it;
+ * tests/db_redis_test.ts runs the real client where it can be extracted.
+ *
  * @module
  */
 
@@ -89,10 +94,16 @@ function encode(command: string, args: readonly RespArg[]): Uint8Array {
 
 type Pending = { resolve(value: RespReply): void; reject(error: Error): void };
 
-/** A pipelining RESP2 connection; replies are matched to sends in order. */
+/**
+ * A pipelining RESP2 connection; replies are matched to sends (and reads) in
+ * order. A reply nobody waits for is kept for the next send or read, as a
+ * socket keeps it: after `write("SUBSCRIBE", …)` the next send gets the
+ * confirmation.
+ */
 export class RespClient implements AsyncDisposable {
   #conn: Deno.TcpConn;
   #pending: Pending[] = [];
+  #unclaimed: (RespReply | RespError)[] = [];
   #buffer = new Uint8Array(0);
   #writing: Promise<void> = Promise.resolve();
   #closedReason: Error | undefined;
@@ -120,19 +131,42 @@ export class RespClient implements AsyncDisposable {
   /** Sends one command; rejects with RespError on an error reply, Error if the connection closes. */
   send(command: string, ...args: RespArg[]): Promise<RespReply> {
     if (this.#closedReason) return Promise.reject(this.#closedReason);
-    const reply = Promise.withResolvers<RespReply>();
-    this.#pending.push(reply);
+    const reply = this.read();
+    void this.write(command, ...args).catch(() => {});
+    return reply;
+  }
+
+  /** Sends one command and claims no reply: the next send or read gets it. */
+  write(command: string, ...args: RespArg[]): Promise<void> {
+    if (this.#closedReason) return Promise.reject(this.#closedReason);
     const bytes = encode(command, args);
     // Chained so concurrent sends reach the socket whole and in queue order.
-    this.#writing = this.#writing.then(async () => {
-      for (let n = 0; n < bytes.length && !this.#closedReason;) {
+    const written = this.#writing.then(async () => {
+      for (let n = 0; n < bytes.length;) {
+        if (this.#closedReason) throw this.#closedReason;
         n += await this.#conn.write(bytes.subarray(n));
       }
-    }).catch((cause) =>
+    }).catch((cause) => {
       this.#shutdown(
         new Error("RESP connection closed while writing", { cause }),
-      )
-    );
+      );
+      throw this.#closedReason;
+    });
+    this.#writing = written.catch(() => {});
+    return written;
+  }
+
+  /** Claims the next reply without sending anything (a pub/sub message, say). */
+  read(): Promise<RespReply> {
+    if (this.#closedReason) return Promise.reject(this.#closedReason);
+    if (this.#unclaimed.length > 0) {
+      const value = this.#unclaimed.shift()!;
+      return value instanceof RespError
+        ? Promise.reject(value)
+        : Promise.resolve(value);
+    }
+    const reply = Promise.withResolvers<RespReply>();
+    this.#pending.push(reply);
     return reply.promise;
   }
 
@@ -170,8 +204,9 @@ export class RespClient implements AsyncDisposable {
     for (let parsed; (parsed = parse(this.#buffer, offset)) !== undefined;) {
       offset = parsed.end;
       const pending = this.#pending.shift();
-      if (parsed.value instanceof RespError) pending?.reject(parsed.value);
-      else pending?.resolve(parsed.value);
+      if (!pending) this.#unclaimed.push(parsed.value);
+      else if (parsed.value instanceof RespError) pending.reject(parsed.value);
+      else pending.resolve(parsed.value);
     }
     this.#buffer = this.#buffer.subarray(offset);
   }
@@ -193,51 +228,237 @@ export class ErrorReplyError extends Error {
   override name = "ErrorReplyError";
 }
 
-/** A RespClient with `@db/redis`'s `eval`/`evalsha` signatures and error shape. */
+/** A pub/sub message as `@db/redis`'s `receive()` yields it. */
+export interface DbRedisMessage {
+  /** The pattern matched, for `psubscribe`. */
+  pattern?: string;
+  /** The channel it was published to. */
+  channel: string;
+  /** The message. */
+  message: string;
+}
+
+/**
+ * An error as `@db/redis` throws it: a server error reply as ErrorReplyError,
+ * a write after `close()` as `Deno.errors.BadResource`, others as they are.
+ */
+function dbRedisError(error: unknown, closed: boolean): unknown {
+  if (error instanceof RespError) {
+    return new ErrorReplyError(`-${error.message}`);
+  }
+  return closed ? new Deno.errors.BadResource("Bad resource ID") : error;
+}
+
+/**
+ * A stand-in for `@db/redis`'s `Redis` (its `RedisImpl`) over a RespClient,
+ * with its semantics wherever deadbolt might touch it:
+ *
+ * - commands run one at a time: each is written once the previous one's
+ *   reply is read (default_connection.ts, `processCommandQueue`), and a
+ *   server error rejects with `ErrorReplyError` whose message keeps the `-`;
+ * - `subscribe()`/`psubscribe()` turn THIS connection into a subscriber:
+ *   they write SUBSCRIBE/PSUBSCRIBE at once, outside the queue, read no
+ *   confirmation, and return the client's one subscription (kept even once
+ *   closed). A command sent next reads the next reply on the wire: the
+ *   confirmation `["subscribe", channel, n]`, and later ones get, a reply or
+ *   more late, "-ERR Can't execute …: only (P|S)SUBSCRIBE / … are allowed in
+ *   this context";
+ * - the subscription's `receive()` reads replies from the same connection
+ *   and yields `message`/`pmessage` ones; its `close()` closes the connection,
+ *   client included, and ends `receive()`.
+ *
+ * Unlike it: no reconnecting (a lost connection stays lost, and `receive()`
+ * then throws), no events, no RESP3, no binary replies, only the commands
+ * below, an error inside an array fails the whole reply, and the socket is
+ * read even while no reply is awaited (the RespClient's read loop).
+ */
 export class DbRedisShape {
   #client: RespClient;
+  #queue: Promise<unknown> = Promise.resolve();
+  #closed = false;
+  #lost = false;
+  #subscription: DbRedisShapeSubscription | undefined;
 
   /** Wraps `client`; closing this closes it. */
   constructor(client: RespClient) {
     this.#client = client;
+    client.closed.then(() => this.#lost = true);
+  }
+
+  /** Whether `close()` (or the subscription's) was called. */
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
+  /** Whether the connection is open. */
+  get isConnected(): boolean {
+    return !this.#closed && !this.#lost;
   }
 
   /** Runs `EVAL script numkeys ...keys ...args`. */
   eval(script: string, keys: string[], args: RespArg[]): Promise<RespReply> {
-    return this.#run("EVAL", script, keys, args);
+    return this.sendCommand("EVAL", [script, keys.length, ...keys, ...args]);
   }
 
   /** Runs `EVALSHA sha1 numkeys ...keys ...args`. */
   evalsha(sha1: string, keys: string[], args: RespArg[]): Promise<RespReply> {
-    return this.#run("EVALSHA", sha1, keys, args);
+    return this.sendCommand("EVALSHA", [sha1, keys.length, ...keys, ...args]);
   }
 
-  /** Closes the wrapped client. */
+  /** Runs `WAIT numreplicas timeout`. */
+  wait(numreplicas: number, timeout: number): Promise<RespReply> {
+    return this.sendCommand("WAIT", [numreplicas, timeout]);
+  }
+
+  /** Runs any command, after the commands sent before it have their replies. */
+  sendCommand(
+    command: string,
+    args: RespArg[] = [],
+    options?: { returnUint8Arrays?: boolean },
+  ): Promise<RespReply> {
+    if (options?.returnUint8Arrays) {
+      return Promise.reject(
+        new Error("Cannot return Uint8Arrays as this stand-in decodes strings"),
+      );
+    }
+    const reply = this.#queue.then(() =>
+      this.#client.send(command, ...args).catch((error) => {
+        throw dbRedisError(error, this.#closed);
+      })
+    );
+    this.#queue = reply.catch(() => {});
+    return reply;
+  }
+
+  /** `SUBSCRIBE` on this connection; returns the client's one subscription. */
+  subscribe(...channels: string[]): Promise<DbRedisShapeSubscription> {
+    return this.#subscribe("subscribe", channels);
+  }
+
+  /** `PSUBSCRIBE` on this connection; returns the client's one subscription. */
+  psubscribe(...patterns: string[]): Promise<DbRedisShapeSubscription> {
+    return this.#subscribe("psubscribe", patterns);
+  }
+
+  /** Sends `QUIT`, then closes. */
+  quit(): Promise<RespReply> {
+    return this.sendCommand("QUIT").finally(() => this.close());
+  }
+
+  /** Closes the connection (synchronously, as `@db/redis` does). */
   close(): void {
+    this.#closed = true;
     this.#client.close();
   }
 
-  async #run(
-    command: string,
-    script: string,
-    keys: string[],
-    args: RespArg[],
-  ): Promise<RespReply> {
-    try {
-      return await this.#client.send(
-        command,
-        script,
-        keys.length,
-        ...keys,
-        ...args,
-      );
-    } catch (error) {
-      if (error instanceof RespError) {
-        throw new ErrorReplyError(`-${error.message}`);
+  /** Closes the connection, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  async #subscribe(
+    command: "subscribe" | "psubscribe",
+    channels: string[],
+  ): Promise<DbRedisShapeSubscription> {
+    if (this.#subscription) {
+      await this.#subscription[command](...channels);
+      return this.#subscription;
+    }
+    const subscription = new DbRedisShapeSubscription(this.#client, this);
+    await subscription[command](...channels);
+    this.#subscription = subscription;
+    return subscription;
+  }
+}
+
+/** `@db/redis`'s `RedisSubscription` (default_subscription.ts) for DbRedisShape. */
+export class DbRedisShapeSubscription {
+  #client: RespClient;
+  #connection: DbRedisShape;
+
+  /** Subscribes over `client`, the connection of `connection`. */
+  constructor(client: RespClient, connection: DbRedisShape) {
+    this.#client = client;
+    this.#connection = connection;
+  }
+
+  /** Whether the connection was closed. */
+  get isClosed(): boolean {
+    return this.#connection.isClosed;
+  }
+
+  /** Whether the connection is open. */
+  get isConnected(): boolean {
+    return this.#connection.isConnected;
+  }
+
+  /** Writes `SUBSCRIBE channels…`; the confirmation is not read. */
+  subscribe(...channels: string[]): Promise<void> {
+    return this.#write("SUBSCRIBE", channels);
+  }
+
+  /** Writes `UNSUBSCRIBE channels…`; the confirmation is not read. */
+  unsubscribe(...channels: string[]): Promise<void> {
+    return this.#write("UNSUBSCRIBE", channels);
+  }
+
+  /** Writes `PSUBSCRIBE patterns…`; the confirmation is not read. */
+  psubscribe(...patterns: string[]): Promise<void> {
+    return this.#write("PSUBSCRIBE", patterns);
+  }
+
+  /** Writes `PUNSUBSCRIBE patterns…`; the confirmation is not read. */
+  punsubscribe(...patterns: string[]): Promise<void> {
+    return this.#write("PUNSUBSCRIBE", patterns);
+  }
+
+  /** Reads replies and yields the messages, until the connection closes. */
+  async *receive(): AsyncIterableIterator<DbRedisMessage> {
+    while (this.#connection.isConnected) {
+      let reply: RespReply;
+      try {
+        reply = await this.#client.read();
+      } catch (error) {
+        if (this.#connection.isClosed) break; // closed by the user
+        throw dbRedisError(error, false);
       }
-      throw error;
+      if (!Array.isArray(reply)) continue;
+      const [event, ...rest] = reply.map(String);
+      if (event === "message" && rest.length === 2) {
+        yield { channel: rest[0], message: rest[1] };
+      } else if (event === "pmessage" && rest.length === 3) {
+        yield { pattern: rest[0], channel: rest[1], message: rest[2] };
+      }
+    }
+    // The real loop's read has failed by now; let this socket's read end too.
+    await this.#client.closed;
+  }
+
+  /** Closes the connection, client included. */
+  close(): void {
+    this.#connection.close();
+  }
+
+  async #write(command: string, args: string[]): Promise<void> {
+    try {
+      await this.#client.write(command, ...args);
+    } catch (error) {
+      throw dbRedisError(error, this.#connection.isClosed);
     }
   }
+}
+
+/**
+ * Connects a DbRedisShape that owns its connection, as `@db/redis`'s
+ * `connect({ hostname, port })` does (the hostname defaults to 127.0.0.1).
+ */
+export async function connectDbRedisShape(
+  options: number | { hostname?: string; port: number },
+): Promise<DbRedisShape> {
+  const { hostname = "127.0.0.1", port } = typeof options === "number"
+    ? { port: options }
+    : options;
+  return new DbRedisShape(await RespClient.connect(port, hostname));
 }
 
 /** `@upstash/redis`'s error: the message is the server error text without `-`. */
