@@ -1,7 +1,8 @@
 /**
  * A tiny RESP2 client over `Deno.connect`, for tests: a side connection for
- * assertions and fault injection, plus stand-ins with the exact call shapes of
- * `@db/redis` and `@upstash/redis` (neither can be installed here).
+ * assertions and fault injection, plus a stand-in for `@db/redis`, which CI
+ * cannot install (JSR is unreachable). (`@upstash/redis` is tested for real,
+ * against `_upstash.ts`.)
  *
  * `DbRedisShape` mirrors `@db/redis` 0.41.2 (denodrivers/redis@f5d5051f,
  * files redis.ts, default_client.ts, default_connection.ts,
@@ -459,84 +460,4 @@ export async function connectDbRedisShape(
     ? { port: options }
     : options;
   return new DbRedisShape(await RespClient.connect(port, hostname));
-}
-
-/** `@upstash/redis`'s error: the message is the server error text without `-`. */
-export class UpstashError extends Error {
-  override name = "UpstashError";
-}
-
-/** Upstash's `parseResponse`: JSON-parse strings, recursively, unless it would lose digits. */
-function deserialize(reply: unknown): unknown {
-  if (Array.isArray(reply)) return reply.map(deserialize);
-  if (typeof reply !== "string") return reply;
-  try {
-    const parsed = JSON.parse(reply);
-    return typeof parsed === "number" && String(parsed) !== reply
-      ? reply
-      : parsed;
-  } catch {
-    return reply;
-  }
-}
-
-/** Upstash sends strings and numbers as they are, anything else as JSON. */
-function serialize(arg: unknown): string | number {
-  return typeof arg === "string" || typeof arg === "number"
-    ? arg
-    : JSON.stringify(arg);
-}
-
-/** A RespClient with `@upstash/redis`'s `eval`/`evalsha` signatures and reply parsing. */
-export class UpstashShape {
-  #client: RespClient;
-
-  /** Wraps `client`; closing this closes it. */
-  constructor(client: RespClient) {
-    this.#client = client;
-  }
-
-  /** Runs `EVAL`, JSON-parsing string replies like `automaticDeserialization`. */
-  eval<TArgs extends unknown[], TData = unknown>(
-    script: string,
-    keys: string[],
-    args: TArgs,
-  ): Promise<TData> {
-    return this.#run("EVAL", script, keys, args);
-  }
-
-  /** Runs `EVALSHA`, JSON-parsing string replies like `automaticDeserialization`. */
-  evalsha<TArgs extends unknown[], TData = unknown>(
-    sha1: string,
-    keys: string[],
-    args: TArgs,
-  ): Promise<TData> {
-    return this.#run("EVALSHA", sha1, keys, args);
-  }
-
-  /** Closes the wrapped client. */
-  close(): void {
-    this.#client.close();
-  }
-
-  async #run<TData>(
-    command: string,
-    script: string,
-    keys: string[],
-    args: unknown[],
-  ): Promise<TData> {
-    try {
-      const reply = await this.#client.send(
-        command,
-        script,
-        keys.length,
-        ...keys,
-        ...args.map(serialize),
-      );
-      return deserialize(reply) as TData;
-    } catch (error) {
-      if (error instanceof RespError) throw new UpstashError(error.message);
-      throw error;
-    }
-  }
 }

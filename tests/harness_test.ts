@@ -5,9 +5,11 @@ import {
   ErrorReplyError,
   type RespClient,
   RespError,
-  UpstashError,
-  UpstashShape,
 } from "./_resp.ts";
+import { startUpstash } from "./_upstash.ts";
+import { errors, Redis as Upstash } from "npm:@upstash/redis@1";
+
+const { UpstashError } = errors;
 
 const TIMED_OUT = Symbol("timed out");
 
@@ -166,33 +168,25 @@ Deno.test("DbRedisShape.evalsha() of an unknown sha rejects with ErrorReplyError
   }
 });
 
-Deno.test("UpstashShape.eval() JSON-parses string replies and throws UpstashError", async () => {
-  const server = await startRedis();
-  try {
-    await using client = await server.connect();
-    const redis = new UpstashShape(client);
-    assert.equal(await redis.eval("return '123'", [], []), 123);
-    assert.equal(await redis.eval("return 'abc'", [], []), "abc");
-    assert.equal(
-      await redis.eval("return '12345678901234567890'", [], []),
-      "12345678901234567890",
-    );
-    assert.deepEqual(await redis.eval("return {'1', '{\"a\":2}', 3}", [], []), [
-      1,
-      { a: 2 },
-      3,
-    ]);
-    assert.deepEqual(await redis.eval("return ARGV[1]", [], [{ a: 1 }]), {
-      a: 1,
-    });
-    await assert.rejects(redis.evalsha("0".repeat(40), [], []), (error) => {
-      assert.ok(error instanceof UpstashError);
-      assert.match(error.message, /^NOSCRIPT /);
-      return true;
-    });
-  } finally {
-    await server.stop();
-  }
+Deno.test("the local Upstash server gives the real @upstash/redis Upstash's replies: JSON-parsed strings, UpstashError on NOSCRIPT", async () => {
+  await using server = await startRedis();
+  await using rest = await startUpstash(server.port);
+  const redis = new Upstash({ url: rest.url, token: rest.token, retry: false });
+  assert.equal(await redis.eval("return '123'", [], []), 123);
+  assert.equal(await redis.eval("return 'abc'", [], []), "abc");
+  assert.deepEqual(await redis.eval("return {'1', '{\"a\":2}', 3}", [], []), [
+    1,
+    { a: 2 },
+    3,
+  ]);
+  assert.equal(await redis.eval("return 7", [], []), 7);
+  await assert.rejects(redis.evalsha("0".repeat(40), [], []), (error) => {
+    assert.ok(error instanceof UpstashError, String(error));
+    assert.match(error.message, /NOSCRIPT/);
+    return true;
+  });
+  const wrong = new Upstash({ url: rest.url, token: "wrong", retry: false });
+  await assert.rejects(wrong.eval("return 1", [], []));
 });
 
 Deno.test("a SIGSTOPped server does not answer until SIGCONT", async () => {

@@ -10,7 +10,9 @@ import {
   Redlock,
 } from "../mod.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
-import { DbRedisShape, RespClient, UpstashShape } from "./_resp.ts";
+import { DbRedisShape, RespClient } from "./_resp.ts";
+import { startUpstash } from "./_upstash.ts";
+import { Redis as Upstash } from "npm:@upstash/redis@1";
 import {
   checkCounter,
   checkValidityWindows,
@@ -537,14 +539,19 @@ Deno.test("Redlock with a master kept out for a ttl after its restart grants no 
   assert.equal(await holder.release(), false);
 });
 
-Deno.test("Redlock works over a mix of client kinds: ioredis, node-redis, @db/redis and @upstash/redis shapes", async () => {
+Deno.test("Redlock works over a mix of client kinds: ioredis, node-redis, the @db/redis stand-in and the real @upstash/redis", async () => {
   await using m = await masters(5);
   const nodeRedis = [0, 1].map(() =>
     createClient({ url: m.servers[1].url }).on("error", () => {})
   );
   await Promise.all(nodeRedis.map((client) => client.connect()));
   await using db = await RespClient.connect(m.servers[2].port);
-  await using upstash = await RespClient.connect(m.servers[3].port);
+  await using rest = await startUpstash(m.servers[3].port);
+  const upstash = new Upstash({
+    url: rest.url,
+    token: rest.token,
+    retry: false,
+  });
   const node2 = createClient({ url: m.servers[4].url }).on("error", () => {});
   await node2.connect();
   try {
@@ -552,7 +559,7 @@ Deno.test("Redlock works over a mix of client kinds: ioredis, node-redis, @db/re
       m.clients[0],
       nodeRedis[0],
       new DbRedisShape(db),
-      new UpstashShape(upstash),
+      upstash,
       node2,
     ];
     const lock = await Redlock.acquire(mixed, "mixed", { ttl: 5_000 });
