@@ -387,11 +387,12 @@ export function localQueue(client: ScriptClient, key: string): LocalQueue {
 /**
  * Resolves once every wake-up subscription of `client`'s queues that has
  * ended is gone, connection and all: the calls that end a wait await it, so
- * that nothing deadbolt opened outlives them.
+ * that nothing deadbolt opened outlives them. `undefined` when none is
+ * being stopped (the common case costs no promise).
  */
-export async function unwatched(client: ScriptClient): Promise<void> {
+export function unwatched(client: ScriptClient): Promise<unknown> | undefined {
   const pending = stopping.get(client);
-  if (pending?.size) await Promise.all(pending);
+  return pending?.size ? Promise.all(pending) : undefined;
 }
 
 /** The queue for `key` on `client`, if any waiter has one now. */

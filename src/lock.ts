@@ -373,7 +373,8 @@ export class Lock implements AsyncDisposable {
     } finally {
       // A wake-up connection that a wait of this client opened is closed
       // by now: nothing deadbolt opened outlives the call.
-      await unwatched(this.#client);
+      const closing = unwatched(this.#client);
+      if (closing) await closing;
     }
   }
 
