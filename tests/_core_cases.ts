@@ -1,9 +1,11 @@
 /**
  * The core behaviours every runtime and client must show, written once and
- * run by each runtime's own test runner: `node --test` (tests/node/), `bun
- * test` (tests/bun/). Runtime-neutral on purpose: only `node:assert/strict`,
- * Web APIs and the library, with each runtime passing in how to open a
- * connection with its client. Locks are disposed with try/finally and
+ * run by each runtime's own test runner: `deno test` (tests/matrix_test.ts),
+ * `node --test` (tests/node/), `bun test` (tests/bun/). Runtime-neutral on
+ * purpose: only `node:assert/strict`, `node:process`, Web APIs and the
+ * library, with each runtime passing in how to open a connection with its
+ * client and, for the fault cases, a redis-server of the case's own to kill
+ * or stop. Locks are disposed with try/finally and
  * `lock[Symbol.asyncDispose]()`, so the cases parse on runtimes without
  * `await using`.
  *
@@ -11,7 +13,8 @@
  */
 
 import assert from "node:assert/strict";
-import { Lock, LockLostError, LockTimeoutError } from "../mod.ts";
+import process from "node:process";
+import { Lock, LockKeyError, LockLostError, LockTimeoutError } from "../mod.ts";
 import type { RedisClient } from "../mod.ts";
 import { lockKeys } from "../src/keys.ts";
 import { abortedAt, sleep, within } from "./_util.ts";
@@ -22,8 +25,43 @@ export interface Connection {
   readonly client: RedisClient;
   /** Sends one raw command on this connection, for checks from the side. */
   command(...args: string[]): Promise<unknown>;
-  /** Closes the connection. */
+  /** Closes the connection, also once its server is dead. */
   close(): Promise<void>;
+}
+
+/** A redis-server of one fault case's own, which the case kills or stops. */
+export interface SpareServer {
+  /** The loopback port it listens on. */
+  readonly port: number;
+  /** Its PID: the case sends it SIGKILL, or SIGSTOP then SIGCONT. */
+  readonly pid: number;
+}
+
+/**
+ * The environment variable in which a Deno parent passes the spare servers
+ * it started to a Node or Bun runner: `port:pid` pairs, comma-separated.
+ */
+export const SPARE_SERVERS_ENV = "DEADBOLT_TEST_SPARE_SERVERS";
+
+/**
+ * Hands out the servers listed in `list` (the value of
+ * {@linkcode SPARE_SERVERS_ENV}), each once; rejects when none is left.
+ */
+export function spareServersFrom(
+  list: string | undefined,
+): () => Promise<SpareServer> {
+  const servers = (list ?? "").split(",").filter(Boolean).map((pair) => {
+    const [port, pid] = pair.split(":").map(Number);
+    return { port, pid };
+  });
+  return () => {
+    const server = servers.shift();
+    return server ? Promise.resolve(server) : Promise.reject(
+      new Error(
+        `Cannot run a fault case as no spare redis-server is left in ${SPARE_SERVERS_ENV}: the parent test must start one per fault case and client`,
+      ),
+    );
+  };
 }
 
 /** A Redis client library on one runtime, as the cases see it. */
@@ -36,14 +74,28 @@ export interface ClientUnderTest {
    * backoff finds the lock free.
    */
   readonly wakesOnRelease: boolean;
-  /** Opens a connection to the test server. */
-  connect(): Promise<Connection>;
+  /** Opens a connection to the test server, or to the server on `port`. */
+  connect(port?: number): Promise<Connection>;
+  /**
+   * Hands out a running redis-server that no other case uses, for a case
+   * that kills or stops it; the runner stops it afterwards. Cases with
+   * `needsSpareServer` fail without it.
+   */
+  spareServer?(): Promise<SpareServer>;
+  /**
+   * How many timers are pending in this process now, for the check that a
+   * fault case leaves none behind. Where it is missing the runner checks
+   * otherwise (Deno: its test sanitizers, on in deno.json).
+   */
+  activeTimers?(): number;
 }
 
 /** One behaviour, run once per client. */
 export interface CoreCase {
   /** The behaviour in plain words; the runner appends the client's name. */
   readonly name: string;
+  /** Whether it kills or stops a server: it needs `spareServer()`. */
+  readonly needsSpareServer?: boolean;
   /** Runs the case; rejects when the behaviour is broken. */
   run(under: ClientUnderTest): Promise<void>;
 }
@@ -51,15 +103,21 @@ export interface CoreCase {
 /** How long a waiter may take to get a released lock on a loaded machine. */
 const HANDOFF_MS = 1_000;
 
-/** Opens `count` connections, runs `body`, then closes them all. */
+/**
+ * Opens `count` connections (to the server on `port`, else the test
+ * server), runs `body`, then closes them all.
+ */
 async function withConnections<T>(
   under: ClientUnderTest,
   count: number,
   body: (...connections: Connection[]) => Promise<T>,
+  port?: number,
 ): Promise<T> {
   const connections: Connection[] = [];
   try {
-    for (let i = 0; i < count; i++) connections.push(await under.connect());
+    for (let i = 0; i < count; i++) {
+      connections.push(await under.connect(port));
+    }
     return await body(...connections);
   } finally {
     await Promise.all(connections.map((connection) => connection.close()));
@@ -118,6 +176,121 @@ async function subscribers(side: Connection, channel: string): Promise<number> {
 
 const str = (reply: unknown): string | null =>
   reply === null || reply === undefined ? null : String(reply);
+
+/**
+ * `commandTimeout` in the dead-server case: clients that queue commands while
+ * they reconnect (ioredis, node-redis, Bun's) fail the call after it.
+ */
+const DEAD_COMMAND_TIMEOUT_MS = 1_000;
+/** `commandTimeout` in the stalled-server case. */
+const STALL_COMMAND_TIMEOUT_MS = 300;
+/** The waiter's backoff bound in the fault cases: its next attempt comes this soon. */
+const FAULT_RETRY_MS = 100;
+/**
+ * What a failed wait may take past its last attempt's `commandTimeout`:
+ * closing its wake-up connection (node-redis outwaits a reconnection delay
+ * of up to 500 ms there), on a loaded machine.
+ */
+const SETTLE_MARGIN_MS = 1_500;
+/** The waiter's timeout in the fault cases, far above what they must take. */
+const FAULT_WAIT_MS = 10_000;
+/** How long a call may take once a stalled server resumes. */
+const RECOVERY_MS = 5_000;
+/** How long the pending timers may take to come back to their count before a fault case. */
+const TIMERS_BACK_MS = 2_000;
+
+/**
+ * Resolves once a waiter for `name` waits in Redis: subscribed to the
+ * release channel where releases wake waiters, else turned away (its
+ * waiting mark, which each refused attempt renews, is set).
+ */
+async function waiterWaits(
+  under: ClientUnderTest,
+  side: Connection,
+  name: string,
+): Promise<void> {
+  const keys = lockKeys("deadbolt:", name);
+  if (under.wakesOnRelease) {
+    await until(
+      async () => await subscribers(side, keys.released) > 0,
+      5_000,
+      `the waiter subscribes to ${keys.released}`,
+    );
+  } else {
+    await until(
+      async () => Number(await side.command("EXISTS", keys.waiting)) === 1,
+      5_000,
+      `the waiter is turned away (it marks ${keys.waiting})`,
+    );
+  }
+}
+
+/** The fault case's server, which must come from the runner. */
+function spareServer(under: ClientUnderTest): Promise<SpareServer> {
+  assert.ok(
+    under.spareServer,
+    `${under.name}: the runner offers no spare server for a fault case`,
+  );
+  return under.spareServer();
+}
+
+/**
+ * Resolves once no more timers are pending than `before` (counted before the
+ * case); fails after TIMERS_BACK_MS. Without a count (Deno) it is the test
+ * sanitizers that check.
+ */
+async function timersBack(
+  under: ClientUnderTest,
+  before: number | undefined,
+): Promise<void> {
+  if (before === undefined || !under.activeTimers) return;
+  const deadline = performance.now() + TIMERS_BACK_MS;
+  for (;;) {
+    const pending = under.activeTimers();
+    if (pending <= before) return;
+    assert.ok(
+      performance.now() < deadline,
+      `${
+        pending - before
+      } timer(s) left pending ${TIMERS_BACK_MS} ms after the case (${before} before it)`,
+    );
+    await sleep(10);
+  }
+}
+
+/**
+ * Runs `body` and fails if anything went unhandled meanwhile (a rejection
+ * nobody handled, an error thrown from an event listener or an `'error'`
+ * event nobody listens to), on every runtime alike.
+ */
+async function nothingUnhandled(body: () => Promise<void>): Promise<void> {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (error: unknown) => void unhandled.push(error);
+  process.on("unhandledRejection", onUnhandled);
+  process.on("uncaughtException", onUnhandled);
+  let failure: unknown;
+  try {
+    await body();
+  } catch (error) {
+    failure = error;
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+    process.off("uncaughtException", onUnhandled);
+  }
+  assert.deepEqual(
+    unhandled.map((error) => String((error as Error)?.stack ?? error)),
+    [],
+    `unhandled during the case${failure ? `, which failed: ${failure}` : ""}`,
+  );
+  if (failure !== undefined) throw failure;
+}
+
+/** Settles with `promise`'s rejection; fails if it resolves. */
+const rejection = (promise: Promise<unknown>, what: string) =>
+  promise.then(
+    () => assert.fail(`${what} resolved`),
+    (error: unknown) => error,
+  );
 
 /** The shared cases, in the order the runners register them. */
 export const CORE_CASES: readonly CoreCase[] = [
@@ -382,6 +555,214 @@ export const CORE_CASES: readonly CoreCase[] = [
           assert.equal(plain.fence, undefined);
           return Promise.resolve();
         });
+      }),
+  },
+  {
+    name:
+      "Lock.acquire() and tryAcquire() reject at once with LockKeyError on a key of another type, and leave it as it was",
+    run: (under) =>
+      withConnections(under, 2, async (a, side) => {
+        const name = `${under.name} foreign type`;
+        const keys = lockKeys("deadbolt:", name);
+        await side.command("RPUSH", keys.lock, "not", "a lock");
+        try {
+          const calls = [
+            [
+              "Lock.acquire()",
+              () =>
+                Lock.acquire(a.client, name, {
+                  timeout: FAULT_WAIT_MS,
+                  fencing: true,
+                }),
+            ],
+            [
+              "Lock.tryAcquire()",
+              () => Lock.tryAcquire(a.client, name, { fencing: true }),
+            ],
+          ] as const;
+          for (const [call, attempt] of calls) {
+            // At once: well before the 10 s timeout a waiter would wait.
+            const error = await within(
+              rejection(attempt(), `${call} on a list`),
+              HANDOFF_MS,
+              `${call}'s rejection on a list`,
+            );
+            assert.ok(error instanceof LockKeyError, `${call}: ${error}`);
+            assert.equal(error.key, keys.lock);
+          }
+          assert.equal(str(await side.command("TYPE", keys.lock)), "list");
+          const items = await side.command("LRANGE", keys.lock, "0", "-1");
+          assert.deepEqual((items as unknown[]).map(String), ["not", "a lock"]);
+          assert.equal(Number(await side.command("PTTL", keys.lock)), -1);
+          assert.equal(
+            Number(await side.command("EXISTS", keys.fence, keys.waiting)),
+            0,
+            "no fence issued, no waiting mark left",
+          );
+        } finally {
+          await side.command("DEL", keys.lock);
+        }
+      }),
+  },
+  {
+    name:
+      "a waiter whose Redis server dies gets the client's error, not LockTimeoutError, soon after commandTimeout, leaving nothing unhandled or pending",
+    needsSpareServer: true,
+    run: (under) =>
+      nothingUnhandled(async () => {
+        const timers = under.activeTimers?.();
+        const server = await spareServer(under);
+        const name = `${under.name} server dies`;
+        // Clients that queue commands while they reconnect settle after it.
+        const commandTimeout = DEAD_COMMAND_TIMEOUT_MS;
+        await withConnections(under, 3, async (a, b, side) => {
+          // The holder's release on the dead server gives up sooner.
+          const holder = await within(
+            Lock.acquire(a.client, name, {
+              ttl: 30_000,
+              commandTimeout: STALL_COMMAND_TIMEOUT_MS,
+            }),
+            HANDOFF_MS,
+            "the holder's acquire",
+          );
+          const waiting = track(
+            Lock.acquire(b.client, name, {
+              timeout: FAULT_WAIT_MS,
+              maxRetryDelay: FAULT_RETRY_MS,
+              commandTimeout,
+            }),
+          );
+          try {
+            await waiterWaits(under, side, name);
+            assert.equal(waiting.settled(), false, "granted while held");
+            process.kill(server.pid, "SIGKILL");
+            const killed = performance.now();
+            // Its next attempt comes within FAULT_RETRY_MS and fails within
+            // commandTimeout; the outer bound lets a LockTimeoutError show.
+            const bound = FAULT_RETRY_MS + commandTimeout + SETTLE_MARGIN_MS;
+            const error = await within(
+              rejection(waiting.promise, "the wait on a dead server"),
+              FAULT_WAIT_MS + bound,
+              "the end of the wait on a dead server",
+            );
+            const elapsed = Math.round(performance.now() - killed);
+            assert.ok(
+              !(error instanceof LockTimeoutError),
+              `the wait ended with ${error}`,
+            );
+            assert.ok(
+              elapsed <= bound,
+              `the wait ended ${elapsed} ms after the server died, with ${error}`,
+            );
+          } finally {
+            // On a dead server, release() ends the lease (its renewal timer
+            // with it), then rejects or finds nothing to release.
+            await within(
+              holder.release().catch(() => false),
+              STALL_COMMAND_TIMEOUT_MS + SETTLE_MARGIN_MS,
+              "the holder's release on a dead server",
+            );
+            await within(
+              waiting.promise.then((lock) => lock.release(), () => false)
+                .catch(() => false),
+              FAULT_WAIT_MS + commandTimeout + SETTLE_MARGIN_MS,
+              "the end of the wait",
+            );
+          }
+          assert.equal(holder.held, false);
+        }, server.port);
+        await timersBack(under, timers);
+      }),
+  },
+  {
+    name:
+      "a waiter whose Redis server stalls gets a TimeoutError after commandTimeout, not LockTimeoutError, and the clients work again once it resumes",
+    needsSpareServer: true,
+    run: (under) =>
+      nothingUnhandled(async () => {
+        const timers = under.activeTimers?.();
+        const server = await spareServer(under);
+        const name = `${under.name} server stalls`;
+        const commandTimeout = STALL_COMMAND_TIMEOUT_MS;
+        await withConnections(under, 3, async (a, b, side) => {
+          const holder = await within(
+            Lock.acquire(a.client, name, { ttl: 30_000 }),
+            HANDOFF_MS,
+            "the holder's acquire",
+          );
+          try {
+            const waiting = track(
+              Lock.acquire(b.client, name, {
+                timeout: FAULT_WAIT_MS,
+                maxRetryDelay: FAULT_RETRY_MS,
+                commandTimeout,
+              }),
+            );
+            let stopped = false;
+            try {
+              await waiterWaits(under, side, name);
+              assert.equal(waiting.settled(), false, "granted while held");
+              process.kill(server.pid, "SIGSTOP");
+              stopped = true;
+              const at = performance.now();
+              const bound = FAULT_RETRY_MS + commandTimeout + SETTLE_MARGIN_MS;
+              const error = await within(
+                rejection(waiting.promise, "the wait on a stalled server"),
+                FAULT_WAIT_MS + bound,
+                "the end of the wait on a stalled server",
+              );
+              const elapsed = Math.round(performance.now() - at);
+              assert.ok(
+                error instanceof DOMException &&
+                  error.name === "TimeoutError",
+                `the wait ended with ${error}`,
+              );
+              assert.match(error.message, new RegExp(`${commandTimeout} ms`));
+              assert.ok(
+                elapsed <= bound,
+                `the wait ended ${elapsed} ms after the server stalled`,
+              );
+            } finally {
+              if (stopped) process.kill(server.pid, "SIGCONT");
+              await within(
+                waiting.promise.then((lock) => lock.release(), () => false)
+                  .catch(() => false),
+                FAULT_WAIT_MS + commandTimeout + SETTLE_MARGIN_MS,
+                "the end of the wait",
+              );
+            }
+            // Resumed: the holder releases, and each client takes the lock
+            // and releases it again, on the same connections.
+            assert.equal(
+              await within(holder.release(), RECOVERY_MS, "the release"),
+              true,
+            );
+            for (const connection of [b, a]) {
+              const again = await within(
+                Lock.acquire(connection.client, name, { timeout: RECOVERY_MS }),
+                RECOVERY_MS + HANDOFF_MS,
+                "an acquire after the server resumed",
+              );
+              await holding(again, async () => {
+                assert.equal(
+                  str(await side.command("GET", again.key)),
+                  again.token,
+                );
+                assert.equal(
+                  await within(again.release(), RECOVERY_MS, "its release"),
+                  true,
+                );
+              });
+            }
+          } finally {
+            await within(
+              holder.release().catch(() => false),
+              RECOVERY_MS,
+              "the holder's release",
+            );
+          }
+        }, server.port);
+        await timersBack(under, timers);
       }),
   },
 ];

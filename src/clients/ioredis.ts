@@ -162,15 +162,22 @@ function openSubscriber(
 
 // Resolves once ioredis says the connection ended ("end": its socket is
 // closed, its timers cleared). A connection that was between reconnection
-// attempts has no socket: ioredis 5 never says "end" for it.
+// attempts has no socket: ioredis 5 and 6.0 never say "end" for it, and
+// arm their disconnectTimeout timer (0 here) on the closed socket anyway,
+// so that case ends a timer tick later, after that timer has fired.
 function closeSubscriber(subscriber: IoredisSubscriber): Promise<void> {
   if (subscriber.status === "end") return Promise.resolve();
   return closeWithin((ended) => {
     subscriber.on("end", ended);
     const idle = subscriber.status === "reconnecting";
     subscriber.disconnect();
-    if (idle || subscriber.status === "end") ended();
-    return () => subscriber.off("end", ended);
+    let tick: ReturnType<typeof setTimeout> | undefined;
+    if (subscriber.status === "end") ended();
+    else if (idle) tick = setTimeout(ended, 1);
+    return () => {
+      clearTimeout(tick);
+      subscriber.off("end", ended);
+    };
   });
 }
 
