@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { CORE_CASES } from "./_core_cases.ts";
 import { startRedis } from "./_redis.ts";
-import { runAgainst } from "./_runtime.ts";
+import { runAgainst, startSpareServers } from "./_runtime.ts";
 
 // The real @db/redis cannot be imported from jsr.io here, so these tests run
 // only where DEADBOLT_DB_REDIS names a directory that tests/db_redis/setup.sh
@@ -27,6 +27,10 @@ Deno.test({
       },
     );
     await using server = await startRedis();
+    // Each fault case kills or stops a server of its own, for both ways.
+    await using spares = await startSpareServers(
+      CORE_CASES.filter((kase) => kase.needsSpareServer).length * 2,
+    );
     // The repo's deno.json (compiler options, sanitizers) applies; the import
     // map adds "@db/redis" and its jsr:@std imports; --no-lock keeps
     // deno.lock untouched. runAgainst kills the run after two minutes.
@@ -36,7 +40,7 @@ Deno.test({
       "--no-lock",
       `--import-map=${importMap}`,
       REAL,
-    ]);
+    ], { env: spares.env });
     assert.equal(code, 0, `the @db/redis tests failed:\n${log}`);
     const summary = /^ok \| (\d+) passed \| 0 failed \(/m.exec(log);
     assert.ok(summary, `no plain "ok" summary:\n${log}`);

@@ -14,7 +14,12 @@ import {
   type RedisClient,
 } from "../../mod.ts";
 import { lockKeys } from "../../src/keys.ts";
-import { type ClientUnderTest, CORE_CASES } from "../_core_cases.ts";
+import {
+  type ClientUnderTest,
+  CORE_CASES,
+  SPARE_SERVERS_ENV,
+  spareServersFrom,
+} from "../_core_cases.ts";
 import { sleep, within } from "../_util.ts";
 
 const port = Number(Deno.env.get("DEADBOLT_TEST_REDIS_PORT"));
@@ -24,6 +29,8 @@ if (!Number.isInteger(port) || port <= 0) {
   );
 }
 const options = { hostname: "127.0.0.1", port };
+// The fault cases' own servers, started by the parent test.
+const spareServer = spareServersFrom(Deno.env.get(SPARE_SERVERS_ENV));
 
 /** A bound on any one lock operation; a broken lock fails, it does not hang. */
 const LIMIT_MS = 5_000;
@@ -34,15 +41,18 @@ const HANDOFF_MS = 1_000;
 function realClient(
   name: string,
   wakesOnRelease: boolean,
-  wrap: (redis: Redis) => RedisClient,
+  wrap: (redis: Redis, port: number) => RedisClient,
 ): ClientUnderTest {
   return {
     name,
     wakesOnRelease,
-    connect: async () => {
-      const redis = await connect(options);
+    spareServer,
+    connect: async (on = port) => {
+      // No reconnection attempts: a fault case's dead server must not keep
+      // the client retrying (and its timers pending) after the case.
+      const redis = await connect({ ...options, port: on, maxRetryCount: 0 });
       return {
-        client: wrap(redis),
+        client: wrap(redis, on),
         command: (command, ...args) => redis.sendCommand(command, args),
         close: () => Promise.resolve(redis.close()),
       };
@@ -57,7 +67,10 @@ const CLIENTS = [
   realClient(
     "@db/redis through fromDbRedis with connect",
     true,
-    (redis) => fromDbRedis(redis, { connect: () => connect(options) }),
+    (redis, on) =>
+      fromDbRedis(redis, {
+        connect: () => connect({ ...options, port: on, maxRetryCount: 0 }),
+      }),
   ),
 ];
 
