@@ -17,7 +17,7 @@ import process from "node:process";
 import { Lock, LockKeyError, LockLostError, LockTimeoutError } from "../mod.ts";
 import type { RedisClient } from "../mod.ts";
 import { lockKeys } from "../src/keys.ts";
-import { abortedAt, sleep, within } from "./_util.ts";
+import { abortedAt, sleep, until, within } from "./_util.ts";
 
 /** One connection of the client under test. */
 export interface Connection {
@@ -146,19 +146,6 @@ function track<T>(
   };
   promise.then(settle, settle);
   return { promise, settled: () => settled };
-}
-
-/** Resolves once `condition` holds, polling every 10 ms; fails after `ms`. */
-async function until(
-  condition: () => Promise<boolean>,
-  ms: number,
-  what: string,
-): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!(await condition())) {
-    assert.ok(performance.now() < deadline, `${what} within ${ms} ms`);
-    await sleep(10);
-  }
 }
 
 /** Subscribers of `channel`, plain or sharded (the library may use either). */

@@ -22,6 +22,7 @@
  * @module
  */
 
+import { Redis as Upstash } from "npm:@upstash/redis@1";
 import { RespClient, RespError, type RespReply } from "./_resp.ts";
 
 /** A running endpoint from `startUpstash()`; dispose stops it. */
@@ -148,4 +149,21 @@ function toBase64(value: RespReply): RespReply {
     binary += String.fromCharCode(byte);
   }
   return btoa(binary);
+}
+
+/**
+ * The real `@upstash/redis` client against a local endpoint in front of the
+ * redis-server on `redisPort`, with `retry: false` so that a refused call
+ * fails at once; `close` stops the endpoint.
+ */
+export async function openUpstash(
+  redisPort: number,
+): Promise<{ client: Upstash; close(): Promise<void> }> {
+  const rest = await startUpstash(redisPort);
+  const client = new Upstash({
+    url: rest.url,
+    token: rest.token,
+    retry: false,
+  });
+  return { client, close: () => rest[Symbol.asyncDispose]() };
 }

@@ -64,6 +64,24 @@ export async function within<T>(
   }
 }
 
+/**
+ * Resolves once `condition` holds, polling every 10 ms (for server state no
+ * event announces); rejects naming `what` after `ms`.
+ */
+export async function until(
+  condition: () => Promise<boolean>,
+  ms: number,
+  what: string,
+): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!(await condition())) {
+    if (performance.now() > deadline) {
+      throw new Error(`${what} did not happen within ${ms} ms`);
+    }
+    await sleep(10);
+  }
+}
+
 /** Resolves with the monotonic time at which `signal` aborts; fails after `ms`. */
 export function abortedAt(signal: AbortSignal, ms = 5_000): Promise<number> {
   if (signal.aborted) return Promise.resolve(performance.now());

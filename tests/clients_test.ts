@@ -4,7 +4,6 @@ import { Redis as Ioredis5 } from "npm:ioredis@5";
 import { createClient as createNodeRedis6 } from "npm:redis@6";
 import { createClient as createNodeRedis5 } from "npm:redis@5";
 import { GlideClient, Logger } from "npm:@valkey/valkey-glide@2";
-import { Redis as Upstash } from "npm:@upstash/redis@1";
 import {
   fromDbRedis,
   fromGlide,
@@ -18,7 +17,7 @@ import {
 } from "../mod.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
-import { startUpstash } from "./_upstash.ts";
+import { openUpstash } from "./_upstash.ts";
 
 // Bun's RedisClient is tested under Bun itself: see bun_test.ts.
 
@@ -91,18 +90,6 @@ async function openShape<S>(
 // GLIDE's native core logs every server error reply (NOSCRIPT included) as a
 // warning on stderr; the tests assert on those errors instead.
 Logger.setLoggerConfig("error");
-
-// The real client over HTTP to a local Upstash REST endpoint in front of the
-// server (see _upstash.ts); closing it stops that endpoint.
-async function openUpstash(port: number): Promise<Opened<Upstash>> {
-  const rest = await startUpstash(port);
-  const client = new Upstash({
-    url: rest.url,
-    token: rest.token,
-    retry: false,
-  });
-  return { client, close: () => rest[Symbol.asyncDispose]() };
-}
 
 async function openGlide(port: number): Promise<Opened<GlideClient>> {
   const glide = await GlideClient.createClient({

@@ -21,7 +21,7 @@ import {
   readRegister,
   sharedNow,
 } from "./_checkers.ts";
-import { abortedAt, sleep, within } from "./_util.ts";
+import { abortedAt, sleep, until, within } from "./_util.ts";
 
 // deadbolt on a real Redis Cluster (3 masters, 3 replicas on loopback) with
 // the two Node cluster clients passed as they are: slots, sharded wake-ups,
@@ -86,21 +86,6 @@ async function nodeRedisCluster(cluster: RedisCluster): Promise<ClusterClient> {
 const CONNECTS: Connect[] = [ioredisCluster, nodeRedisCluster];
 const labelOf = (connect: Connect) =>
   connect === ioredisCluster ? "ioredis Cluster" : "node-redis createCluster";
-
-/** Polls `check` (server state no event announces) until it holds. */
-async function until(
-  check: () => Promise<boolean>,
-  ms: number,
-  what: string,
-): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!await check()) {
-    if (performance.now() > deadline) {
-      throw new Error(`${what} did not happen within ${ms} ms`);
-    }
-    await sleep(10);
-  }
-}
 
 /** A small deterministic PRNG (mulberry32), so a failing name can be reproduced. */
 function prng(seed: number): () => number {

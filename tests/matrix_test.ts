@@ -3,7 +3,6 @@ import { Redis as Ioredis5 } from "npm:ioredis@5";
 import { createClient as createNodeRedis6, createCluster } from "npm:redis@6";
 import { createClient as createNodeRedis5 } from "npm:redis@5";
 import { GlideClient, Logger } from "npm:@valkey/valkey-glide@2";
-import { Redis as Upstash } from "npm:@upstash/redis@1";
 import type { RedisClient } from "../mod.ts";
 import {
   type ClientUnderTest,
@@ -13,7 +12,7 @@ import {
 import { type RedisCluster, startCluster } from "./_cluster.ts";
 import { type RedisServer, startRedis } from "./_redis.ts";
 import { connectDbRedisShape, RespClient } from "./_resp.ts";
-import { startUpstash } from "./_upstash.ts";
+import { openUpstash } from "./_upstash.ts";
 import { sleep } from "./_util.ts";
 
 // The conformance matrix under Deno: every case of tests/_core_cases.ts for
@@ -163,15 +162,7 @@ const CLIENTS: MatrixClient[] = [
     // fails at once. No pub/sub: waiters back off.
     name: "@upstash/redis",
     wakesOnRelease: false,
-    open: async (port) => {
-      const rest = await startUpstash(port);
-      const client = new Upstash({
-        url: rest.url,
-        token: rest.token,
-        retry: false,
-      });
-      return { client, close: () => rest[Symbol.asyncDispose]() };
-    },
+    open: openUpstash,
   },
   {
     // The stand-in with @db/redis' exact signatures (tests/_resp.ts), passed

@@ -20,7 +20,7 @@ import {
   SPARE_SERVERS_ENV,
   spareServersFrom,
 } from "../_core_cases.ts";
-import { sleep, within } from "../_util.ts";
+import { until, within } from "../_util.ts";
 
 const port = Number(Deno.env.get("DEADBOLT_TEST_REDIS_PORT"));
 if (!Number.isInteger(port) || port <= 0) {
@@ -85,19 +85,6 @@ for (const under of CLIENTS) {
 async function subscribers(side: Redis, channel: string): Promise<number> {
   const [, count] = await side.pubsubNumsub(channel);
   return Number(count);
-}
-
-/** Resolves once `condition` holds, polling every 10 ms; fails after `ms`. */
-async function until(
-  condition: () => Promise<boolean>,
-  ms: number,
-  what: string,
-): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!(await condition())) {
-    assert.ok(performance.now() < deadline, `${what} within ${ms} ms`);
-    await sleep(10);
-  }
 }
 
 Deno.test("a contended Lock.acquire() with the client as it is times out with LockTimeoutError and leaves the connection a client", async () => {
