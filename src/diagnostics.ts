@@ -31,6 +31,8 @@ export class SubscriberErrorEvent extends Event {
   readonly error: unknown;
 
   /**
+   * Constructs a new instance.
+   *
    * @param error What the client library reported.
    */
   constructor(error: unknown) {
