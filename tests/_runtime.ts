@@ -53,6 +53,29 @@ export interface RunOptions {
   env?: Record<string, string>;
 }
 
+/** `command args…` in the root, with the server's port in the environment. */
+function childCommand(
+  port: number,
+  command: string,
+  args: string[],
+  options: RunOptions,
+  signal?: AbortSignal,
+): Deno.Command {
+  return new Deno.Command(command, {
+    args,
+    cwd: ROOT,
+    env: {
+      DEADBOLT_TEST_REDIS_PORT: String(port),
+      NO_COLOR: "1",
+      ...options.env,
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal,
+  });
+}
+
 /**
  * Runs `command args…` in the root with the server's port in
  * `DEADBOLT_TEST_REDIS_PORT`, killed after two minutes; resolves with its
@@ -66,19 +89,8 @@ export async function runAgainst(
 ): Promise<{ code: number; log: string }> {
   const kill = new AbortController();
   const timer = setTimeout(() => kill.abort(), RUN_TIMEOUT_MS);
-  const output = await new Deno.Command(command, {
-    args,
-    cwd: ROOT,
-    env: {
-      DEADBOLT_TEST_REDIS_PORT: String(port),
-      NO_COLOR: "1",
-      ...options.env,
-    },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: kill.signal,
-  }).output().finally(() => clearTimeout(timer));
+  const output = await childCommand(port, command, args, options, kill.signal)
+    .output().finally(() => clearTimeout(timer));
   const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
   return {
     code: output.code,
@@ -119,18 +131,7 @@ export function startAgainst(
   args: string[],
   options: RunOptions = {},
 ): RunningChild {
-  const child = new Deno.Command(command, {
-    args,
-    cwd: ROOT,
-    env: {
-      DEADBOLT_TEST_REDIS_PORT: String(port),
-      NO_COLOR: "1",
-      ...options.env,
-    },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = childCommand(port, command, args, options).spawn();
   let stdout = "";
   let stderr = "";
   let printed = Promise.withResolvers<void>();

