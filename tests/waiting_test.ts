@@ -262,3 +262,70 @@ Deno.test("a waiter whose wake-up subscription is refused falls back to backoff 
     await waiter.quit();
   }
 });
+
+Deno.test("with ioredis' keyPrefix, a release in another process still wakes a waiter, over sharded and plain pub/sub", async (t) => {
+  const noSharded = [
+    "--rename-command",
+    "SSUBSCRIBE",
+    "",
+    "--rename-command",
+    "SPUBLISH",
+    "",
+  ];
+  for (const [flavour, args] of [["sharded", []], ["plain", noSharded]]) {
+    await t.step(flavour as string, async () => {
+      await using server = await startRedis({ args: args as string[] });
+      const options = {
+        port: server.port,
+        host: "127.0.0.1",
+        keyPrefix: "app:",
+      };
+      const holder = new Redis(options);
+      const waiter = new Redis(options);
+      try {
+        const held = await Lock.acquire(holder, "prefixed");
+        // Backoff waits of 10 s: only a wake-up makes the handoff prompt.
+        const waiting = Lock.acquire(waiter, "prefixed", {
+          timeout: 20_000,
+          retryDelay: 10_000,
+          maxRetryDelay: 10_000,
+        });
+        const side = new Redis({ port: server.port, host: "127.0.0.1" });
+        try {
+          await within(
+            (async () => {
+              const count = async () => {
+                const [, plain] = await side.call(
+                  "PUBSUB",
+                  "NUMSUB",
+                  "app:deadbolt:{prefixed}:released",
+                ) as [string, number];
+                const sharded = flavour === "sharded"
+                  ? (await side.call(
+                    "PUBSUB",
+                    "SHARDNUMSUB",
+                    "app:deadbolt:{prefixed}:released",
+                  ) as [string, number])[1]
+                  : 0;
+                return Number(plain) + Number(sharded);
+              };
+              while (await count() === 0) {
+                await new Promise((resolve) => setTimeout(resolve, 10));
+              }
+            })(),
+            5_000,
+            "the waiter's subscription to the prefixed channel",
+          );
+        } finally {
+          side.disconnect();
+        }
+        assert.equal(await held.release(), true);
+        const next = await within(waiting, 2_000, "the woken waiter's grant");
+        assert.equal(await next.release(), true);
+      } finally {
+        await holder.quit();
+        await waiter.quit();
+      }
+    });
+  }
+});

@@ -36,6 +36,8 @@ export interface IoredisClient {
   readonly slots?: readonly (readonly string[] | undefined)[];
   /** A `Cluster`'s node connections. */
   nodes?(role: "master"): IoredisNode[];
+  /** The client's options; deadbolt reads `keyPrefix`. */
+  readonly options?: { readonly keyPrefix?: string };
 }
 
 /** One node connection of an ioredis `Cluster`. */
@@ -129,9 +131,17 @@ function openSubscriber(
     const subscriber = cluster
       ? duplicate([], { shardedSubscribers: true, lazyConnect: true })
       : duplicate({ lazyConnect: true, disconnectTimeout: 0 });
+    // ioredis puts its keyPrefix on the script's keys (so the release
+    // publishes on the prefixed channel) and on SSUBSCRIBE's channel, not on
+    // SUBSCRIBE's; messages come with the prefixed name.
+    const prefix = client.options?.keyPrefix ?? "";
+    const unprefixed = (channel: string) =>
+      deliver(
+        channel.startsWith(prefix) ? channel.slice(prefix.length) : channel,
+      );
     subscriber.on("error", fail);
-    subscriber.on("message", deliver);
-    subscriber.on("smessage", deliver);
+    subscriber.on("message", unprefixed);
+    subscriber.on("smessage", unprefixed);
     const close = () => closeSubscriber(subscriber);
     const onAbort = () => subscriber.disconnect();
     signal.addEventListener("abort", onAbort, { once: true });
@@ -151,8 +161,8 @@ function openSubscriber(
           unsubscribe: (channel) => subscriber.sunsubscribe!(channel),
         },
         {
-          subscribe: (channel) => subscriber.subscribe(channel),
-          unsubscribe: (channel) => subscriber.unsubscribe(channel),
+          subscribe: (channel) => subscriber.subscribe(prefix + channel),
+          unsubscribe: (channel) => subscriber.unsubscribe(prefix + channel),
         },
       ),
       close,
