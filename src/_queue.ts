@@ -22,7 +22,9 @@ export class LocalQueue {
   #onEmpty: () => void;
   #onUnwatch: (stopped: Promise<void>) => void;
   #unwatch: Promise<(() => Promise<void>) | undefined> | undefined;
+  #watching: AbortController | undefined;
   #reading: { pttl: number; at: number } | undefined;
+  #holder: Holder | undefined;
   #quietUntil = 0;
   #later: ReturnType<typeof setTimeout> | undefined;
 
@@ -31,7 +33,9 @@ export class LocalQueue {
    * not released it yet: a new head then waits to be handed the lock instead
    * of asking Redis first. The queue stays registered while it has one.
    */
-  holder: Holder | undefined;
+  get holder(): Holder | undefined {
+    return this.#holder;
+  }
 
   /**
    * Set by {@linkcode take} when it refused a handover to let other
@@ -74,20 +78,28 @@ export class LocalQueue {
 
   /**
    * The holder's remaining lease as last known, counted down to now: the
-   * head's last reading, else the lease of a holder in this process; `-1`
+   * lease of a holder in this process, else the head's last reading; `-1`
    * when the key has no expiry; `NaN` when nothing is known yet (a wait
    * shorter than the head's first round trip).
    */
   remainingTtl(): number {
+    if (this.#holder) {
+      return Math.max(0, Math.round(this.#holder.validUntil - now()));
+    }
     const reading = this.#reading;
-    if (reading) {
-      if (reading.pttl < 0) return reading.pttl;
-      return Math.max(0, Math.round(reading.pttl - (now() - reading.at)));
-    }
-    if (this.holder) {
-      return Math.max(0, Math.round(this.holder.validUntil - now()));
-    }
-    return NaN;
+    if (!reading) return NaN;
+    if (reading.pttl < 0) return reading.pttl;
+    return Math.max(0, Math.round(reading.pttl - (now() - reading.at)));
+  }
+
+  /**
+   * `lock` took the lock through this queue: until it releases or loses
+   * it, a new head waits to be handed the lock. A reading of an earlier
+   * holder's lease no longer applies.
+   */
+  hold(lock: Holder): void {
+    this.#holder = lock;
+    this.#reading = undefined;
   }
 
   /**
@@ -220,10 +232,13 @@ export class LocalQueue {
    * that is reported on `diagnostics` and the head keeps its backoff.
    */
   watch(subscribe: Subscribe, channel: string): void {
-    this.#unwatch ??= subscribe(channel, () => this.wake()).catch((error) => {
-      reportSubscriberError(error);
-      return undefined;
-    });
+    if (this.#unwatch) return;
+    const watching = this.#watching = new AbortController();
+    this.#unwatch = subscribe(channel, () => this.wake(), watching.signal)
+      .catch((error) => {
+        if (!watching.signal.aborted) reportSubscriberError(error);
+        return undefined;
+      });
   }
 
   /**
@@ -262,10 +277,13 @@ export class LocalQueue {
       this.#reading = undefined;
       const unwatch = this.#unwatch;
       this.#unwatch = undefined;
+      // A subscription still being set up is called off.
+      this.#watching?.abort();
+      this.#watching = undefined;
       if (unwatch) {
         this.#onUnwatch(unwatch.then((stop) => stop?.()).catch(() => {}));
       }
-      if (!this.holder) this.#onEmpty();
+      if (!this.#holder) this.#onEmpty();
     }
   }
 
@@ -274,8 +292,8 @@ export class LocalQueue {
    * hand the lock over or wake the head itself).
    */
   vacate(lock: Holder): void {
-    if (this.holder !== lock) return;
-    this.holder = undefined;
+    if (this.#holder !== lock) return;
+    this.#holder = undefined;
     if (this.#waiters.length === 0) this.#onEmpty();
   }
 
@@ -284,7 +302,7 @@ export class LocalQueue {
    * which sleeps waiting to be handed the lock, asks Redis now instead.
    */
   lost(lock: Holder): void {
-    if (this.holder !== lock) return;
+    if (this.#holder !== lock) return;
     this.vacate(lock);
     this.wake();
   }
@@ -390,10 +408,21 @@ export function localQueue(client: ScriptClient, key: string): LocalQueue {
  * that nothing deadbolt opened outlives them. `undefined` when none is
  * being stopped (the common case costs no promise).
  */
-export function unwatched(client: ScriptClient): Promise<unknown> | undefined {
+export function unwatched(client: ScriptClient): Promise<void> | undefined {
   const pending = stopping.get(client);
-  return pending?.size ? Promise.all(pending) : undefined;
+  if (!pending?.size) return undefined;
+  // Bounded: a hook of the user's own might never finish.
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, UNWATCH_BOUND_MS);
+    Promise.all(pending).then(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
+
+/** How long a call waits for wake-up subscriptions to be gone, at most. */
+const UNWATCH_BOUND_MS = 3_000;
 
 /** The queue for `key` on `client`, if any waiter has one now. */
 export function existingQueue(

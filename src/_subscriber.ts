@@ -38,11 +38,14 @@ export type OpenSubscriber = (
 /**
  * Calls `listener` on every message to `channel`; resolves with a function
  * that stops it, which resolves once the subscription, and any connection
- * opened for it, is gone. See {@linkcode sharedSubscriber}.
+ * opened for it, is gone. When `signal` aborts before it has resolved (the
+ * wait ended while a connection was still opening), it undoes what it
+ * started and rejects. See {@linkcode sharedSubscriber}.
  */
 export type Subscribe = (
   channel: string,
   listener: () => void,
+  signal: AbortSignal,
 ) => Promise<() => Promise<void>>;
 
 interface Opening {
@@ -60,6 +63,9 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
   const listeners = new Map<string, Set<() => void>>();
   // Each channel's SUBSCRIBE, once sent: settled when the server answered.
   const subscribed = new Map<string, Promise<unknown>>();
+  // UNSUBSCRIBEs still on their way: a new SUBSCRIBE to the channel goes
+  // after it, or the server would end up unsubscribed.
+  const unsubscribing = new Map<string, Promise<unknown>>();
   let current: Opening | undefined;
 
   const start = (): Opening => {
@@ -85,14 +91,16 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
     await connection?.close().catch(reportSubscriberError);
   };
 
-  return async (channel, listener) => {
+  return async (channel, listener, signal) => {
+    signal.throwIfAborted();
     let channelListeners = listeners.get(channel);
     if (!channelListeners) listeners.set(channel, channelListeners = new Set());
     channelListeners.add(listener);
     const opening = current ??= start();
     let ready = subscribed.get(channel);
     if (!ready) {
-      ready = opening.connection.then((connection) =>
+      const after = unsubscribing.get(channel) ?? Promise.resolve();
+      ready = after.then(() => opening.connection).then((connection) =>
         connection.subscribe(channel)
       );
       ready.catch(() => {}); // each waiter awaits it below
@@ -111,19 +119,36 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
       // Other channels still use the connection: unsubscribe in the
       // background (nobody needs to wait for it, and a stalled server would
       // keep them waiting).
-      wasSubscribed?.then(
+      if (!wasSubscribed) return;
+      const unsubscribed = wasSubscribed.then(
         async () => await (await opening.connection).unsubscribe(channel),
         () => {}, // never subscribed: nothing to undo
-      ).catch(reportSubscriberError);
+      ).catch(reportSubscriberError).finally(() => {
+        if (unsubscribing.get(channel) === unsubscribed) {
+          unsubscribing.delete(channel);
+        }
+      });
+      unsubscribing.set(channel, unsubscribed);
     };
     try {
-      await ready;
+      await untilAborted(ready, signal);
     } catch (error) {
       await stop();
       throw error;
     }
     return stop;
   };
+}
+
+/** Settles with `promise`, or rejects with `signal.reason` once it aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() =>
+      signal.removeEventListener("abort", onAbort)
+    );
+  });
 }
 
 /** Subscribe and unsubscribe commands of one kind (plain or sharded). */

@@ -69,13 +69,16 @@ export interface ClientHooks {
    * has no `SPUBLISH` or a waiter is known and nobody got the sharded
    * message) and resolves with a function that stops it. That function
    * resolves once the subscription, and any connection opened for it, is
-   * gone: deadbolt awaits it before the call that ended the wait resolves.
-   * When present, a waiter is woken as soon as the holder releases, instead
-   * of at its next backoff attempt.
+   * gone: deadbolt awaits it (3 s at most) before the call that ended the
+   * wait resolves. When `signal` aborts before the subscription is set up
+   * (the wait ended first), undo what was started and reject. When
+   * present, a waiter is woken as soon as the holder releases, instead of
+   * at its next backoff attempt.
    */
   subscribe?(
     channel: string,
     listener: () => void,
+    signal: AbortSignal,
   ): Promise<() => Promise<void>>;
 }
 

@@ -109,7 +109,8 @@ export class Lock implements AsyncDisposable {
   #lease: Lease | undefined;
   // Granted and not yet released: release() must ask Redis.
   #acquired = false;
-  #pending: AbortController | undefined;
+  // The acquire() in progress, and how to call it off.
+  #pending: { cancel: AbortController; attempt: Promise<void> } | undefined;
   #controller = new AbortController();
 
   /**
@@ -263,8 +264,7 @@ export class Lock implements AsyncDisposable {
     }
     signal?.throwIfAborted();
     const cancel = new AbortController();
-    this.#pending = cancel;
-    try {
+    const attempt = (async () => {
       // A lost lease may still sit in Redis under our old token.
       if (this.#acquired) await this.#release();
       await this.#acquire(
@@ -272,6 +272,10 @@ export class Lock implements AsyncDisposable {
         wait,
         signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
       );
+    })();
+    this.#pending = { cancel, attempt };
+    try {
+      await attempt;
     } finally {
       this.#pending = undefined;
     }
@@ -348,12 +352,18 @@ export class Lock implements AsyncDisposable {
    * nothing to release.
    */
   async release(): Promise<boolean> {
-    this.#pending?.abort(
-      new DOMException(
-        `Lock '${this.name}' was released while acquire() waited`,
-        "AbortError",
-      ),
-    );
+    const pending = this.#pending;
+    if (pending) {
+      pending.cancel.abort(
+        new DOMException(
+          `Lock '${this.name}' was released while acquire() waited`,
+          "AbortError",
+        ),
+      );
+      // Once the wait has ended (and closed what it opened); if it got the
+      // lock just before, that hold is released below.
+      await pending.attempt.then(noop, noop);
+    }
     return await this.#release();
   }
 
@@ -543,7 +553,7 @@ export class Lock implements AsyncDisposable {
           deadline,
           queue,
         );
-        if (queue) queue.holder = this;
+        queue?.hold(this);
       } finally {
         queue?.leave();
       }

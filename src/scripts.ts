@@ -136,8 +136,8 @@ if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if KEYS[2] then
     local sent = redis.pcall('SPUBLISH', KEYS[2], '')
-    if type(sent) == 'table' or
-        (sent == 0 and KEYS[3] and redis.call('GET', KEYS[3])) then
+    local waiting = KEYS[3] and redis.pcall('GET', KEYS[3])
+    if type(sent) == 'table' or (sent == 0 and type(waiting) == 'string') then
       redis.pcall('PUBLISH', KEYS[2], '')
     end
   end

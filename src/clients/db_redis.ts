@@ -112,8 +112,9 @@ function openSubscriber(
         });
       },
     );
-    // SUBSCRIBE needs a channel, so the subscription starts with the first.
-    let subscription: DbRedisSubscription | undefined;
+    // SUBSCRIBE needs a channel, so the subscription starts with the first
+    // (later channels wait for it: one subscription, one read loop).
+    let subscription: Promise<DbRedisSubscription> | undefined;
     let reading: Promise<void> | undefined;
     const read = async (
       messages: AsyncIterableIterator<{ channel: string }>,
@@ -126,13 +127,16 @@ function openSubscriber(
     };
     return {
       subscribe: async (channel) => {
-        if (subscription) return await subscription.subscribe(channel);
-        subscription = await redis.subscribe(channel);
-        reading = read(subscription.receive());
+        if (subscription) return await (await subscription).subscribe(channel);
+        subscription = redis.subscribe(channel);
+        reading = read((await subscription).receive());
       },
-      unsubscribe: async (channel) => await subscription?.unsubscribe(channel),
+      unsubscribe: async (channel) =>
+        await (await subscription)?.unsubscribe(channel),
+      // The subscription lives on this connection: closing it ends both,
+      // also while a SUBSCRIBE is unanswered.
       close: async () => {
-        (subscription ?? redis).close();
+        redis.close();
         await reading;
       },
     };

@@ -64,7 +64,9 @@ export interface IoredisSubscriber {
   sunsubscribe?(channel: string): Promise<unknown>;
   /**
    * Listens for plain (`message`) and sharded (`smessage`) messages, for
-   * errors (`error`) and for the end of the connection (`end`).
+   * errors (`error`) and for the end of the connection (`end`). Typed as
+   * ioredis' overloads allow: the listener gets the channel for messages,
+   * the error for `error`, nothing for `end`.
    */
   on(
     event: "message" | "smessage" | "error" | "end",
@@ -139,7 +141,9 @@ function openSubscriber(
       deliver(
         channel.startsWith(prefix) ? channel.slice(prefix.length) : channel,
       );
-    subscriber.on("error", fail);
+    // Until connect() settles, its rejection says what went wrong.
+    let connected = false;
+    subscriber.on("error", (error: unknown) => connected && fail(error));
     subscriber.on("message", unprefixed);
     subscriber.on("smessage", unprefixed);
     const close = () => closeSubscriber(subscriber);
@@ -148,6 +152,7 @@ function openSubscriber(
     try {
       await subscriber.connect();
       signal.throwIfAborted();
+      connected = true;
     } catch (error) {
       await close();
       throw error;

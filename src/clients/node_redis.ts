@@ -129,15 +129,17 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     const subscriber = client.duplicate!({
       socket: { ...client.options?.socket, reconnectStrategy },
     } as never);
-    subscriber.on("error", fail);
+    // Until connect() settles, its rejection says what went wrong.
+    let connected = false;
+    subscriber.on("error", (error) => connected && fail(error));
     const destroy = () => {
       if (subscriber.destroy) subscriber.destroy();
       else subscriber.disconnect?.().catch(() => {});
     };
-    let connected: Promise<unknown> | undefined;
+    let connecting: Promise<unknown> | undefined;
     const close = async () => {
       destroy();
-      await connected?.catch(() => {});
+      await connecting?.catch(() => {});
       const pending = retryUntil - performance.now();
       if (pending > 0) {
         await new Promise((resolve) => setTimeout(resolve, pending + 1));
@@ -145,8 +147,9 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     };
     signal.addEventListener("abort", destroy, { once: true });
     try {
-      await (connected = subscriber.connect());
+      await (connecting = subscriber.connect());
       signal.throwIfAborted();
+      connected = true;
     } catch (error) {
       await close();
       throw error;

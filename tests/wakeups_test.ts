@@ -1,0 +1,203 @@
+import assert from "node:assert/strict";
+import { Redis } from "npm:ioredis@6";
+import { createClient } from "npm:redis@6";
+import { Lock, LockTimeoutError, type ScriptClient } from "../mod.ts";
+import { sharedSubscriber } from "../src/_subscriber.ts";
+import { freePort, startRedis } from "./_redis.ts";
+import type { RespClient } from "./_resp.ts";
+import { until, within } from "./_util.ts";
+
+// The wake-up connection's edges: one that never finishes opening, a wait
+// called off by release(), channels left and rejoined, stale readings.
+
+/** A TCP listener that accepts connections and never answers. */
+function blackhole() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted: Deno.Conn[] = [];
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) accepted.push(conn);
+    } catch {
+      // closed
+    }
+  })();
+  return {
+    port: listener.addr.port,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const conn of accepted) conn.close();
+      await accepting;
+    },
+  };
+}
+
+const evalClient = (conn: RespClient): ScriptClient => ({
+  eval: (script, keys, args) =>
+    conn.send("EVAL", script, keys.length, ...keys, ...args),
+});
+
+Deno.test("a wake-up connection that never finishes opening neither hangs the wait nor any later release() (ioredis, stalled subscriber)", async () => {
+  await using server = await startRedis();
+  await using hole = blackhole();
+  await using side = await server.connect();
+  const waiter = new Redis(server.port, "127.0.0.1");
+  // deadbolt's subscriber goes to a server that accepts and never answers.
+  const duplicate = waiter.duplicate.bind(waiter);
+  waiter.duplicate = (options) =>
+    duplicate({ ...options, port: hole.port, connectTimeout: 60_000 });
+  try {
+    const holder = await Lock.acquire(evalClient(side), "stalled-sub");
+    await assert.rejects(
+      within(
+        Lock.acquire(waiter, "stalled-sub", { timeout: 300 }),
+        2_500,
+        "the timeout",
+      ),
+      LockTimeoutError,
+    );
+    const other = await Lock.acquire(waiter, "other");
+    assert.equal(await within(other.release(), 2_500, "a release"), true);
+    assert.equal(await holder.release(), true);
+  } finally {
+    await waiter.quit();
+  }
+});
+
+Deno.test("a wake-up connection that is refused neither hangs the wait nor leaves it reconnecting (node-redis)", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const waiter = createClient({ url: server.url });
+  waiter.on("error", () => {});
+  await waiter.connect();
+  // deadbolt's subscriber goes to a port where nothing listens.
+  const refused = freePort();
+  const duplicate = waiter.duplicate.bind(waiter);
+  // deno-lint-ignore no-explicit-any
+  (waiter as any).duplicate = (overrides: any) =>
+    duplicate({
+      ...overrides,
+      socket: { ...overrides?.socket, host: "127.0.0.1", port: refused },
+    });
+  try {
+    const holder = await Lock.acquire(evalClient(side), "refused-sub");
+    await assert.rejects(
+      within(
+        Lock.acquire(waiter, "refused-sub", { timeout: 300 }),
+        2_500,
+        "the timeout",
+      ),
+      LockTimeoutError,
+    );
+    assert.equal(await holder.release(), true);
+  } finally {
+    await waiter.close();
+  }
+});
+
+Deno.test("release() that calls off a waiting acquire() resolves once the wait's connection is closed (ioredis)", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const connections = async () =>
+    String(await side.send("CLIENT", "LIST")).trim().split("\n").length;
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const holder = await Lock.acquire(evalClient(side), "called-off");
+    const baseline = await connections();
+    const lock = new Lock(redis, "called-off");
+    const waiting = lock.acquire({ timeout: 20_000 });
+    waiting.catch(() => {});
+    await until(
+      async () => await connections() > baseline,
+      5_000,
+      "the waiter's subscriber connection",
+    );
+    assert.equal(await within(lock.release(), 2_500, "the release"), false);
+    // At once, no polling: the release resolved after the close.
+    assert.equal(await connections(), baseline);
+    await assert.rejects(
+      waiting,
+      (error) => (error as Error).name === "AbortError",
+    );
+    assert.equal(await holder.release(), true);
+  } finally {
+    await redis.quit();
+  }
+});
+
+Deno.test("a channel left and joined again at once stays subscribed: the new SUBSCRIBE goes after the UNSUBSCRIBE", async () => {
+  const sent: string[] = [];
+  const subscribe = sharedSubscriber(() =>
+    Promise.resolve({
+      subscribe: (channel: string) => {
+        sent.push(`SUBSCRIBE ${channel}`);
+        return Promise.resolve();
+      },
+      unsubscribe: (channel: string) => {
+        sent.push(`UNSUBSCRIBE ${channel}`);
+        return Promise.resolve();
+      },
+      close: () => Promise.resolve(),
+    })
+  );
+  const signal = new AbortController().signal;
+  const stopA = await subscribe("a", () => {}, signal);
+  const stopB = await subscribe("b", () => {}, signal);
+  // "b" keeps the connection open; "a" is left and joined again at once.
+  const left = stopA();
+  const stopA2 = await subscribe("a", () => {}, signal);
+  await left;
+  await until(() => Promise.resolve(sent.length >= 4), 1_000, "4 commands");
+  assert.deepEqual(sent, [
+    "SUBSCRIBE a",
+    "SUBSCRIBE b",
+    "UNSUBSCRIBE a",
+    "SUBSCRIBE a",
+  ]);
+  await stopA2();
+  await stopB();
+});
+
+Deno.test("a queued waiter that times out after the head took the lock reports the new holder's lease, not the old one's", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  await using other = await server.connect();
+  const client = evalClient(conn);
+  const remote = await Lock.acquire(evalClient(other), "stale", {
+    ttl: 600_000,
+  });
+  const first = Lock.acquire(client, "stale", {
+    ttl: 5_000,
+    timeout: 10_000,
+    maxRetryDelay: 20,
+  });
+  const late = [1, 2].map(() =>
+    Lock.acquire(client, "stale", { timeout: 1_000 }).then(
+      () => assert.fail("granted while held"),
+      (error) => error,
+    )
+  );
+  // The head has read the remote holder's 600 s lease by now.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(await remote.release(), true);
+  const head = await within(first, 2_000, "the head's grant");
+  try {
+    for (const error of await within(Promise.all(late), 3_000, "timeouts")) {
+      assert.ok(error instanceof LockTimeoutError, String(error));
+      assert.ok(
+        error.remainingTtl <= 5_000,
+        `remainingTtl ${error.remainingTtl}`,
+      );
+    }
+  } finally {
+    await head.release();
+  }
+});
+
+Deno.test("a waiting mark of another type never fails a release", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  const lock = await Lock.acquire(evalClient(conn), "marked");
+  await conn.send("RPUSH", "deadbolt:{marked}:waiting", "x");
+  assert.equal(await lock.release(), true);
+  assert.equal(await conn.send("EXISTS", lock.key), 0);
+});
