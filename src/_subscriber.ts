@@ -169,7 +169,10 @@ export interface ChannelCommands {
 export function shardedFirst(
   sharded: ChannelCommands | undefined,
   plain: ChannelCommands,
-): ChannelCommands {
+): ChannelCommands & {
+  /** Subscribes again to every channel, as before (after a reconnection). */
+  resubscribe(): Promise<void>;
+} {
   let preferred = sharded ?? plain;
   const used = new Map<string, ChannelCommands>();
   return {
@@ -192,6 +195,11 @@ export function shardedFirst(
       const commands = used.get(channel);
       used.delete(channel);
       await commands?.unsubscribe(channel);
+    },
+    async resubscribe() {
+      await Promise.all(
+        [...used].map(([channel, commands]) => commands.subscribe(channel)),
+      );
     },
   };
 }

@@ -201,3 +201,52 @@ Deno.test("a waiting mark of another type never fails a release", async () => {
   assert.equal(await lock.release(), true);
   assert.equal(await conn.send("EXISTS", lock.key), 0);
 });
+
+Deno.test("after its wake-up connection is killed, a waiter is woken by a later release once it has reconnected (ioredis)", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const subscriberIds = async () =>
+    String(await side.send("CLIENT", "LIST")).trim().split("\n")
+      .filter((line) => /cmd=s?subscribe/.test(line))
+      .map((line) => /id=(\d+)/.exec(line)![1]);
+  const shardSubscribers = async () =>
+    Number(
+      (await side.send(
+        "PUBSUB",
+        "SHARDNUMSUB",
+        "deadbolt:{killed-sub}:released",
+      ) as [string, number])[1],
+    );
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    const holder = await Lock.acquire(evalClient(side), "killed-sub");
+    // Backoff waits of 10 s: only a wake-up makes the handoff prompt.
+    const waiting = Lock.acquire(redis, "killed-sub", {
+      timeout: 20_000,
+      retryDelay: 10_000,
+      maxRetryDelay: 10_000,
+    });
+    await until(
+      async () => await shardSubscribers() === 1,
+      5_000,
+      "the subscription",
+    );
+    const [id] = await subscriberIds();
+    await side.send("CLIENT", "KILL", "ID", id);
+    await until(
+      async () => (await subscriberIds()).some((other) => other !== id),
+      5_000,
+      "a new subscriber connection",
+    );
+    await until(
+      async () => await shardSubscribers() === 1,
+      5_000,
+      "the subscription again",
+    );
+    assert.equal(await holder.release(), true);
+    const next = await within(waiting, 2_000, "the woken waiter's grant");
+    assert.equal(await next.release(), true);
+  } finally {
+    await redis.quit();
+  }
+});

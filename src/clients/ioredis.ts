@@ -64,12 +64,13 @@ export interface IoredisSubscriber {
   sunsubscribe?(channel: string): Promise<unknown>;
   /**
    * Listens for plain (`message`) and sharded (`smessage`) messages, for
-   * errors (`error`) and for the end of the connection (`end`). Typed as
-   * ioredis' overloads allow: the listener gets the channel for messages,
-   * the error for `error`, nothing for `end`.
+   * errors (`error`), for each (re)connection being ready (`ready`) and for
+   * the end of the connection (`end`). Typed as ioredis' overloads allow:
+   * the listener gets the channel for messages, the error for `error`,
+   * nothing for `ready` and `end`.
    */
   on(
-    event: "message" | "smessage" | "error" | "end",
+    event: "message" | "smessage" | "error" | "ready" | "end",
     listener: (channel: string) => void,
   ): unknown;
   /** Removes a listener added with `on`. */
@@ -129,10 +130,17 @@ function openSubscriber(
     // SUBSCRIBE never races it. A Cluster subscribes to sharded channels only
     // through its own per-shard subscribers, which shardedSubscribers turns
     // on. disconnectTimeout 0: a close does not leave ioredis a 2 s timer
-    // for a server that is slow to close its side.
+    // for a server that is slow to close its side. autoResubscribe off:
+    // ioredis resubscribes after a reconnection without handling the
+    // promise, which a close at that moment rejects (unhandled, fatal on
+    // Deno); deadbolt resubscribes itself on "ready", handling the errors.
     const subscriber = cluster
       ? duplicate([], { shardedSubscribers: true, lazyConnect: true })
-      : duplicate({ lazyConnect: true, disconnectTimeout: 0 });
+      : duplicate({
+        lazyConnect: true,
+        disconnectTimeout: 0,
+        autoResubscribe: false,
+      });
     // ioredis puts its keyPrefix on the script's keys (so the release
     // publishes on the prefixed channel) and on SSUBSCRIBE's channel, not on
     // SUBSCRIBE's; messages come with the prefixed name.
@@ -159,19 +167,20 @@ function openSubscriber(
     } finally {
       signal.removeEventListener("abort", onAbort);
     }
-    return {
-      ...shardedFirst(
-        subscriber.ssubscribe && {
-          subscribe: (channel) => subscriber.ssubscribe!(channel),
-          unsubscribe: (channel) => subscriber.sunsubscribe!(channel),
-        },
-        {
-          subscribe: (channel) => subscriber.subscribe(prefix + channel),
-          unsubscribe: (channel) => subscriber.unsubscribe(prefix + channel),
-        },
-      ),
-      close,
-    };
+    const commands = shardedFirst(
+      subscriber.ssubscribe && {
+        subscribe: (channel) => subscriber.ssubscribe!(channel),
+        unsubscribe: (channel) => subscriber.sunsubscribe!(channel),
+      },
+      {
+        subscribe: (channel) => subscriber.subscribe(prefix + channel),
+        unsubscribe: (channel) => subscriber.unsubscribe(prefix + channel),
+      },
+    );
+    if (!cluster) {
+      subscriber.on("ready", () => commands.resubscribe().catch(fail));
+    }
+    return { ...commands, close };
   };
 }
 
