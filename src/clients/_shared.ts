@@ -36,3 +36,26 @@ export async function closeWithin(
     cleanup();
   }
 }
+
+/**
+ * Connects a wake-up connection with `connect`, calling `cancel` if
+ * `signal` aborts meanwhile (the wait ended first); when connecting fails
+ * or was called off, closes it with `close` and rejects.
+ */
+export async function connectOrClose(
+  signal: AbortSignal,
+  connect: () => Promise<unknown>,
+  cancel: () => void,
+  close: () => Promise<void>,
+): Promise<void> {
+  signal.addEventListener("abort", cancel, { once: true });
+  try {
+    await connect();
+    signal.throwIfAborted();
+  } catch (error) {
+    await close();
+    throw error;
+  } finally {
+    signal.removeEventListener("abort", cancel);
+  }
+}

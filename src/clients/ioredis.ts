@@ -5,7 +5,7 @@ import {
   shardedFirst,
   sharedSubscriber,
 } from "../_subscriber.ts";
-import { bindWait, closeWithin } from "./_shared.ts";
+import { bindWait, closeWithin, connectOrClose } from "./_shared.ts";
 
 /** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
 export interface IoredisClient {
@@ -155,18 +155,13 @@ function openSubscriber(
     subscriber.on("message", unprefixed);
     subscriber.on("smessage", unprefixed);
     const close = () => closeSubscriber(subscriber);
-    const onAbort = () => subscriber.disconnect();
-    signal.addEventListener("abort", onAbort, { once: true });
-    try {
-      await subscriber.connect();
-      signal.throwIfAborted();
-      connected = true;
-    } catch (error) {
-      await close();
-      throw error;
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-    }
+    await connectOrClose(
+      signal,
+      () => subscriber.connect(),
+      () => subscriber.disconnect(),
+      close,
+    );
+    connected = true;
     const commands = shardedFirst(
       subscriber.ssubscribe && {
         subscribe: (channel) => subscriber.ssubscribe!(channel),

@@ -5,7 +5,7 @@ import {
   shardedFirst,
   sharedSubscriber,
 } from "../_subscriber.ts";
-import { bindWait } from "./_shared.ts";
+import { bindWait, connectOrClose } from "./_shared.ts";
 
 /** The keys-and-arguments option of node-redis' `eval` and `evalSha`. */
 export interface NodeRedisEvalOptions {
@@ -145,17 +145,13 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
         await new Promise((resolve) => setTimeout(resolve, pending + 1));
       }
     };
-    signal.addEventListener("abort", destroy, { once: true });
-    try {
-      await (connecting = subscriber.connect());
-      signal.throwIfAborted();
-      connected = true;
-    } catch (error) {
-      await close();
-      throw error;
-    } finally {
-      signal.removeEventListener("abort", destroy);
-    }
+    await connectOrClose(
+      signal,
+      () => connecting = subscriber.connect(),
+      destroy,
+      close,
+    );
+    connected = true;
     return {
       ...shardedFirst(
         subscriber.sSubscribe && {
