@@ -5,6 +5,7 @@
  */
 
 import type { ScriptClient } from "../mod.ts";
+import type { RespClient } from "./_resp.ts";
 import {
   ACQUIRE,
   EAGER_HANDOVER,
@@ -112,4 +113,15 @@ export class CountingClient implements ScriptClient {
     this.calls++;
     return this.#inner.evalsha!(sha1, keys, args);
   }
+}
+
+/**
+ * A plain client with nothing but `eval`, over one RESP connection: the
+ * smallest `ScriptClient`, with no hooks (so waiters back off).
+ */
+export function evalClient(conn: RespClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      conn.send("EVAL", script, keys.length, ...keys, ...args),
+  };
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Lock, LockTimeoutError, type ScriptClient } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import type { RespClient } from "./_resp.ts";
-import { within } from "./_util.ts";
+import { evalClient, within } from "./_util.ts";
 
 // What deadbolt calls on a client it is given: on one it does not
 // recognise, `eval` and `evalsha` only; its own extras live under
@@ -92,11 +92,7 @@ Deno.test("a client's own deadbolt.subscribe hook is used, and a wait ends only 
     },
   };
   await using other = await server.connect();
-  const otherClient: ScriptClient = {
-    eval: (script, keys, args) =>
-      other.send("EVAL", script, keys.length, ...keys, ...args),
-  };
-  const holder = await Lock.acquire(otherClient, "hooked");
+  const holder = await Lock.acquire(evalClient(other), "hooked");
   await assert.rejects(
     within(
       Lock.acquire(client, "hooked", { timeout: 100 }).finally(() =>

@@ -9,19 +9,10 @@ import {
   SubscriberErrorEvent,
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
-import type { RespClient } from "./_resp.ts";
-import { scriptKind, within } from "./_util.ts";
+import { evalClient, scriptKind, within } from "./_util.ts";
 
 // How waiting ends: the local queue, the backoff, the timeout and what it
 // reports. Each test fails on a specific broken behaviour, deterministically.
-
-/** A plain `eval`-only client over one RESP connection. */
-function evalClient(conn: RespClient): ScriptClient {
-  return {
-    eval: (script, keys, args) =>
-      conn.send("EVAL", script, keys.length, ...keys, ...args),
-  };
-}
 
 async function setup() {
   const server = await startRedis();

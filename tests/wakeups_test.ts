@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { createClient } from "npm:redis@6";
-import { Lock, LockTimeoutError, type ScriptClient } from "../mod.ts";
+import { Lock, LockTimeoutError } from "../mod.ts";
 import { sharedSubscriber } from "../src/_subscriber.ts";
 import { freePort, startRedis } from "./_redis.ts";
-import type { RespClient } from "./_resp.ts";
-import { until, within } from "./_util.ts";
+import { evalClient, until, within } from "./_util.ts";
 
 // The wake-up connection's edges: one that never finishes opening, a wait
 // called off by release(), channels left and rejoined, stale readings.
@@ -30,11 +29,6 @@ function blackhole() {
     },
   };
 }
-
-const evalClient = (conn: RespClient): ScriptClient => ({
-  eval: (script, keys, args) =>
-    conn.send("EVAL", script, keys.length, ...keys, ...args),
-});
 
 Deno.test("a wake-up connection that never finishes opening neither hangs the wait nor any later release() (ioredis, stalled subscriber)", async () => {
   await using server = await startRedis();
