@@ -13,22 +13,29 @@
  * - {@linkcode Redlock}: the same handle over several independent Redis
  *   masters, held while a majority of them agree.
  *
- * ```ts ignore
- * import { Redis } from "npm:ioredis";
+ * ```ts
+ * import { Redis } from "npm:ioredis@6";
  * import { Lock } from "@deadbolt/deadbolt";
  *
- * const redis = new Redis();
- * {
- *   await using lock = await Lock.acquire(redis, "nightly-report", { timeout: 10_000 });
- *   await buildReport({ signal: lock.signal }); // aborts if ownership is lost
- * } // released here
- * redis.disconnect();
+ * async function buildReport({ signal }: { signal: AbortSignal }): Promise<void> {
+ *   // long work that stops when `signal` aborts
+ * }
+ *
+ * async function nightly(): Promise<void> {
+ *   const redis = new Redis();
+ *   {
+ *     await using lock = await Lock.acquire(redis, "nightly-report", { timeout: 10_000 });
+ *     await buildReport({ signal: lock.signal }); // aborts if ownership is lost
+ *   } // released here
+ *   redis.disconnect();
+ * }
  * ```
  *
  * @module
  */
 
 export { Lock } from "./src/lock.ts";
+export type { LockKeys } from "./src/keys.ts";
 export type { AcquireOptions, LockOptions } from "./src/options.ts";
 export { Redlock } from "./src/redlock.ts";
 export type { RedlockOptions } from "./src/redlock.ts";

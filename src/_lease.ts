@@ -26,14 +26,19 @@ export interface LeaseOptions {
   maxRetryDelay: number;
   /** How long one renewal call may take, in ms. */
   commandTimeout: number;
-  /**
-   * Runs the extend script for `ttl`, giving up after `timeout` ms; resolves
-   * with its reply: 1 renewed, 0 the key is gone, -1 another owner holds it.
-   */
-  extend(ttl: number, timeout: number): Promise<number>;
+  /** Renews the lease to `ttl` ms from now, giving up after `timeout` ms. */
+  extend(ttl: number, timeout: number): Promise<Renewal>;
   /** Called once, when ownership is lost. */
   onLost(message: string, cause: unknown): void;
 }
+
+/** A renewal's outcome: renewed, or lost and why. */
+export type Renewal =
+  | { readonly renewed: true }
+  | { readonly renewed: false; readonly lost: string };
+
+/** A successful renewal. */
+export const RENEWED: Renewal = { renewed: true };
 
 /**
  * One acquisition's lease: it knows until when ownership is guaranteed,
@@ -67,12 +72,20 @@ export class Lease {
     return this.#validUntil;
   }
 
-  /** Whether the lease still holds; reading it past its validity loses it. */
-  get active(): boolean {
+  /**
+   * Whether the lease still holds. Past its validity (its timer late, the
+   * event loop blocked) it is declared lost here and now.
+   */
+  isActive(): boolean {
+    this.expireIfDue();
+    return this.#active;
+  }
+
+  /** Declares the lease lost now if its validity has run out. */
+  expireIfDue(): void {
     if (this.#active && now() >= this.#validUntil - this.#margin) {
       this.#expire();
     }
-    return this.#active;
   }
 
   /** Whether a grant sent at `sent` would leave any validity now. */
@@ -134,7 +147,7 @@ export class Lease {
   #tick = (): void => {
     this.#timer = undefined;
     this.#timerAt = Infinity;
-    if (!this.active) return;
+    if (!this.isActive()) return;
     const { autoExtend } = this.#options;
     if (autoExtend && !this.#renewing && now() >= this.#renewAt) {
       void this.#renew();
@@ -148,13 +161,12 @@ export class Lease {
     const sent = now();
     const left = this.#validUntil - this.#margin - sent;
     try {
-      const code = await this.#options.extend(
+      const renewal = await this.#options.extend(
         ttl,
         Math.max(1, Math.min(commandTimeout, left)),
       );
-      if (code === 1) this.extended(sent, ttl);
-      else if (code === 0) this.lose("its key expired or was deleted");
-      else this.lose("another owner holds its key");
+      if (renewal.renewed) this.extended(sent, ttl);
+      else this.lose(renewal.lost);
     } catch (error) {
       this.#error = error;
       this.#renewAt = now() +

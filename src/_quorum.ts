@@ -2,12 +2,12 @@ import { settle } from "./_timers.ts";
 
 /**
  * What the servers of one round have answered so far: for each, its reply
- * (the script's integers), its error (a timeout included), or nothing yet.
- * Once the round has resolved, late answers no longer change it.
+ * (as read), its error (a timeout included), or nothing yet. Once the
+ * round has resolved, late answers no longer change it.
  */
-export class Tally {
-  /** Per server: the reply's integers, when it answered. */
-  readonly replies: (number[] | undefined)[];
+export class Tally<R> {
+  /** Per server: its reply, when it answered. */
+  readonly replies: (R | undefined)[];
   /** Per server: why it failed, when it did. */
   readonly failures: unknown[];
   #failed: boolean[];
@@ -31,9 +31,10 @@ export class Tally {
     return this.failures.filter((_, i) => this.#failed[i]);
   }
 
-  /** How many servers replied with `code` (the reply's first integer). */
-  count(code: number): number {
-    return this.replies.filter((reply) => reply?.[0] === code).length;
+  /** How many servers replied with a reply that `matches`. */
+  count(matches: (reply: R) => boolean): number {
+    return this.replies.filter((reply) => reply !== undefined && matches(reply))
+      .length;
   }
 
   /** Whether server `i` had neither answered nor failed when the round ended. */
@@ -42,7 +43,7 @@ export class Tally {
   }
 
   /** Records server `i`'s reply. */
-  answer(i: number, reply: number[]): void {
+  answer(i: number, reply: R): void {
     this.replies[i] = reply;
   }
 
@@ -54,15 +55,15 @@ export class Tally {
 }
 
 /** How {@linkcode round} waits for its calls. */
-export interface RoundOptions {
+export interface RoundOptions<R> {
   /** Give up on the servers that have not answered after this many ms (`Infinity`: never). */
   timeout: number;
   /** The error a server that did not answer in time fails with. */
   onTimeout: (server: number) => unknown;
   /** Reads one server's reply; what it throws counts as that server's failure. */
-  parse: (reply: unknown, server: number) => number[];
+  parse: (reply: unknown, server: number) => R;
   /** Stop waiting as soon as this holds for the tally so far. */
-  enough?: (tally: Tally) => boolean;
+  enough?: (tally: Tally<R>) => boolean;
   /** Rejects the round with its reason as soon as it aborts. */
   signal?: AbortSignal;
   /** Let the process exit while the round waits. */
@@ -76,12 +77,12 @@ export interface RoundOptions {
  * {@linkcode settle}'s; every call keeps a handler, so a late rejection is
  * never unhandled, and answers after the round has ended change nothing.
  */
-export async function round(
+export async function round<R>(
   calls: readonly Promise<unknown>[],
-  options: RoundOptions,
-): Promise<Tally> {
+  options: RoundOptions<R>,
+): Promise<Tally<R>> {
   const { parse, enough = () => false } = options;
-  const tally = new Tally(calls.length);
+  const tally = new Tally<R>(calls.length);
   let done = false;
   const decided = new Promise<void>((resolve) => {
     const check = () => {

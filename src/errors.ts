@@ -6,14 +6,16 @@
  * or connection failure surfaces as its own error, never as a timeout.
  *
  * @example Usage
- * ```ts ignore
- * import { Lock, LockTimeoutError } from "@deadbolt/deadbolt";
+ * ```ts
+ * import { Lock, LockTimeoutError, type RedisClient } from "@deadbolt/deadbolt";
  *
- * try {
- *   await using lock = await Lock.acquire(redis, "report", { timeout: 1_000 });
- * } catch (error) {
- *   if (!(error instanceof LockTimeoutError)) throw error;
- *   console.log(`busy for another ${error.remainingTtl} ms`);
+ * async function report(redis: RedisClient): Promise<void> {
+ *   try {
+ *     await using lock = await Lock.acquire(redis, "report", { timeout: 1_000 });
+ *   } catch (error) {
+ *     if (!(error instanceof LockTimeoutError)) throw error;
+ *     console.log(`busy for another ${error.remainingTtl} ms`);
+ *   }
  * }
  * ```
  */
@@ -57,14 +59,16 @@ export class LockTimeoutError extends Error {
  * validity ran out before a renewal succeeded.
  *
  * @example Usage
- * ```ts ignore
- * import { Lock, LockLostError } from "@deadbolt/deadbolt";
+ * ```ts
+ * import { Lock, LockLostError, type RedisClient } from "@deadbolt/deadbolt";
  *
- * await using lock = await Lock.acquire(redis, "report");
- * lock.signal.addEventListener("abort", () => {
- *   const reason = lock.signal.reason as LockLostError;
- *   console.error(reason.message, reason.cause);
- * });
+ * async function report(redis: RedisClient): Promise<void> {
+ *   await using lock = await Lock.acquire(redis, "report");
+ *   lock.signal.addEventListener("abort", () => {
+ *     const reason = lock.signal.reason as LockLostError;
+ *     console.error(reason.message, reason.cause);
+ *   });
+ * }
  * ```
  */
 export class LockLostError extends Error {
@@ -92,13 +96,15 @@ export class LockLostError extends Error {
  * rename the lock or remove the key by hand.
  *
  * @example Usage
- * ```ts ignore
- * import { Lock, LockKeyError } from "@deadbolt/deadbolt";
+ * ```ts
+ * import { Lock, LockKeyError, type RedisClient } from "@deadbolt/deadbolt";
  *
- * try {
- *   await Lock.acquire(redis, "name-used-by-a-hash");
- * } catch (error) {
- *   if (error instanceof LockKeyError) console.error(error.key, error.message);
+ * async function report(redis: RedisClient): Promise<void> {
+ *   try {
+ *     await using lock = await Lock.acquire(redis, "name-used-by-a-hash");
+ *   } catch (error) {
+ *     if (error instanceof LockKeyError) console.error(error.key, error.message);
+ *   }
  * }
  * ```
  */
@@ -125,13 +131,15 @@ export class LockKeyError extends Error {
  * deleted the key (by token) before raising it, so nothing is held.
  *
  * @example Usage
- * ```ts ignore
- * import { Lock, LockReplicationError } from "@deadbolt/deadbolt";
+ * ```ts
+ * import { Lock, LockReplicationError, type RedisClient } from "@deadbolt/deadbolt";
  *
- * try {
- *   await using lock = await Lock.acquire(redis, "report", { waitReplicas: 1 });
- * } catch (error) {
- *   if (error instanceof LockReplicationError) console.error(error.acknowledged);
+ * async function report(redis: RedisClient): Promise<void> {
+ *   try {
+ *     await using lock = await Lock.acquire(redis, "report", { waitReplicas: 1 });
+ *   } catch (error) {
+ *     if (error instanceof LockReplicationError) console.error(error.acknowledged);
+ *   }
  * }
  * ```
  */
@@ -170,14 +178,16 @@ export class LockReplicationError extends Error {
  * outcome. Its `cause` is an `AggregateError` of the failed servers' errors.
  *
  * @example Usage
- * ```ts ignore
- * import { Redlock, LockQuorumError } from "@deadbolt/deadbolt";
+ * ```ts
+ * import { LockQuorumError, Redlock, type RedisClient } from "@deadbolt/deadbolt";
  *
- * try {
- *   await using lock = await Redlock.acquire([a, b, c, d, e], "report");
- * } catch (error) {
- *   if (!(error instanceof LockQuorumError)) throw error;
- *   console.error(`${error.answered} of ${error.servers} servers answered`, error.cause);
+ * async function report(masters: RedisClient[]): Promise<void> {
+ *   try {
+ *     await using lock = await Redlock.acquire(masters, "report");
+ *   } catch (error) {
+ *     if (!(error instanceof LockQuorumError)) throw error;
+ *     console.error(`${error.answered} of ${error.servers} servers answered`, error.cause);
+ *   }
  * }
  * ```
  */

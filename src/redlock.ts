@@ -3,34 +3,16 @@ import {
   type ScriptClient,
   toScriptClient,
 } from "./client.ts";
-import { backoff } from "./backoff.ts";
-import {
-  LockKeyError,
-  LockLostError,
-  LockQuorumError,
-  LockTimeoutError,
-} from "./errors.ts";
 import { lockKeys } from "./keys.ts";
-import { ACQUIRE, EXTEND, RELEASE, runScript, toIntegers } from "./scripts.ts";
-import { delay, now } from "./_timers.ts";
-import { Lease } from "./_lease.ts";
-import { round, type Tally } from "./_quorum.ts";
-import {
-  checkBoolean,
-  checkInteger,
-  checkName,
-  checkOptionKeys,
-  MAX_TIMER_MS,
-} from "./_validate.ts";
+import { acquireNew, Lifecycle, tryAcquireNew } from "./_lifecycle.ts";
+import { QuorumStore } from "./_quorum_store.ts";
+import { checkBoolean, checkName, checkOptionKeys } from "./_validate.ts";
 import {
   ACQUIRE_KEYS,
   type AcquireOptions,
-  acquireSettings,
   LOCK_KEYS,
   type LockOptions,
   lockSettings,
-  MIN_TTL,
-  type WaitSettings,
 } from "./options.ts";
 
 /** Options of a {@linkcode Redlock}: those of a `Lock` that apply to independent masters. */
@@ -50,7 +32,6 @@ export interface RedlockOptions
 
 type RedlockSettings = Required<Omit<RedlockOptions, "fencing">>;
 
-const noop = (): void => {};
 // Lock options a Redlock refuses by name, with the reason, rather than as typos.
 const NOT_OFFERED = ["waitReplicas", "replicaTimeout"];
 const STATIC_ACQUIRE_KEYS = [...ACQUIRE_KEYS, ...LOCK_KEYS];
@@ -82,15 +63,18 @@ const STATIC_TRY_KEYS = [...LOCK_KEYS, "signal"];
  * silent, not failing, when its server is down.
  *
  * @example Scoped, on five independent masters
- * ```ts ignore
- * import { Redis } from "npm:ioredis";
+ * ```ts
+ * import { Redis } from "npm:ioredis@6";
  * import { Redlock } from "@deadbolt/deadbolt";
  *
- * const masters = [6379, 6380, 6381, 6382, 6383].map((port) => new Redis({ port }));
- * {
- *   await using lock = await Redlock.acquire(masters, "nightly-report", { ttl: 30_000 });
- *   await fetch("https://example.com/report", { method: "POST", signal: lock.signal });
- * } // released on every server here
+ * async function nightlyReport(): Promise<void> {
+ *   const masters = [6379, 6380, 6381, 6382, 6383].map((port) => new Redis({ port }));
+ *   {
+ *     await using lock = await Redlock.acquire(masters, "nightly-report", { ttl: 30_000 });
+ *     await fetch("https://example.com/report", { method: "POST", signal: lock.signal });
+ *   } // released on every server here
+ *   for (const master of masters) master.disconnect();
+ * }
  * ```
  */
 export class Redlock implements AsyncDisposable {
@@ -101,15 +85,7 @@ export class Redlock implements AsyncDisposable {
   /** How many servers must grant or renew the lock: ⌊servers / 2⌋ + 1. */
   readonly quorum: number;
 
-  #clients: ScriptClient[];
-  #settings: RedlockSettings;
-  #token: string = crypto.randomUUID();
-  // The current or last acquisition's lease; ended once released or lost.
-  #lease: Lease | undefined;
-  // Granted and not yet released: release() must ask the servers.
-  #acquired = false;
-  #pending: AbortController | undefined;
-  #controller = new AbortController();
+  #life: Lifecycle;
 
   /**
    * Creates a lock handle; nothing is sent until `acquire()`.
@@ -134,10 +110,16 @@ export class Redlock implements AsyncDisposable {
     checkOptionKeys("Cannot lock", options, LOCK_KEYS);
     this.name = checkName("Cannot lock", "name", name);
     const action = `Cannot lock ${JSON.stringify(name)}`;
-    this.#settings = redlockSettings(action, options);
-    this.#clients = checkClients(action, clients);
-    this.quorum = Math.floor(this.#clients.length / 2) + 1;
-    this.key = lockKeys(this.#settings.prefix, name).lock;
+    const settings = redlockSettings(action, options);
+    this.key = lockKeys(settings.prefix, name).lock;
+    const store = new QuorumStore(
+      checkClients(action, clients),
+      name,
+      this.key,
+      settings,
+    );
+    this.quorum = store.quorum;
+    this.#life = new Lifecycle(name, settings, store);
   }
 
   /**
@@ -156,22 +138,24 @@ export class Redlock implements AsyncDisposable {
    * @throws {RangeError} on an out-of-range input, before any Redis command.
    *
    * @example Usage
-   * ```ts ignore
-   * import { Redlock } from "@deadbolt/deadbolt";
+   * ```ts
+   * import { Redlock, type RedisClient } from "@deadbolt/deadbolt";
    *
-   * await using lock = await Redlock.acquire([a, b, c], "nightly-report", { timeout: 5_000 });
+   * async function report(a: RedisClient, b: RedisClient, c: RedisClient): Promise<void> {
+   *   await using lock = await Redlock.acquire([a, b, c], "nightly-report", { timeout: 5_000 });
+   * }
    * ```
    */
-  static async acquire(
+  static acquire(
     clients: readonly RedisClient[],
     name: string,
     options: RedlockOptions & AcquireOptions = {},
   ): Promise<Redlock> {
-    checkOptionKeys("Cannot lock", options, STATIC_ACQUIRE_KEYS);
-    const { signal, ...lockOptions } = options;
-    const lock = new Redlock(clients, name, lockOptions);
-    await lock.acquire({ signal });
-    return lock;
+    return acquireNew(
+      options,
+      STATIC_ACQUIRE_KEYS,
+      (lockOptions) => new Redlock(clients, name, lockOptions),
+    );
   }
 
   /**
@@ -185,32 +169,35 @@ export class Redlock implements AsyncDisposable {
    * @throws {LockQuorumError} when so many servers failed that no quorum was possible.
    *
    * @example Usage
-   * ```ts ignore
-   * import { Redlock } from "@deadbolt/deadbolt";
+   * ```ts
+   * import { Redlock, type RedisClient } from "@deadbolt/deadbolt";
    *
-   * await using lock = await Redlock.tryAcquire([a, b, c], "nightly-report");
-   * if (!lock) console.log("someone else is on it");
+   * async function report(a: RedisClient, b: RedisClient, c: RedisClient): Promise<void> {
+   *   await using lock = await Redlock.tryAcquire([a, b, c], "nightly-report");
+   *   if (!lock) console.log("someone else is on it");
+   * }
    * ```
    */
-  static async tryAcquire(
+  static tryAcquire(
     clients: readonly RedisClient[],
     name: string,
     options: RedlockOptions & Pick<AcquireOptions, "signal"> = {},
   ): Promise<Redlock | null> {
-    checkOptionKeys("Cannot lock", options, STATIC_TRY_KEYS);
-    const { signal, ...lockOptions } = options;
-    const lock = new Redlock(clients, name, lockOptions);
-    return await lock.tryAcquire({ signal }) ? lock : null;
+    return tryAcquireNew(
+      options,
+      STATIC_TRY_KEYS,
+      (lockOptions) => new Redlock(clients, name, lockOptions),
+    );
   }
 
   /** The token that marks this handle's ownership on the servers, from `crypto.randomUUID()`; new for each attempt. */
   get token(): string {
-    return this.#token;
+    return this.#life.token;
   }
 
   /** Whether this handle owns the lock now: acquired, not released, not lost, and its validity not run out. */
   get held(): boolean {
-    return this.#lease?.active ?? false;
+    return this.#life.held;
   }
 
   /**
@@ -220,8 +207,7 @@ export class Redlock implements AsyncDisposable {
    * again after a loss gets a new signal.
    */
   get signal(): AbortSignal {
-    this.#lease?.active; // past its validity, reading it aborts the signal
-    return this.#controller.signal;
+    return this.#life.signal;
   }
 
   /**
@@ -231,7 +217,7 @@ export class Redlock implements AsyncDisposable {
    * before acquiring.
    */
   get validUntil(): number {
-    return this.#lease?.validUntil ?? 0;
+    return this.#life.validUntil;
   }
 
   /**
@@ -247,36 +233,8 @@ export class Redlock implements AsyncDisposable {
    * @throws {TypeError} on bad options, before any Redis command.
    * @throws {RangeError} on an out-of-range option, before any Redis command.
    */
-  async acquire(options: AcquireOptions = {}): Promise<void> {
-    const action = `Cannot acquire lock ${JSON.stringify(this.name)}`;
-    const { signal, ...wait } = acquireSettings(
-      action,
-      options,
-      this.#settings,
-    );
-    if (this.#pending) {
-      throw new Error(`${action} as an acquire() of this handle is pending`);
-    }
-    if (this.held) {
-      throw new Error(
-        `${action} as this handle holds it already (not reentrant)`,
-      );
-    }
-    signal?.throwIfAborted();
-    const cancel = new AbortController();
-    this.#pending = cancel;
-    try {
-      // A lost lease may still sit on some servers under our old token; a
-      // failure here leaves it to expire, as it blocks nobody for long.
-      if (this.#acquired) await this.#release().catch(noop);
-      await this.#contend(
-        action,
-        wait,
-        signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
-      );
-    } finally {
-      this.#pending = undefined;
-    }
+  acquire(options: AcquireOptions = {}): Promise<void> {
+    return this.#life.acquire(options);
   }
 
   /**
@@ -287,21 +245,8 @@ export class Redlock implements AsyncDisposable {
    * keep a quorum out of reach.
    * @throws {LockQuorumError} when so many servers failed that no quorum was possible.
    */
-  async tryAcquire(
-    options: Pick<AcquireOptions, "signal"> = {},
-  ): Promise<boolean> {
-    checkOptionKeys(
-      `Cannot acquire lock ${JSON.stringify(this.name)}`,
-      options,
-      ["signal"],
-    );
-    try {
-      await this.acquire({ signal: options.signal, timeout: 0 });
-      return true;
-    } catch (error) {
-      if (error instanceof LockTimeoutError) return false;
-      throw error;
-    }
+  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
+    return this.#life.tryAcquire(options);
   }
 
   /**
@@ -317,24 +262,8 @@ export class Redlock implements AsyncDisposable {
    * @throws {Error} when this handle has not acquired the lock or has released it.
    * @throws {RangeError} when `ttl` is out of range.
    */
-  async extend(ttl: number = this.#settings.ttl): Promise<boolean> {
-    const action = `Cannot extend lock ${JSON.stringify(this.name)}`;
-    checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
-    if (!this.#acquired) {
-      throw new Error(`${action} as this handle does not hold it`);
-    }
-    if (!this.held) return false;
-    const lease = this.#lease!;
-    const sent = now();
-    const code = await this.#extend(
-      lease,
-      this.#token,
-      ttl,
-      this.#settings.commandTimeout,
-    );
-    if (!lease.active || code !== 1) return false;
-    lease.extended(sent, ttl);
-    return true;
+  extend(ttl?: number): Promise<boolean> {
+    return this.#life.extend(ttl);
   }
 
   /**
@@ -350,14 +279,8 @@ export class Redlock implements AsyncDisposable {
    * @throws {LockQuorumError} when so many servers failed that fewer than a
    * quorum could answer; a later `release()` tries again.
    */
-  async release(): Promise<boolean> {
-    this.#pending?.abort(
-      new DOMException(
-        `Lock '${this.name}' was released while acquire() waited`,
-        "AbortError",
-      ),
-    );
-    return await this.#release();
+  release(): Promise<boolean> {
+    return this.#life.release();
   }
 
   /**
@@ -368,282 +291,8 @@ export class Redlock implements AsyncDisposable {
    * too few servers answered.
    */
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.release();
+    await this.#life.release();
   }
-
-  async #release(): Promise<boolean> {
-    if (!this.#acquired) return false;
-    this.#acquired = false;
-    const lease = this.#lease;
-    // A lease past its validity is lost, and says so, even when the loss is
-    // first noticed here (say, after a long block of the event loop).
-    lease?.active;
-    lease?.end();
-    const token = this.#token;
-    const tally = await this.#round(
-      this.#clients.map((client) =>
-        runScript(client, RELEASE, [this.key], [token])
-      ),
-      readCode,
-    );
-    if (tally.count(1) >= this.quorum) return true;
-    const { errors } = tally;
-    if (errors.length > this.#clients.length - this.quorum) {
-      // Let a later release() try again, unless the handle moved on.
-      if (this.#lease === lease) this.#acquired = true;
-      throw this.#quorumError("release", errors);
-    }
-    return false;
-  }
-
-  async #contend(
-    action: string,
-    wait: WaitSettings,
-    signal: AbortSignal,
-  ): Promise<void> {
-    const { ttl } = this.#settings;
-    const servers = this.#clients.length;
-    const started = now();
-    const deadline = started + wait.timeout;
-    for (let attempt = 0;; attempt++) {
-      // A new token per attempt: a late delete of the last attempt's keys
-      // must not hit this one's.
-      const token = crypto.randomUUID();
-      const sent = now();
-      const calls = this.#clients.map((client) =>
-        runScript(client, ACQUIRE, [this.key], [token, String(ttl), "0"])
-      );
-      let tally: Tally;
-      try {
-        tally = await this.#round(
-          calls,
-          (reply, server) => this.#readGrant(action, reply, server),
-          signal,
-        );
-      } catch (error) {
-        this.#forget(token, calls);
-        throw error;
-      }
-      if (tally.count(1) >= this.quorum && Lease.fresh(sent, ttl)) {
-        this.#grant(token, sent, calls, tally);
-        return;
-      }
-      // Awaited (within commandTimeout) so the next attempt meets a clean slate.
-      await this.#round(
-        this.#forget(token, calls, tally),
-        readCode,
-        signal,
-        undefined,
-        false,
-        () => false,
-      );
-      const { errors } = tally;
-      if (errors.length > servers - this.quorum) {
-        throw this.#quorumError("acquire", errors);
-      }
-      // With few enough failures, a quorum was out of reach because other
-      // owners held the key on some servers (or a grant came too late).
-      const held = tally.replies.filter((reply) => reply?.[0] === 0)
-        .map((reply) => reply![1]);
-      const left = deadline - now();
-      if (left <= 0) {
-        if (held.length > 0) {
-          throw new LockTimeoutError(
-            this.name,
-            now() - started,
-            shortestLease(held),
-          );
-        }
-        throw new DOMException(
-          `${action} as its servers answered too slowly to leave any of the ${ttl} ms lease`,
-          "TimeoutError",
-        );
-      }
-      let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
-      const expiry = shortestLease(held);
-      if (expiry >= 0) pause = Math.min(pause, expiry);
-      await delay(Math.min(pause, left), signal);
-    }
-  }
-
-  #readGrant(action: string, reply: unknown, server: number): number[] {
-    const [code, value] = toIntegers(reply, 2);
-    if (code === 2) {
-      throw new LockKeyError(
-        this.key,
-        `${action} as its key '${this.key}' on the server of clients[${server}] holds a value of another type; deadbolt leaves it alone`,
-      );
-    }
-    if (code !== 0 && code !== 1) {
-      throw new TypeError(`${action} as the acquire script replied ${code}`);
-    }
-    return [code, value];
-  }
-
-  /**
-   * Deletes, by token, what an attempt may have set: on each server that
-   * did not turn it away, once its call has settled (a late SET must not
-   * outlive its delete). Returns the deletes on the servers that granted
-   * it, worth waiting for; the others run in the background.
-   */
-  #forget(
-    token: string,
-    calls: Promise<unknown>[],
-    tally?: Tally,
-  ): Promise<unknown>[] {
-    return calls.flatMap((call, i) => {
-      const code = tally?.replies[i]?.[0];
-      if (code === 0) return [];
-      const remove = () =>
-        runScript(this.#clients[i], RELEASE, [this.key], [token]);
-      const deleted = call.then(remove, remove);
-      deleted.then(noop, noop);
-      return code === 1 ? [deleted] : [];
-    });
-  }
-
-  #grant(
-    token: string,
-    sent: number,
-    calls: Promise<unknown>[],
-    tally: Tally,
-  ): void {
-    this.#token = token;
-    this.#acquired = true;
-    if (this.#controller.signal.aborted) {
-      this.#controller = new AbortController();
-    }
-    const controller = this.#controller;
-    const { ttl, autoExtend, retryDelay, maxRetryDelay, commandTimeout } =
-      this.#settings;
-    const lease: Lease = new Lease(sent, {
-      ttl,
-      autoExtend,
-      retryDelay,
-      maxRetryDelay,
-      commandTimeout,
-      extend: (ttl, timeout) => this.#extend(lease, token, ttl, timeout, true),
-      onLost: (message, cause) => {
-        controller.abort(
-          new LockLostError(
-            this.name,
-            message,
-            cause === undefined ? undefined : { cause },
-          ),
-        );
-      },
-    });
-    this.#lease = lease;
-    // A server that answers after the grant holds our key too: release() and
-    // renewals reach it, but if the lease has ended by then, delete it.
-    calls.forEach((call, i) => {
-      if (!tally.isPending(i)) return;
-      const late = () => {
-        if (!lease.active) {
-          runScript(this.#clients[i], RELEASE, [this.key], [token])
-            .then(noop, noop);
-        }
-      };
-      call.then(late, late);
-    });
-  }
-
-  /**
-   * Sends the extend script to every server. Resolves with 1 when a quorum
-   * renewed the lease, 0 or -1 when too many servers no longer hold it for a
-   * quorum to be possible (the lease is then lost); rejects with a
-   * {@linkcode LockQuorumError} when failed servers left it undecided.
-   */
-  async #extend(
-    lease: Lease,
-    token: string,
-    ttl: number,
-    timeout: number,
-    background = false,
-  ): Promise<number> {
-    const tally = await this.#round(
-      this.#clients.map((client) =>
-        runScript(client, EXTEND, [this.key], [token, String(ttl)])
-      ),
-      readCode,
-      undefined,
-      timeout,
-      background,
-    );
-    if (tally.count(1) >= this.quorum) return 1;
-    const servers = this.#clients.length;
-    const gone = tally.count(0);
-    const taken = tally.count(-1);
-    if (gone + taken > servers - this.quorum) {
-      lease.lose(
-        `${
-          gone + taken
-        } of its ${servers} servers no longer hold its key (${gone} expired or deleted, ${taken} held by another owner), so no quorum of ${this.quorum} can renew it`,
-      );
-      return taken > 0 ? -1 : 0;
-    }
-    throw this.#quorumError("extend", tally.errors);
-  }
-
-  /**
-   * One round of calls, bounded by `commandTimeout`; it stops waiting once
-   * its outcome is decided, so a silent server delays only a round that
-   * needs its answer.
-   */
-  #round(
-    calls: Promise<unknown>[],
-    parse: (reply: unknown, server: number) => number[],
-    signal?: AbortSignal,
-    timeout: number = this.#settings.commandTimeout,
-    background = false,
-    // Decided: a quorum replied 1, or too few servers are left to.
-    enough = (tally: Tally) =>
-      tally.count(1) >= this.quorum ||
-      tally.count(1) + tally.pending < this.quorum,
-  ): Promise<Tally> {
-    return round(calls, {
-      timeout,
-      parse,
-      signal,
-      background,
-      enough,
-      onTimeout: (server) =>
-        new DOMException(
-          `The Redis server of clients[${server}] did not answer within ${
-            Math.round(timeout)
-          } ms (lock '${this.name}')`,
-          "TimeoutError",
-        ),
-    });
-  }
-
-  #quorumError(
-    operation: "acquire" | "extend" | "release",
-    errors: unknown[],
-  ): LockQuorumError {
-    const servers = this.#clients.length;
-    return new LockQuorumError(
-      this.name,
-      operation,
-      servers - errors.length,
-      servers,
-      this.quorum,
-      {
-        cause: new AggregateError(
-          errors,
-          `${errors.length} of ${servers} Redis servers failed`,
-        ),
-      },
-    );
-  }
-}
-
-const readCode = (reply: unknown): number[] => toIntegers(reply, 1);
-
-/** The shortest remaining lease among `leases` (ms), ignoring keys without expiry; -1 when none. */
-function shortestLease(leases: number[]): number {
-  const expiring = leases.filter((ms) => ms >= 0);
-  return expiring.length > 0 ? Math.min(...expiring) : -1;
 }
 
 /** Validates the options: a `Lock`'s, without fencing and replicas. */

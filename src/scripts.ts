@@ -1,5 +1,4 @@
-import type { ScriptClient } from "./client.ts";
-import { now } from "./_timers.ts";
+import { describeReply, toIntegers } from "./_run_script.ts";
 
 /** A Lua script and its SHA-1, computed once with Web Crypto. */
 export interface LuaScript {
@@ -54,6 +53,29 @@ if KEYS[3] then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
 return {0, redis.call('PTTL', KEYS[1])}`,
 };
 
+/** {@linkcode ACQUIRE}'s reply. */
+export type AcquireReply =
+  | { readonly status: "granted"; readonly fence: number }
+  | { readonly status: "held"; readonly pttl: number }
+  | { readonly status: "wrong type" | "bad fence" };
+
+/**
+ * Reads {@linkcode ACQUIRE}'s reply: granted with its fence (0 without
+ * fencing), held by another owner for `pttl` more ms (-1: the key has no
+ * expiry), the key of `wrong type`, or a `bad fence` counter.
+ */
+export function readAcquire(reply: unknown): AcquireReply {
+  const [code, value] = toIntegers(reply, 2);
+  if (code === 1) return { status: "granted", fence: value };
+  if (code === 0) return { status: "held", pttl: value };
+  if (code === 2) return WRONG_TYPE;
+  if (code === 3) return BAD_FENCE;
+  throw unexpected("acquire", reply);
+}
+
+const WRONG_TYPE = { status: "wrong type" } as const;
+const BAD_FENCE = { status: "bad fence" } as const;
+
 /**
  * Passes a lock from its holder straight to a waiter in the same process, in
  * one round trip: KEYS: lock, fence counter, waiting marker. ARGV: the
@@ -104,6 +126,32 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return {1, 0, redis.call('GET', KEYS[2]) and 1 or 0}`,
 };
 
+/** {@linkcode HANDOVER}'s or {@linkcode EAGER_HANDOVER}'s reply. */
+export type HandoverReply =
+  | {
+    readonly status: "handed";
+    readonly fence: number;
+    readonly waiting: boolean;
+  }
+  | { readonly status: Exclude<Owner, "ours"> | "bad fence" };
+
+/**
+ * Reads a handover's reply: handed over (with the fence, and whether a
+ * waiter's mark was found), the holder's key `gone` or `taken` by another
+ * owner (both left alone), or a `bad fence` counter (the key then deleted).
+ */
+export function readHandover(reply: unknown): HandoverReply {
+  const [code, fence, waiting] = toIntegers(reply, 3);
+  if (code === 1) return { status: "handed", fence, waiting: waiting === 1 };
+  if (code === 0) return GONE;
+  if (code === -1) return TAKEN;
+  if (code === 3) return BAD_FENCE;
+  throw unexpected("handover", reply);
+}
+
+const GONE = { status: "gone" } as const;
+const TAKEN = { status: "taken" } as const;
+
 /**
  * KEYS: lock. ARGV: token, ttl in ms. Replies 1 renewed, 0 the key is gone,
  * -1 another owner holds it. It never creates the key.
@@ -117,6 +165,59 @@ end
 if holder == false then return 0 end
 return -1`,
 };
+
+/**
+ * Who held a lock's key when {@linkcode EXTEND} or {@linkcode RELEASE} ran:
+ * the caller's token (`ours`: renewed, or deleted), nobody (`gone`), or
+ * another owner, or a value of another type (`taken`; left alone).
+ */
+export type Owner = "ours" | "gone" | "taken";
+
+/** Reads {@linkcode EXTEND}'s or {@linkcode RELEASE}'s reply. */
+export function readOwner(reply: unknown): Owner {
+  const [code] = toIntegers(reply, 1);
+  if (code === 1) return "ours";
+  if (code === 0) return "gone";
+  if (code === -1) return "taken";
+  throw unexpected("extend or release", reply);
+}
+
+/**
+ * Takes over a hold by its token, for another handle (another process,
+ * most likely): KEYS: lock, fence counter. ARGV: token, ttl in ms. Renews
+ * the key to `ttl` if it holds the token, and reads the fence it was issued
+ * (the counter's value: no grant can have come since). Replies {1, fence}
+ * (fence 0 when the counter is missing or unusable), {0, 0} the key is
+ * gone, {-1, 0} another owner holds it. It never creates the key.
+ */
+export const ADOPT: LuaScript = {
+  source: `local holder = redis.pcall('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder == false then return {0, 0} end
+  return {-1, 0}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local fence = redis.pcall('GET', KEYS[2])
+if type(fence) ~= 'string' or not string.match(fence, '^%d+$')
+    or tonumber(fence) >= 9007199254740991 then
+  return {1, 0}
+end
+return {1, tonumber(fence)}`,
+};
+
+/** {@linkcode ADOPT}'s reply: the hold was the token's, with its fence, or not. */
+export type AdoptReply =
+  | { readonly status: "ours"; readonly fence: number }
+  | { readonly status: Exclude<Owner, "ours"> };
+
+/** Reads {@linkcode ADOPT}'s reply. */
+export function readAdopt(reply: unknown): AdoptReply {
+  const [code, fence] = toIntegers(reply, 2);
+  if (code === 1) return { status: "ours", fence };
+  if (code === 0) return GONE;
+  if (code === -1) return TAKEN;
+  throw unexpected("adopt", reply);
+}
 
 /**
  * KEYS: lock, and optionally the channel that wakes waiters and the waiting
@@ -147,99 +248,10 @@ if holder == false then return 0 end
 return -1`,
 };
 
-const encoder = new TextEncoder();
-
-async function sha1(source: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(source));
-  return Array.from(
-    new Uint8Array(digest),
-    (byte) => byte.toString(16).padStart(2, "0"),
-  )
-    .join("");
-}
-
-/**
- * Runs a script with `EVALSHA`, and with `EVAL` (which also loads it) when
- * the server answers `NOSCRIPT`: after a restart, a failover or `SCRIPT FLUSH`.
- * A cluster's `TRYAGAIN` (see {@linkcode whileMigrating}) is retried.
- */
-export function runScript(
-  client: ScriptClient,
-  script: LuaScript,
-  keys: string[],
-  args: string[],
-): Promise<unknown> {
-  return whileMigrating(async () => {
-    if (client.evalsha) {
-      script.sha ??= await sha1(script.source);
-      try {
-        return await client.evalsha(script.sha, keys, args);
-      } catch (error) {
-        // Not startsWith: @db/redis prefixes "-", and GLIDE renames the code
-        // to "NoScriptError".
-        if (!/noscript/i.test(messageOf(error))) throw error;
-      }
-    }
-    return await client.eval(script.source, keys, args);
-  });
-}
-
-// How long a call is retried while its slot migrates.
-const MIGRATING_MS = 5_000;
-
-/**
- * Runs `call` again while a cluster answers `TRYAGAIN`: during a slot
- * migration, a script whose keys are split between the two masters (some
- * moved, some not yet, such as a fence counter or a channel that does not
- * exist) is refused without running, and the move takes milliseconds. Up to
- * 5 s, with a backoff from 5 to 100 ms; then the error stands.
- */
-export async function whileMigrating<T>(call: () => Promise<T>): Promise<T> {
-  const started = now();
-  for (let attempt = 0;; attempt++) {
-    try {
-      return await call();
-    } catch (error) {
-      if (
-        !/TRYAGAIN/.test(messageOf(error)) ||
-        now() - started > MIGRATING_MS
-      ) {
-        throw error;
-      }
-      await new Promise((resolve) =>
-        setTimeout(resolve, Math.min(100, 5 * 2 ** attempt))
-      );
-    }
-  }
-}
-
-function messageOf(error: unknown): string {
-  return String((error as Error | undefined)?.message);
-}
-
-/**
- * Reads an integer reply, or an array of them, as numbers.
- *
- * @throws {TypeError} when the reply is not made of integers (a client that
- * rewrites replies, or a proxy in the way).
- */
-export function toIntegers(reply: unknown, length: number): number[] {
-  const items = Array.isArray(reply) ? reply : [reply];
-  const numbers = items.map(toNumber);
-  if (numbers.length !== length || !numbers.every(Number.isSafeInteger)) {
-    throw new TypeError(
-      `Cannot read the lock script's reply as it must be ${length} integer(s): current value is ${
-        JSON.stringify(reply, (_, v) => typeof v === "bigint" ? String(v) : v)
-      }`,
-    );
-  }
-  return numbers;
-}
-
-function toNumber(value: unknown): number {
-  if (typeof value === "number" || typeof value === "bigint") {
-    return Number(value);
-  }
-  if (typeof value === "string" && /^-?\d+$/.test(value)) return Number(value);
-  return NaN;
+function unexpected(script: string, reply: unknown): TypeError {
+  return new TypeError(
+    `Cannot read the ${script} script's reply: current value is ${
+      describeReply(reply)
+    }`,
+  );
 }

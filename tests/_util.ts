@@ -8,6 +8,7 @@ import type { ScriptClient } from "../mod.ts";
 import type { RespClient } from "./_resp.ts";
 import {
   ACQUIRE,
+  ADOPT,
   EAGER_HANDOVER,
   EXTEND,
   HANDOVER,
@@ -16,7 +17,12 @@ import {
 } from "../src/scripts.ts";
 
 /** Which of deadbolt's scripts a call runs. */
-export type ScriptKind = "acquire" | "extend" | "release" | "handover";
+export type ScriptKind =
+  | "acquire"
+  | "extend"
+  | "release"
+  | "handover"
+  | "adopt";
 
 const SCRIPTS: [ScriptKind, LuaScript][] = [
   ["acquire", ACQUIRE],
@@ -24,6 +30,7 @@ const SCRIPTS: [ScriptKind, LuaScript][] = [
   ["release", RELEASE],
   ["handover", HANDOVER],
   ["handover", EAGER_HANDOVER],
+  ["adopt", ADOPT],
 ];
 
 /**

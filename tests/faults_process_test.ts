@@ -41,6 +41,7 @@ class Recording implements ScriptClient {
     extend: 0,
     release: 0,
     handover: 0,
+    adopt: 0,
   };
   /** Renewals Redis confirmed (reply 1): when each was sent and answered. */
   readonly renewals: { sentAt: number; answeredAt: number }[] = [];

@@ -33,7 +33,8 @@ import { parseArgs } from "node:util";
 import { startRedis } from "../../tests/_redis.ts";
 import { fromIoredis } from "../../mod.ts";
 import { lockKeys } from "../../src/keys.ts";
-import { ACQUIRE, RELEASE, runScript, toIntegers } from "../../src/scripts.ts";
+import { ACQUIRE, RELEASE } from "../../src/scripts.ts";
+import { runScript, toIntegers } from "../../src/_run_script.ts";
 import {
   type Contender,
   readLines,

@@ -1,6 +1,7 @@
 import process from "node:process";
 import { lockKeys } from "../keys.ts";
-import { RELEASE, runScript, toIntegers } from "../scripts.ts";
+import { RELEASE } from "../scripts.ts";
+import { runScript, toIntegers } from "../_run_script.ts";
 import type { ReleaseArgs, StatusArgs } from "./args.ts";
 import {
   closeRedis,

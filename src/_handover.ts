@@ -1,0 +1,239 @@
+import type { ScriptClient } from "./client.ts";
+import type { LockKeys } from "./keys.ts";
+import { Lease, validity } from "./_lease.ts";
+import { deferred } from "./_deferred.ts";
+import { existingQueue, type LocalQueue, type Offer } from "./_queue.ts";
+import { runScript } from "./_run_script.ts";
+import {
+  EAGER_HANDOVER,
+  HANDOVER,
+  type HandoverReply,
+  type Owner,
+  readHandover,
+  readOwner,
+  RELEASE,
+} from "./scripts.ts";
+import { now } from "./_timers.ts";
+
+/**
+ * The local handover protocol: how a lock passes between handles of one
+ * process that share a client. Its rules:
+ *
+ * 1. **First come, first served.** Waiters for one lock on one client line
+ *    up in a {@linkcode LocalQueue}; only its head asks Redis, so N local
+ *    waiters cost the server what one does. A one-off attempt
+ *    (`tryAcquire`) does not line up: it may barge in.
+ * 2. **Handover.** While the head sleeps between attempts it stands ready
+ *    to be handed the lock. A release in this process then runs one script
+ *    that moves the key from the holder's token to the head's (with a new
+ *    fence when the head wants one) instead of deleting it: one round trip
+ *    from holder to holder, no wake-up, no retry. A new head behind a
+ *    holder of this process waits for its release instead of asking Redis.
+ * 3. **Eager handover.** The head starts before Redis answers when all of
+ *    these hold: it wants no fence (only Redis issues fences) and no
+ *    replica acknowledgement; the client runs calls in the order they are
+ *    sent (`ordered`), so the head's own commands follow the handover; the
+ *    releasing hold was still valid; and that validity covers the head's
+ *    whole `ttl` from some moment on, from which the head's validity then
+ *    counts. Redis's answer renews the head's lease from the script's send
+ *    time, or ends it as lost when the key was no longer the holder's.
+ * 4. **Unanswered cap.** At most {@linkcode MAX_UNANSWERED} eager handovers
+ *    may await Redis's answer; past that, a handover waits for its answer.
+ *    A chain of eager handovers runs in microtasks, and waiting for the
+ *    network is what lets the event loop (timers, other I/O) take its turn.
+ * 5. **Yielding to other processes.** After {@linkcode MAX_HANDOVERS}
+ *    handovers in a row, if the last one found a waiter's mark (a waiter,
+ *    in another process most likely, was turned away lately), the next
+ *    release deletes the key instead, and wakes the local head only
+ *    `YIELD_MS` later: waiters elsewhere, told at once by pub/sub, get to
+ *    ask first. With nobody waiting elsewhere, yielding would only cost time.
+ * 6. **Nothing is left behind.** A handover whose head has gone (aborted)
+ *    meanwhile is deleted by token; one that failed makes the head retry
+ *    with its token, which finds the key its own if the handover landed.
+ */
+
+/** How many releases in a row may hand the lock over locally (rule 5). */
+export const MAX_HANDOVERS = 16;
+
+/** How many eager handovers may await Redis's answer (rule 4). */
+export const MAX_UNANSWERED = 8;
+
+// How long, after a yielding release, waiters elsewhere get to ask before
+// the local head does (they hear of the release by pub/sub within a round
+// trip).
+const YIELD_MS = 2;
+
+/** What a release needs of the lock's store. */
+export interface HoldStore {
+  /** The client the hold was taken on. */
+  readonly client: ScriptClient;
+  /** The lock's keys. */
+  readonly keys: LockKeys;
+  /** Bounds a call by `commandTimeout`. */
+  settle(call: Promise<unknown>): Promise<unknown>;
+  /** Deletes the key if it holds `token`, in the background. */
+  forget(token: string): void;
+}
+
+/**
+ * Releases the hold of `token`, whose `lease` has just ended: hands the
+ * lock to the local head when the rules allow it, else deletes the key if
+ * it holds `token` and wakes the local head. `valid` tells whether the
+ * lease was still valid. Resolves `true` when the key was the hold's.
+ */
+export async function releaseHold(
+  store: HoldStore,
+  token: string,
+  lease: Lease,
+  valid: boolean,
+): Promise<boolean> {
+  const queue = existingQueue(store.client, store.keys.lock);
+  if (!queue) return await deleteKey(store, token);
+  queue.vacate(lease);
+  const turn = nextTurn(queue);
+  if (turn === "yield") return await deleteKey(store, token, queue, YIELD_MS);
+  if (!turn) return await deleteKey(store, token, queue);
+  return await handOver(store, token, turn, queue, valid ? lease : undefined);
+}
+
+// Per queue: the run of handovers so far, whether the last one found a
+// waiter's mark, and the eager handovers awaiting Redis.
+class Turns {
+  handovers = 0;
+  waitingElsewhere = false;
+  unanswered = 0;
+}
+
+const turns = new WeakMap<LocalQueue, Turns>();
+
+function turnsOf(queue: LocalQueue): Turns {
+  let state = turns.get(queue);
+  if (!state) turns.set(queue, state = new Turns());
+  return state;
+}
+
+// Rules 2 and 5: the head's offer, "yield" when this release must go
+// through Redis to let other processes in, or nothing.
+function nextTurn(queue: LocalQueue): Offer | "yield" | undefined {
+  if (!queue.offered) return undefined;
+  const state = turnsOf(queue);
+  if (state.handovers >= MAX_HANDOVERS && state.waitingElsewhere) {
+    state.handovers = 0;
+    state.waitingElsewhere = false;
+    return "yield";
+  }
+  state.handovers++;
+  return queue.takeOffer();
+}
+
+async function handOver(
+  store: HoldStore,
+  token: string,
+  offer: Offer,
+  queue: LocalQueue,
+  lease: Lease | undefined,
+): Promise<boolean> {
+  const state = turnsOf(queue);
+  const sent = now();
+  if (
+    lease && offer.eager && store.client.deadbolt?.ordered &&
+    state.unanswered < MAX_UNANSWERED
+  ) {
+    // Rule 3: from `from` on, the holder's lease covers the head's ttl.
+    const from = Math.min(sent, lease.validUntil - validity(offer.ttl));
+    if (Lease.fresh(from, offer.ttl)) {
+      return await handOverEagerly(store, token, offer, queue, sent, from);
+    }
+  }
+  const { lock, fence, waiting } = store.keys;
+  let reply: HandoverReply;
+  try {
+    reply = readHandover(
+      await store.settle(runScript(
+        store.client,
+        HANDOVER,
+        [lock, fence, waiting],
+        [token, offer.token, String(offer.ttl), offer.fencing ? "1" : "0"],
+      )),
+    );
+  } catch (error) {
+    offer.deliver(null);
+    throw error;
+  }
+  state.waitingElsewhere = reply.status === "handed" && reply.waiting;
+  if (reply.status === "handed") {
+    if (!offer.deliver({ sent, fence: reply.fence })) store.forget(offer.token);
+    return true;
+  }
+  offer.deliver(null);
+  // A bad fence counter: the script deleted the holder's key instead.
+  return reply.status === "bad fence";
+}
+
+async function handOverEagerly(
+  store: HoldStore,
+  token: string,
+  offer: Offer,
+  queue: LocalQueue,
+  sent: number,
+  from: number,
+): Promise<boolean> {
+  const owner = deferred<Owner>();
+  // Handled here too: the head may drop the confirmation unread.
+  owner.promise.catch(() => {});
+  if (
+    !offer.deliver({
+      sent: from,
+      fence: 0,
+      confirmation: { sent, owner: owner.promise },
+    })
+  ) {
+    // The head has gone (aborted) meanwhile: release as usual.
+    return await deleteKey(store, token, queue);
+  }
+  const state = turnsOf(queue);
+  state.unanswered++;
+  try {
+    // EVAL, not EVALSHA: a NOSCRIPT answer would make the script run after
+    // whatever the new holder sends next, out of the order this relies on.
+    const reply = readHandover(
+      await store.settle(store.client.eval(
+        EAGER_HANDOVER.source,
+        [store.keys.lock, store.keys.waiting],
+        [token, offer.token, String(offer.ttl)],
+      )),
+    );
+    state.waitingElsewhere = reply.status === "handed" && reply.waiting;
+    owner.resolve(
+      reply.status === "handed"
+        ? "ours"
+        : reply.status === "gone"
+        ? "gone"
+        : "taken",
+    );
+    return reply.status === "handed";
+  } catch (error) {
+    // Unanswered: the head's renewals tell whether the key became its own.
+    owner.reject(error);
+    throw error;
+  } finally {
+    state.unanswered--;
+  }
+}
+
+// Deletes the key if it holds `token`, publishing the release, then wakes
+// the local head (after `quiet` ms, when yielding).
+async function deleteKey(
+  store: HoldStore,
+  token: string,
+  queue?: LocalQueue,
+  quiet = 0,
+): Promise<boolean> {
+  const { lock, released, waiting } = store.keys;
+  const reply = await store.settle(
+    runScript(store.client, RELEASE, [lock, released, waiting], [token]),
+  );
+  if (quiet > 0) queue?.wakeLater(quiet);
+  else queue?.wake();
+  return readOwner(reply) === "ours";
+}

@@ -1,0 +1,379 @@
+import { LockLostError, LockTimeoutError } from "./errors.ts";
+import { Lease, type LeaseOptions, type Renewal } from "./_lease.ts";
+import { now } from "./_timers.ts";
+import {
+  checkInteger,
+  checkOptionKeys,
+  checkSignal,
+  MAX_TIMER_MS,
+} from "./_validate.ts";
+import {
+  type AcquireOptions,
+  acquireSettings,
+  MIN_TTL,
+  type WaitSettings,
+} from "./options.ts";
+
+/**
+ * The life of a lock handle, written once for every kind of lock; what a
+ * kind does in Redis is its {@linkcode Store}.
+ *
+ * ```text
+ * idle ─acquire()─▶ acquiring ─granted─▶ held ─release()─▶ released
+ *   ▲                  │                   │
+ *   └─ timed out, ─────┘                   └─ lease lost ─▶ lost
+ *      failed, cancelled
+ * ```
+ *
+ * - `acquire()` refuses while acquiring or held (not reentrant). From
+ *   released or lost it starts over with a new token, after deleting a lost
+ *   hold that may still sit in Redis (a failure there leaves it to expire).
+ * - `release()` calls off a pending `acquire()` and waits for it to end,
+ *   then releases the hold. If Redis fails, a later `release()` tries again.
+ * - While held, the lease renews itself in the background; when ownership
+ *   can no longer be guaranteed, `signal` aborts with a
+ *   {@linkcode LockLostError} before `validUntil` passes. A handle acquired
+ *   again after a loss gets a new signal; a release never aborts it.
+ */
+export class Lifecycle {
+  /** The lock's name, as given. */
+  readonly name: string;
+
+  #store: Store;
+  #settings: LifecycleSettings;
+  #token: string = crypto.randomUUID();
+  #fence: number | undefined;
+  // The current or last acquisition's lease; ended once released or lost.
+  #lease: Lease | undefined;
+  // Granted and not yet released: release() must ask Redis.
+  #acquired = false;
+  // The acquire() in progress, and how to call it off.
+  #pending: { cancel: AbortController; attempt: Promise<void> } | undefined;
+  #controller = new AbortController();
+
+  /** A handle on `name` whose Redis side is `store`; validated settings. */
+  constructor(name: string, settings: LifecycleSettings, store: Store) {
+    this.name = name;
+    this.#settings = settings;
+    this.#store = store;
+  }
+
+  /** The token of the current or last acquisition. */
+  get token(): string {
+    return this.#token;
+  }
+
+  /** Whether the handle owns the lock now. */
+  get held(): boolean {
+    return this.#lease?.isActive() ?? false;
+  }
+
+  /** Aborts with a {@linkcode LockLostError} when ownership is lost. */
+  get signal(): AbortSignal {
+    // The lease's timer may be late (the event loop blocked): a signal read
+    // past the lease's validity must have aborted already.
+    this.#lease?.expireIfDue();
+    return this.#controller.signal;
+  }
+
+  /** The fence of the current acquisition, if one was issued. */
+  get fence(): number | undefined {
+    return this.#fence;
+  }
+
+  /** Until when (monotonic ms) ownership is guaranteed; `0` before acquiring. */
+  get validUntil(): number {
+    return this.#lease?.validUntil ?? 0;
+  }
+
+  /** Waits for the lock (see `Lock.acquire`). */
+  async acquire(options: AcquireOptions = {}): Promise<void> {
+    const action = `Cannot acquire lock ${JSON.stringify(this.name)}`;
+    const { signal, ...wait } = acquireSettings(
+      action,
+      options,
+      this.#settings,
+    );
+    await this.#begin(
+      action,
+      signal,
+      (signal) => this.#store.acquire(wait, signal, this.#grant),
+    );
+  }
+
+  /**
+   * Takes over the hold of `token` (see `Lock.adopt`): `true` when the key
+   * held it and the lease now runs here.
+   */
+  async adopt(
+    token: string,
+    options: Pick<AcquireOptions, "signal"> = {},
+  ): Promise<boolean> {
+    const action = `Cannot adopt lock ${JSON.stringify(this.name)}`;
+    checkOptionKeys(action, options, ["signal"]);
+    const signal = checkSignal(action, options.signal);
+    if (typeof token !== "string" || token === "") {
+      throw new TypeError(
+        `${action} as 'token' must be a non-empty string: current value is ${
+          token === "" ? '""' : typeof token
+        }`,
+      );
+    }
+    if (!this.#store.adopt) {
+      throw new TypeError(`${action} as this kind of lock cannot be adopted`);
+    }
+    let adopted = false;
+    await this.#begin(action, signal, async (signal) => {
+      adopted = await this.#store.adopt!(token, signal, this.#grant);
+    });
+    return adopted;
+  }
+
+  // Runs `work` as this handle's one pending acquisition.
+  async #begin(
+    action: string,
+    signal: AbortSignal | undefined,
+    work: (signal: AbortSignal) => Promise<void>,
+  ): Promise<void> {
+    if (this.#pending) {
+      throw new Error(`${action} as an acquire() of this handle is pending`);
+    }
+    if (this.held) {
+      throw new Error(
+        `${action} as this handle holds it already (not reentrant)`,
+      );
+    }
+    signal?.throwIfAborted();
+    const cancel = new AbortController();
+    const attempt = (async () => {
+      if (this.#acquired) await this.#release().catch(noop);
+      await work(
+        signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
+      );
+    })();
+    this.#pending = { cancel, attempt };
+    try {
+      await attempt;
+    } finally {
+      this.#pending = undefined;
+    }
+  }
+
+  /** One attempt: `true` when held now, `false` when another owner holds it. */
+  async tryAcquire(
+    options: Pick<AcquireOptions, "signal"> = {},
+  ): Promise<boolean> {
+    checkOptionKeys(
+      `Cannot acquire lock ${JSON.stringify(this.name)}`,
+      options,
+      ["signal"],
+    );
+    try {
+      await this.acquire({ signal: options.signal, timeout: 0 });
+      return true;
+    } catch (error) {
+      if (error instanceof LockTimeoutError) return false;
+      throw error;
+    }
+  }
+
+  /** Renews the lease to `ttl` ms from now (see `Lock.extend`). */
+  async extend(ttl: number = this.#settings.ttl): Promise<boolean> {
+    const action = `Cannot extend lock ${JSON.stringify(this.name)}`;
+    checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
+    if (!this.#acquired) {
+      throw new Error(`${action} as this handle does not hold it`);
+    }
+    const lease = this.#lease!;
+    if (!lease.isActive()) return false;
+    const sent = now();
+    const renewal = await this.#store.extend(this.#token, ttl, {
+      timeout: this.#settings.commandTimeout,
+    });
+    if (!lease.isActive()) return false;
+    if (!renewal.renewed) {
+      lease.lose(renewal.lost);
+      return false;
+    }
+    lease.extended(sent, ttl);
+    return true;
+  }
+
+  /**
+   * Lets the hold go without touching Redis, for another handle to adopt
+   * (see `Lock.detach`): returns its token.
+   */
+  detach(): string {
+    const action = `Cannot detach lock ${JSON.stringify(this.name)}`;
+    if (this.#pending) {
+      throw new Error(`${action} as an acquire() of this handle is pending`);
+    }
+    if (!this.held) {
+      throw new Error(`${action} as this handle does not hold it`);
+    }
+    const lease = this.#lease!;
+    this.#acquired = false;
+    lease.end();
+    this.#store.lost?.(lease);
+    return this.#token;
+  }
+
+  /** Calls off a pending `acquire()`, then releases the hold (see `Lock.release`). */
+  async release(): Promise<boolean> {
+    const pending = this.#pending;
+    if (pending) {
+      pending.cancel.abort(
+        new DOMException(
+          `Lock '${this.name}' was released while acquire() waited`,
+          "AbortError",
+        ),
+      );
+      // Once the wait has ended (and closed what it opened); if it got the
+      // lock just before, that hold is released below.
+      await pending.attempt.then(noop, noop);
+    }
+    return await this.#release();
+  }
+
+  async #release(): Promise<boolean> {
+    if (!this.#acquired) return false;
+    this.#acquired = false;
+    const lease = this.#lease!;
+    // A lease past its validity is lost, and says so, even when the loss is
+    // first noticed here (say, after a long block of the event loop).
+    const valid = lease.isActive();
+    lease.end();
+    try {
+      return await this.#store.release(this.#token, lease, valid);
+    } catch (error) {
+      // Let a later release() try again, unless the handle moved on.
+      if (this.#lease === lease) this.#acquired = true;
+      throw error;
+    }
+  }
+
+  #grant: Grant = (token, sent, fence) => {
+    this.#token = token;
+    this.#fence = fence;
+    this.#acquired = true;
+    if (this.#controller.signal.aborted) {
+      this.#controller = new AbortController();
+    }
+    const controller = this.#controller;
+    const { ttl, autoExtend, retryDelay, maxRetryDelay, commandTimeout } =
+      this.#settings;
+    const lease: Lease = new Lease(sent, {
+      ttl,
+      autoExtend,
+      retryDelay,
+      maxRetryDelay,
+      commandTimeout,
+      extend: (ttl, timeout) =>
+        this.#store.extend(token, ttl, { timeout, background: true }),
+      onLost: (message, cause) => {
+        this.#store.lost?.(lease);
+        controller.abort(
+          new LockLostError(
+            this.name,
+            message,
+            cause === undefined ? undefined : { cause },
+          ),
+        );
+      },
+    });
+    return this.#lease = lease;
+  };
+}
+
+/** A handle's validated settings: its lease's, and its default wait. */
+export type LifecycleSettings =
+  & Pick<
+    LeaseOptions,
+    "ttl" | "autoExtend" | "retryDelay" | "maxRetryDelay" | "commandTimeout"
+  >
+  & WaitSettings;
+
+/**
+ * Starts the lease of a grant: the winning token, the send time of the
+ * request that won it (monotonic ms), and the fence, if one was issued.
+ */
+export type Grant = (token: string, sent: number, fence?: number) => Lease;
+
+/** How long a call may take. */
+export interface CallBounds {
+  /** Give up after this many ms. */
+  timeout: number;
+  /** Let the process exit while it waits (a renewal in the background). */
+  background?: boolean;
+}
+
+/** What a kind of lock does in Redis, for its {@linkcode Lifecycle}. */
+export interface Store {
+  /**
+   * Waits by `wait` for the lock; once it is granted, calls `grant` (before
+   * resolving). Rejects with a {@linkcode LockTimeoutError} when the wait
+   * ran out, with `signal.reason` when called off, or with what failed.
+   * Nothing it set or opened outlives a failure.
+   */
+  acquire(wait: WaitSettings, signal: AbortSignal, grant: Grant): Promise<void>;
+  /** Renews the hold of `token` to `ttl` ms. */
+  extend(token: string, ttl: number, bounds: CallBounds): Promise<Renewal>;
+  /**
+   * Releases the hold of `token`, whose `lease` has just ended; `valid`
+   * tells whether the lease was still valid. Resolves `true` when the hold
+   * was there to release.
+   */
+  release(token: string, lease: Lease, valid: boolean): Promise<boolean>;
+  /**
+   * Takes over the hold of `token`, renewing it; once it is found, calls
+   * `grant` and resolves `true`; `false` when the key does not hold it.
+   */
+  adopt?(token: string, signal: AbortSignal, grant: Grant): Promise<boolean>;
+  /**
+   * Told when `lease` ended without a release: lost (before the handle's
+   * signal aborts), or detached for another handle to adopt.
+   */
+  lost?(lease: Lease): void;
+}
+
+const noop = (): void => {};
+
+/** What the static entry points (`Lock.acquire`, …) need of a handle. */
+interface Acquirable {
+  acquire(options: AcquireOptions): Promise<void>;
+  tryAcquire(options: Pick<AcquireOptions, "signal">): Promise<boolean>;
+}
+
+/**
+ * Opens a handle with `options` (all but `signal`, checked against
+ * `keys`) and acquires it: the static `acquire` of every kind of lock.
+ */
+export async function acquireNew<
+  O extends AcquireOptions,
+  H extends Acquirable,
+>(
+  options: O,
+  keys: readonly string[],
+  open: (options: Omit<O, "signal">) => H,
+): Promise<H> {
+  checkOptionKeys("Cannot lock", options, keys);
+  const { signal, ...rest } = options;
+  const handle = open(rest);
+  await handle.acquire({ signal });
+  return handle;
+}
+
+/** The static `tryAcquire` of every kind of lock: the handle, or `null`. */
+export async function tryAcquireNew<
+  O extends Pick<AcquireOptions, "signal">,
+  H extends Acquirable,
+>(
+  options: O,
+  keys: readonly string[],
+  open: (options: Omit<O, "signal">) => H,
+): Promise<H | null> {
+  checkOptionKeys("Cannot lock", options, keys);
+  const { signal, ...rest } = options;
+  const handle = open(rest);
+  return await handle.tryAcquire({ signal }) ? handle : null;
+}

@@ -1,0 +1,92 @@
+import { type Deferred, deferred } from "./_deferred.ts";
+import { now } from "./_timers.ts";
+import { MAX_TIMER_MS } from "./_validate.ts";
+
+/**
+ * Waiters in arrival order: first come, first served. The first one is at
+ * the head; the others wait for their turn, or give up (abort, deadline).
+ */
+export class WaitLine {
+  #waiters: Deferred<void>[] = [];
+  #onHeadLeft: () => void;
+  #onEmpty: () => void;
+
+  /**
+   * @param onHeadLeft Called when the head has left, before the next one is told.
+   * @param onEmpty Called when the last waiter has left.
+   */
+  constructor(onHeadLeft: () => void, onEmpty: () => void) {
+    this.#onHeadLeft = onHeadLeft;
+    this.#onEmpty = onEmpty;
+  }
+
+  /** How many wait, the head included. */
+  get size(): number {
+    return this.#waiters.length;
+  }
+
+  /**
+   * Joins the line: `true` at once when this waiter is at its head, else a
+   * promise of `true` once it is; rejects with `signal.reason` on abort, or
+   * resolves `false` when `deadline` passes first (the waiter has then left).
+   */
+  enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
+    const turn = deferred<void>();
+    this.#waiters.push(turn);
+    return this.#waiters.length === 1 || this.#await(turn, signal, deadline);
+  }
+
+  /** The head leaves, handing the turn to the next waiter. */
+  leave(): void {
+    this.#remove(this.#waiters[0]);
+  }
+
+  async #await(
+    turn: Deferred<void>,
+    signal: AbortSignal,
+    deadline: number,
+  ): Promise<boolean> {
+    if (signal.aborted) {
+      this.#remove(turn);
+      throw signal.reason;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const gaveUp = deferred<"late">();
+    const onAbort = () => gaveUp.reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    // Re-armed in steps: setTimeout fires at once past 2^31 - 1 ms, and a
+    // timer may fire a fraction of a millisecond early.
+    const arm = () => {
+      const left = deadline - now();
+      timer = left > MAX_TIMER_MS ? setTimeout(arm, MAX_TIMER_MS) : setTimeout(
+        () => now() < deadline ? arm() : gaveUp.resolve("late"),
+        left,
+      );
+    };
+    if (deadline !== Infinity) arm();
+    try {
+      if (await Promise.race([turn.promise, gaveUp.promise]) !== "late") {
+        return true;
+      }
+      this.#remove(turn);
+      return false;
+    } catch (error) {
+      this.#remove(turn);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  #remove(waiter: Deferred<void> | undefined): void {
+    const index = waiter ? this.#waiters.indexOf(waiter) : -1;
+    if (index < 0) return;
+    this.#waiters.splice(index, 1);
+    if (index === 0) {
+      this.#onHeadLeft();
+      this.#waiters[0]?.resolve();
+    }
+    if (this.#waiters.length === 0) this.#onEmpty();
+  }
+}

@@ -1,0 +1,108 @@
+import type { ScriptClient } from "./client.ts";
+import type { LuaScript } from "./scripts.ts";
+import { now } from "./_timers.ts";
+
+const encoder = new TextEncoder();
+
+async function sha1(source: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(source));
+  return Array.from(
+    new Uint8Array(digest),
+    (byte) => byte.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/**
+ * Runs a script with `EVALSHA`, and with `EVAL` (which also loads it) when
+ * the server answers `NOSCRIPT`: after a restart, a failover or `SCRIPT FLUSH`.
+ * A cluster's `TRYAGAIN` (see {@linkcode whileMigrating}) is retried.
+ */
+export function runScript(
+  client: ScriptClient,
+  script: LuaScript,
+  keys: string[],
+  args: string[],
+): Promise<unknown> {
+  return whileMigrating(async () => {
+    if (client.evalsha) {
+      script.sha ??= await sha1(script.source);
+      try {
+        return await client.evalsha(script.sha, keys, args);
+      } catch (error) {
+        // Not startsWith: @db/redis prefixes "-", and GLIDE renames the code
+        // to "NoScriptError".
+        if (!/noscript/i.test(messageOf(error))) throw error;
+      }
+    }
+    return await client.eval(script.source, keys, args);
+  });
+}
+
+// How long a call is retried while its slot migrates.
+const MIGRATING_MS = 5_000;
+
+/**
+ * Runs `call` again while a cluster answers `TRYAGAIN`: during a slot
+ * migration, a script whose keys are split between the two masters (some
+ * moved, some not yet, such as a fence counter or a channel that does not
+ * exist) is refused without running, and the move takes milliseconds. Up to
+ * 5 s, with a backoff from 5 to 100 ms; then the error stands.
+ */
+export async function whileMigrating<T>(call: () => Promise<T>): Promise<T> {
+  const started = now();
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      if (
+        !/TRYAGAIN/.test(messageOf(error)) ||
+        now() - started > MIGRATING_MS
+      ) {
+        throw error;
+      }
+      await new Promise((resolve) =>
+        setTimeout(resolve, Math.min(100, 5 * 2 ** attempt))
+      );
+    }
+  }
+}
+
+function messageOf(error: unknown): string {
+  return String((error as Error | undefined)?.message);
+}
+
+/**
+ * Reads an integer reply, or an array of them, as numbers.
+ *
+ * @throws {TypeError} when the reply is not made of integers (a client that
+ * rewrites replies, or a proxy in the way).
+ */
+export function toIntegers(reply: unknown, length: number): number[] {
+  const items = Array.isArray(reply) ? reply : [reply];
+  const numbers = items.map(toNumber);
+  if (numbers.length !== length || !numbers.every(Number.isSafeInteger)) {
+    throw new TypeError(
+      `Cannot read the lock script's reply as it must be ${length} integer(s): current value is ${
+        describeReply(reply)
+      }`,
+    );
+  }
+  return numbers;
+}
+
+function toNumber(value: unknown): number {
+  if (typeof value === "number" || typeof value === "bigint") {
+    return Number(value);
+  }
+  if (typeof value === "string" && /^-?\d+$/.test(value)) return Number(value);
+  return NaN;
+}
+
+/** A reply as JSON, bigints included, for error messages. */
+export function describeReply(reply: unknown): string {
+  return JSON.stringify(
+    reply,
+    (_, v) => typeof v === "bigint" ? String(v) : v,
+  );
+}

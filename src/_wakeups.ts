@@ -1,0 +1,75 @@
+import type { ScriptClient } from "./client.ts";
+import type { Subscribe } from "./_subscriber.ts";
+import { reportSubscriberError } from "./diagnostics.ts";
+
+/**
+ * One queue's wake-up subscription: from the first `watch()` until `stop()`,
+ * every message on the lock's channel (a release, here or elsewhere) calls
+ * `onMessage`. It never delays a waiter: until the subscription is set up, a
+ * release costs the head a backoff sleep, as without one; if it fails, that
+ * is reported on `diagnostics` and the head keeps its backoff.
+ */
+export class WakeUps {
+  #client: ScriptClient;
+  #unsubscribe: Promise<(() => Promise<void>) | undefined> | undefined;
+  #watching: AbortController | undefined;
+
+  /** Wake-ups of a queue of `client`. */
+  constructor(client: ScriptClient) {
+    this.#client = client;
+  }
+
+  /** Subscribes to `channel`, unless already subscribed. */
+  watch(subscribe: Subscribe, channel: string, onMessage: () => void): void {
+    if (this.#unsubscribe) return;
+    const watching = this.#watching = new AbortController();
+    this.#unsubscribe = subscribe(channel, onMessage, watching.signal)
+      .catch((error) => {
+        if (!watching.signal.aborted) reportSubscriberError(error);
+        return undefined;
+      });
+  }
+
+  /**
+   * Ends the subscription (one still being set up is called off); the end
+   * is recorded until done, for {@linkcode unwatched}.
+   */
+  stop(): void {
+    const unsubscribe = this.#unsubscribe;
+    this.#unsubscribe = undefined;
+    this.#watching?.abort();
+    this.#watching = undefined;
+    if (!unsubscribe) return;
+    const stopped = unsubscribe.then((stop) => stop?.()).catch(() => {});
+    let pending = stopping.get(this.#client);
+    if (!pending) stopping.set(this.#client, pending = new Set());
+    const each = pending;
+    each.add(stopped);
+    stopped.then(() => each.delete(stopped));
+  }
+}
+
+// Wake-up subscriptions of each client still being stopped.
+const stopping = new WeakMap<ScriptClient, Set<Promise<void>>>();
+
+/** How long a call waits for wake-up subscriptions to be gone, at most. */
+const UNWATCH_BOUND_MS = 3_000;
+
+/**
+ * Resolves once every wake-up subscription of `client` that has ended is
+ * gone, connection and all: the calls that end a wait await it, so that
+ * nothing deadbolt opened outlives them. `undefined` when none is being
+ * stopped (the common case costs no promise).
+ */
+export function unwatched(client: ScriptClient): Promise<void> | undefined {
+  const pending = stopping.get(client);
+  if (!pending?.size) return undefined;
+  // Bounded: a hook of the user's own might never finish.
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, UNWATCH_BOUND_MS);
+    Promise.all(pending).then(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
