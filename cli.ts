@@ -24,12 +24,12 @@
 
 import process from "node:process";
 import denoJson from "./deno.json" with { type: "json" };
-import { parseArgs, UsageError } from "./src/cli/args.ts";
-import { describeError } from "./src/cli/connect.ts";
-import { ExitCode } from "./src/cli/exit_codes.ts";
-import { helpText } from "./src/cli/help.ts";
-import { runCommand } from "./src/cli/run.ts";
-import { releaseCommand, statusCommand } from "./src/cli/status.ts";
+import { parseArgs, UsageError } from "./cli/args.ts";
+import { describeError } from "./cli/connect.ts";
+import { ExitCode } from "./cli/exit_codes.ts";
+import { helpText } from "./cli/help.ts";
+import { runCommand } from "./cli/run.ts";
+import { releaseCommand, statusCommand } from "./cli/status.ts";
 
 /**
  * Runs `deadbolt` with `args` (the arguments after the program name) and

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import denoJson from "../deno.json" with { type: "json" };
 import { lockKeys } from "../src/keys.ts";
-import { parseArgs, parseDuration, UsageError } from "../src/cli/args.ts";
-import { formatDuration, waitingLine } from "../src/cli/reporter.ts";
+import { parseArgs, parseDuration, UsageError } from "../cli/args.ts";
+import { formatDuration, waitingLine } from "../cli/reporter.ts";
 import { cli, CliProcess, isDead, tempDir } from "./_cli.ts";
 import { freePort, startRedis } from "./_redis.ts";
 

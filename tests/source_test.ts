@@ -12,11 +12,8 @@ async function sourceFiles(): Promise<string[]> {
   const walk = async (dir: string) => {
     for await (const entry of Deno.readDir(new URL(dir, root))) {
       const path = `${dir}${entry.name}`;
-      // The CLI (src/cli/) is an application on top of the library, with an
-      // npm client; the library is mod.ts and the rest of src/.
-      if (entry.isDirectory) {
-        if (path !== "src/cli") await walk(`${path}/`);
-      } else if (path.endsWith(".ts")) files.push(path);
+      if (entry.isDirectory) await walk(`${path}/`);
+      else if (path.endsWith(".ts")) files.push(path);
     }
   };
   await walk("src/");
@@ -238,5 +235,21 @@ Deno.test("the library uses no API that Node 20 lacks (Promise.withResolvers)", 
   const found = [...files].flatMap(([path, { code }]) =>
     offending(path, code, /\bwithResolvers\b/)
   );
+  assert.deepEqual(found, []);
+});
+
+Deno.test("the command is an application on the library: cli/ imports the library only through mod.ts", async () => {
+  const found: string[] = [];
+  for await (const entry of Deno.readDir(new URL("cli/", root))) {
+    if (!entry.name.endsWith(".ts")) continue;
+    const path = `cli/${entry.name}`;
+    const text = await Deno.readTextFile(new URL(path, root));
+    const { withStrings } = strip(text);
+    for (const specifier of specifiers(withStrings)) {
+      if (specifier.startsWith("../") && specifier !== "../mod.ts") {
+        found.push(`${path}: ${specifier}`);
+      }
+    }
+  }
   assert.deepEqual(found, []);
 });

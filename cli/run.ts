@@ -1,6 +1,5 @@
 import process from "node:process";
-import { Lock } from "../lock.ts";
-import { LockTimeoutError } from "../errors.ts";
+import { Lock, LockTimeoutError } from "../mod.ts";
 import type { RunArgs } from "./args.ts";
 import { GroupCommand } from "./child.ts";
 import {

@@ -1,5 +1,8 @@
-import { MIN_TTL } from "../options.ts";
-import { checkName, checkPrefix, MAX_TIMER_MS } from "../_validate.ts";
+import { Lock } from "../mod.ts";
+
+// The bounds of a lock's ttl (`LockOptions.ttl`); `--timeout` has the upper one.
+const MIN_TTL = 10;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Bad command-line arguments: `deadbolt` prints the message and exits 64. */
 export class UsageError extends Error {
@@ -142,7 +145,7 @@ function checkRedisUrl(url: string, source: string): string {
   return url;
 }
 
-function usage(check: () => string): string {
+function usage<T>(check: () => T): T {
   try {
     return check();
   } catch (error) {
@@ -244,12 +247,13 @@ export function parseArgs(
     : env.REDIS_URL
     ? checkRedisUrl(env.REDIS_URL, "REDIS_URL")
     : DEFAULT_REDIS_URL;
+  const prefix = values.get("--prefix") ?? "deadbolt:";
+  // The library's own checks of the name and the prefix.
+  usage(() => Lock.keys(name, { prefix }));
   const connection: ConnectionArgs = {
-    name: usage(() => checkName("Cannot lock", "name", name)),
+    name,
     redis,
-    prefix: usage(
-      () => checkPrefix("Cannot lock", values.get("--prefix") ?? "deadbolt:"),
-    ),
+    prefix,
     quiet: flags.has("--quiet"),
     verbose: flags.has("--verbose"),
   };

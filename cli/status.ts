@@ -1,7 +1,5 @@
 import process from "node:process";
-import { lockKeys } from "../keys.ts";
-import { RELEASE } from "../scripts.ts";
-import { runScript, toIntegers } from "../_run_script.ts";
+import { Lock } from "../mod.ts";
 import type { ReleaseArgs, StatusArgs } from "./args.ts";
 import {
   closeRedis,
@@ -18,7 +16,7 @@ import { formatDuration, Reporter } from "./reporter.ts";
  * on stdout (never the token). Returns 0 held, 1 free, 69 Redis failing.
  */
 export async function statusCommand(args: StatusArgs): Promise<number> {
-  const keys = lockKeys(args.prefix, args.name);
+  const keys = Lock.keys(args.name, { prefix: args.prefix });
   return await withRedis(args, async (redis) => {
     const [ttl, fence] = await Promise.all([
       redis.pttl(keys.lock),
@@ -47,29 +45,28 @@ export async function statusCommand(args: StatusArgs): Promise<number> {
 }
 
 /**
- * `deadbolt release`: deletes the lock only if `--token` holds it, with the
- * library's own release script (so waiters are woken). Returns 0 released,
- * 1 not held by that token, 69 Redis failing.
+ * `deadbolt release`: releases the lock only if `--token` holds it, as the
+ * library does (so waiters are woken): it adopts the hold, then releases
+ * it. Returns 0 released, 1 not held by that token, 69 Redis failing.
  */
 export async function releaseCommand(args: ReleaseArgs): Promise<number> {
-  const keys = lockKeys(args.prefix, args.name);
   const reporter = new Reporter(process.stderr, args);
   return await withRedis(args, async (redis) => {
-    const reply = await runScript(
-      lockClient(redis),
-      RELEASE,
-      [keys.lock, keys.released],
-      [args.token],
-    );
-    const [code] = toIntegers(reply, 1);
-    if (code === 1) {
+    const lock = await Lock.adopt(lockClient(redis), args.name, args.token, {
+      prefix: args.prefix,
+      autoExtend: false,
+    });
+    if (lock && await lock.release()) {
       reporter.notice(`released lock '${args.name}'`);
       return ExitCode.OK;
     }
+    const held =
+      await redis.exists(Lock.keys(args.name, { prefix: args.prefix }).lock) ===
+        1;
     reporter.notice(
-      code === 0
-        ? `lock '${args.name}' is not held; nothing to release`
-        : `lock '${args.name}' is held by another token; left alone`,
+      held
+        ? `lock '${args.name}' is held by another token; left alone`
+        : `lock '${args.name}' is not held; nothing to release`,
     );
     return ExitCode.NO;
   });

@@ -1,8 +1,7 @@
 // Loaded when a command first needs Redis: usage errors and --help do not
 // pay for it, and the library's docs do not pull in ioredis' Node types.
 import type { Redis } from "npm:ioredis@6";
-import type { ScriptClient } from "../client.ts";
-import { fromIoredis, type IoredisClient } from "../clients/ioredis.ts";
+import { fromIoredis, type IoredisClient, type ScriptClient } from "../mod.ts";
 
 /** Redis could not be reached or refused us: `deadbolt` exits 69. */
 export class RedisUnavailableError extends Error {
