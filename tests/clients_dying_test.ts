@@ -58,3 +58,25 @@ for (const client of ["node-redis", "ioredis"]) {
     );
   });
 }
+
+for (const client of ["ioredis", "ioredis5", "node-redis", "node-redis5"]) {
+  Deno.test(`a wake-up connection called off while it opens is closed at once and keeps nothing open: Node exits by itself (${client} on Node 24)`, async () => {
+    const node = await recentNode();
+    assert.ok(node, "Cannot run Node >= 24: see node_test.ts");
+    await using server = await startRedis();
+    await using child = startAgainst(server.port, node, [
+      "tests/node/called_off.node.ts",
+      client,
+    ]);
+    const { code, killed, stdout, log } = await child.finish(10_000);
+    const slowest = Number(stdout.match(/^slowest (\d+)$/m)?.[1] ?? NaN);
+    assert.deepEqual(
+      { exitedByItself: !killed, code },
+      { exitedByItself: true, code: 0 },
+      log,
+    );
+    // A call-off that waited for the client's own give-up (or deadbolt's
+    // 2-3 s bounds) would show here.
+    assert.ok(slowest < 500, `a call-off took ${slowest} ms\n${log}`);
+  });
+}

@@ -40,7 +40,9 @@ export async function closeWithin(
 /**
  * Connects a wake-up connection with `connect`, calling `cancel` if
  * `signal` aborts meanwhile (the wait ended first); when connecting fails
- * or was called off, closes it with `close` and rejects.
+ * or was called off, closes it with `close` and rejects. A call-off does not
+ * wait for `connect()` to settle: a client may leave it pending forever once
+ * cancelled (ioredis' Cluster does), and a release would then wait for it.
  */
 export async function connectOrClose(
   signal: AbortSignal,
@@ -48,14 +50,25 @@ export async function connectOrClose(
   cancel: () => void,
   close: () => Promise<void>,
 ): Promise<void> {
-  signal.addEventListener("abort", cancel, { once: true });
+  let onAbort!: () => void;
+  const calledOff = new Promise<never>((_, reject) => {
+    onAbort = () => {
+      cancel();
+      reject(signal.reason);
+    };
+  });
+  signal.addEventListener("abort", onAbort, { once: true });
   try {
-    await connect();
+    signal.throwIfAborted();
+    const connecting = connect();
+    // Once called off, its outcome no longer matters.
+    connecting.catch(() => {});
+    await Promise.race([connecting, calledOff]);
     signal.throwIfAborted();
   } catch (error) {
     await close();
     throw error;
   } finally {
-    signal.removeEventListener("abort", cancel);
+    signal.removeEventListener("abort", onAbort);
   }
 }

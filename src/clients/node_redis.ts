@@ -120,8 +120,9 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     // node-redis waits for a reconnection attempt with a timer nothing can
     // cancel; the strategy says how long, so a close can wait it out.
     let retryUntil = 0;
+    let closing = false;
     const reconnectStrategy = (retries: number) => {
-      if (signal.aborted) return false;
+      if (signal.aborted || closing) return false;
       const delay = retryDelay(retries);
       retryUntil = performance.now() + delay;
       return delay;
@@ -132,14 +133,24 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     // Until connect() settles, its rejection says what went wrong.
     let connected = false;
     subscriber.on("error", (error) => connected && fail(error));
+    // Destroyed only once connect() has settled: node-redis 5 loses a
+    // socket destroyed while it is being opened (the connection comes up
+    // after all, unseen, and keeps the process alive), and a destroy during
+    // its handshake leaves connect() pending forever. Meanwhile `closing`
+    // stops any reconnection.
     const destroy = () => {
-      if (subscriber.destroy) subscriber.destroy();
-      else subscriber.disconnect?.().catch(() => {});
+      try {
+        if (subscriber.destroy) subscriber.destroy();
+        else subscriber.disconnect?.().catch(() => {});
+      } catch {
+        // Closed already.
+      }
     };
     let connecting: Promise<unknown> | undefined;
     const close = async () => {
-      destroy();
+      closing = true;
       await connecting?.catch(() => {});
+      destroy();
       const pending = retryUntil - performance.now();
       if (pending > 0) {
         await new Promise((resolve) => setTimeout(resolve, pending + 1));
@@ -148,7 +159,7 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     await connectOrClose(
       signal,
       () => connecting = subscriber.connect(),
-      destroy,
+      () => closing = true,
       close,
     );
     connected = true;
