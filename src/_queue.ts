@@ -49,6 +49,11 @@ export class LocalQueue {
     return this.#holder;
   }
 
+  /** How many wait in line, the head included. */
+  get size(): number {
+    return this.#line.size;
+  }
+
   /** Joins the line (see {@linkcode WaitLine.enter}). */
   enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
     return this.#line.enter(signal, deadline);

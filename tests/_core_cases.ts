@@ -17,7 +17,7 @@ import process from "node:process";
 import { Lock, LockKeyError, LockLostError, LockTimeoutError } from "../mod.ts";
 import type { RedisClient } from "../mod.ts";
 import { lockKeys } from "../src/keys.ts";
-import { abortedAt, sleep, until, within } from "./_util.ts";
+import { abortedAt, lineUp, sleep, until, within } from "./_util.ts";
 
 /** One connection of the client under test. */
 export interface Connection {
@@ -357,7 +357,7 @@ export const CORE_CASES: readonly CoreCase[] = [
                 `${way}: the waiter subscribes to ${channel}`,
               );
             } else {
-              await sleep(150); // real time for the waiter to find it held
+              await lineUp(waiterConnection.client, name, 1);
             }
             assert.equal(
               waiting.settled(),
@@ -432,7 +432,7 @@ export const CORE_CASES: readonly CoreCase[] = [
               timeout: 20_000,
             }),
           );
-          await sleep(100);
+          await lineUp(b.client, name, 1);
           assert.equal(waiting.settled(), false, "granted while held");
           const reason = new Error("shutting down");
           controller.abort(reason);

@@ -4,7 +4,9 @@
  * @module
  */
 
-import type { ScriptClient } from "../mod.ts";
+import { Lock, type RedisClient, type ScriptClient } from "../mod.ts";
+import { toScriptClient } from "../src/client.ts";
+import { existingQueue } from "../src/_queue.ts";
 import type { RespClient } from "./_resp.ts";
 import {
   ACQUIRE,
@@ -88,6 +90,30 @@ export async function until(
     }
     await sleep(10);
   }
+}
+
+/**
+ * Waits until `count` waiters of this process line up for the lock `name`
+ * on `client` (its head included), with the head asleep between attempts
+ * and ready to be handed the lock: the moment a test may release.
+ */
+export async function lineUp(
+  client: RedisClient,
+  name: string,
+  count: number,
+  ms = 5_000,
+): Promise<void> {
+  const key = Lock.keys(name).lock;
+  await until(
+    () => {
+      const queue = existingQueue(toScriptClient(client), key);
+      return Promise.resolve(
+        queue !== undefined && queue.size >= count && queue.offered,
+      );
+    },
+    ms,
+    `${count} waiter(s) lining up for '${name}'`,
+  );
 }
 
 /** Resolves with the monotonic time at which `signal` aborts; fails after `ms`. */

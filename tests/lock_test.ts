@@ -8,7 +8,7 @@ import {
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
-import { abortedAt, CountingClient, sleep, within } from "./_util.ts";
+import { abortedAt, CountingClient, lineUp, sleep, within } from "./_util.ts";
 
 // Core semantics against a real redis-server. The client is the @db/redis
 // shape over a Deno socket, so the sanitizers see its resources too.
@@ -146,7 +146,7 @@ Deno.test("Lock.acquire() takes the lock as soon as the holder releases it", asy
   await using env = await setup();
   const holder = await Lock.acquire(env.redis, "handoff");
   const waiting = Lock.acquire(env.redis, "handoff", { timeout: 5_000 });
-  await sleep(50);
+  await lineUp(env.redis, "handoff", 1);
   await holder.release();
   await using next = await within(waiting, 20_000, "the waiter's grant");
   assert.equal(await env.side.send("GET", next.key), next.token);
@@ -302,7 +302,7 @@ Deno.test("Lock.acquire() rejects with signal.reason when aborted while waiting"
     timeout: 10_000,
     signal: controller.signal,
   });
-  await sleep(50);
+  await lineUp(env.redis, "busy", 1);
   const reason = new Error("shutting down");
   const started = performance.now();
   controller.abort(reason);
@@ -414,7 +414,7 @@ Deno.test("one handle refuses misuse without touching another owner's key", asyn
     await using holder = await Lock.acquire(env.redis, "misuse");
     const lock = new Lock(env.redis, "misuse", { timeout: 5_000 });
     const waiting = lock.acquire();
-    await sleep(20);
+    await lineUp(env.redis, "misuse", 1);
     assert.equal(await lock.release(), false);
     await assert.rejects(
       waiting,

@@ -14,8 +14,10 @@ import { DbRedisShape } from "./_resp.ts";
 import {
   abortedAt,
   CountingClient,
+  lineUp,
   scriptKind,
   sleep,
+  until,
   within,
 } from "./_util.ts";
 import { HANDOVER } from "../src/scripts.ts";
@@ -51,7 +53,7 @@ Deno.test("waiters in one process get the lock in the order they asked for it", 
     });
     order.push(i);
   });
-  await sleep(50);
+  await lineUp(env.redis, "fifo", 10);
   await holder.release();
   await Promise.all(waiters);
   assert.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -66,7 +68,7 @@ Deno.test("a release in this process wakes the next local waiter at once, not af
     retryDelay: 2_000,
     maxRetryDelay: 2_000,
   });
-  await sleep(100);
+  await lineUp(env.redis, "handoff", 1);
   const released = performance.now();
   await holder.release();
   await using next = await within(waiting, 20_000, "the waiter's grant");
@@ -239,7 +241,7 @@ Deno.test("a release in this process hands the lock to the waiting head in one r
     assert.ok(lock.held);
     await lock.release();
   });
-  await sleep(50);
+  await lineUp(env.redis, "handover", 10);
   const before = env.redis.calls;
   await holder.release();
   await Promise.all(waiters);
@@ -288,7 +290,7 @@ async function takesTurns(port: number, here: RedisClient): Promise<void> {
     });
     // Another client stands for another process.
     const remote = Lock.acquire(other, "fair", { timeout: 10_000 });
-    await sleep(20);
+    await lineUp(other, "fair", 1);
     await first.release();
     const lock = await remote;
     const seen = local;
@@ -318,7 +320,7 @@ Deno.test("with nobody waiting in another process, local handovers go on without
       await lock.release();
     }
   });
-  await sleep(20);
+  await lineUp(env.redis, "alone", 4);
   const before = env.redis.calls;
   await first.release();
   await Promise.all(workers);
@@ -337,7 +339,7 @@ Deno.test("a waiter aborted while the lock is being handed to it leaves no key b
     timeout: 10_000,
     signal: controller.signal,
   });
-  await sleep(20);
+  await lineUp(env.redis, "abandoned", 1);
   // Hold the handover script in the server's queue, abort meanwhile.
   await env.side.send("CLIENT", "PAUSE", "200", "WRITE");
   const releasing = holder.release();
@@ -348,11 +350,11 @@ Deno.test("a waiter aborted while the lock is being handed to it leaves no key b
   assert.equal(await releasing, true);
   // The lock landed on the waiter's token after it gave up: deadbolt deletes
   // it by token, so nobody has to wait for that lease to run out.
-  for (let i = 0; i < 100; i++) {
-    if (await env.side.send("EXISTS", "deadbolt:{abandoned}") === 0) break;
-    await sleep(5);
-  }
-  assert.equal(await env.side.send("EXISTS", "deadbolt:{abandoned}"), 0);
+  await until(
+    async () => await env.side.send("EXISTS", "deadbolt:{abandoned}") === 0,
+    2_000,
+    "the abandoned handover's delete",
+  );
 });
 
 /**
@@ -406,10 +408,14 @@ Deno.test("with a client that runs calls in order, a release hands the lock to t
       let granted = false;
       const waiting = Lock.acquire(client, "eager", { timeout: 10_000 })
         .then((lock) => (granted = true, lock));
-      await sleep(50);
+      await lineUp(client, "eager", 1);
       const released = holder.release();
-      await sleep(50);
       // The handover script ran; only its answer is held back.
+      await until(
+        async () => await side.send("GET", "deadbolt:{eager}") !== holder.token,
+        5_000,
+        "the handover script's run",
+      );
       assert.equal(granted, ordered);
       open();
       assert.equal(await released, true);
@@ -430,7 +436,7 @@ Deno.test("a lock handed over before Redis answered is lost, and says so, when t
   const { client, open } = holdingHandovers(fromIoredis(redis), true);
   const holder = await Lock.acquire(client, "eager-lost");
   const waiting = Lock.acquire(client, "eager-lost", { timeout: 10_000 });
-  await sleep(50);
+  await lineUp(client, "eager-lost", 1);
   // Redis forgets the holder's key (an operator, a failover).
   await side.send("DEL", "deadbolt:{eager-lost}");
   const released = holder.release();
@@ -500,7 +506,7 @@ Deno.test("a run of eager handovers leaves the event loop its turns", async () =
       await lock.release();
     }
   });
-  await sleep(20);
+  await lineUp(redis, "starve", 200);
   setTimeout(tick, 0);
   const ticksBefore = ticks;
   await first.release();
