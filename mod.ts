@@ -36,9 +36,12 @@
 
 export { Lock } from "./src/lock.ts";
 export type { LockKeys } from "./src/keys.ts";
-export type { AcquireOptions, LockOptions } from "./src/options.ts";
+export type {
+  AcquireOptions,
+  LockOptions,
+  RedlockOptions,
+} from "./src/options.ts";
 export { Redlock } from "./src/redlock.ts";
-export type { RedlockOptions } from "./src/redlock.ts";
 export {
   LockKeyError,
   LockLostError,

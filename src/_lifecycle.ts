@@ -1,5 +1,6 @@
 import { LockLostError, LockTimeoutError } from "./errors.ts";
-import { Lease, type LeaseOptions, type Renewal } from "./_lease.ts";
+import { Lease } from "./_lease.ts";
+import type { Grant, LifecycleSettings, Store } from "./_store.ts";
 import { now } from "./_timers.ts";
 import {
   checkInteger,
@@ -7,12 +8,7 @@ import {
   checkSignal,
   MAX_TIMER_MS,
 } from "./_validate.ts";
-import {
-  type AcquireOptions,
-  acquireSettings,
-  MIN_TTL,
-  type WaitSettings,
-} from "./options.ts";
+import { type AcquireOptions, acquireSettings, MIN_TTL } from "./options.ts";
 
 /**
  * The life of a lock handle, written once for every kind of lock; what a
@@ -285,95 +281,4 @@ export class Lifecycle {
   };
 }
 
-/** A handle's validated settings: its lease's, and its default wait. */
-export type LifecycleSettings =
-  & Pick<
-    LeaseOptions,
-    "ttl" | "autoExtend" | "retryDelay" | "maxRetryDelay" | "commandTimeout"
-  >
-  & WaitSettings;
-
-/**
- * Starts the lease of a grant: the winning token, the send time of the
- * request that won it (monotonic ms), and the fence, if one was issued.
- */
-export type Grant = (token: string, sent: number, fence?: number) => Lease;
-
-/** How long a call may take. */
-export interface CallBounds {
-  /** Give up after this many ms. */
-  timeout: number;
-  /** Let the process exit while it waits (a renewal in the background). */
-  background?: boolean;
-}
-
-/** What a kind of lock does in Redis, for its {@linkcode Lifecycle}. */
-export interface Store {
-  /**
-   * Waits by `wait` for the lock; once it is granted, calls `grant` (before
-   * resolving). Rejects with a {@linkcode LockTimeoutError} when the wait
-   * ran out, with `signal.reason` when called off, or with what failed.
-   * Nothing it set or opened outlives a failure.
-   */
-  acquire(wait: WaitSettings, signal: AbortSignal, grant: Grant): Promise<void>;
-  /** Renews the hold of `token` to `ttl` ms. */
-  extend(token: string, ttl: number, bounds: CallBounds): Promise<Renewal>;
-  /**
-   * Releases the hold of `token`, whose `lease` has just ended; `valid`
-   * tells whether the lease was still valid. Resolves `true` when the hold
-   * was there to release.
-   */
-  release(token: string, lease: Lease, valid: boolean): Promise<boolean>;
-  /**
-   * Takes over the hold of `token`, renewing it; once it is found, calls
-   * `grant` and resolves `true`; `false` when the key does not hold it.
-   */
-  adopt?(token: string, signal: AbortSignal, grant: Grant): Promise<boolean>;
-  /**
-   * Told when `lease` ended without a release: lost (before the handle's
-   * signal aborts), or detached for another handle to adopt.
-   */
-  lost?(lease: Lease): void;
-}
-
 const noop = (): void => {};
-
-/** What the static entry points (`Lock.acquire`, …) need of a handle. */
-interface Acquirable {
-  acquire(options: AcquireOptions): Promise<void>;
-  tryAcquire(options: Pick<AcquireOptions, "signal">): Promise<boolean>;
-}
-
-/**
- * Opens a handle with `options` (all but `signal`, checked against
- * `keys`) and acquires it: the static `acquire` of every kind of lock.
- */
-export async function acquireNew<
-  O extends AcquireOptions,
-  H extends Acquirable,
->(
-  options: O,
-  keys: readonly string[],
-  open: (options: Omit<O, "signal">) => H,
-): Promise<H> {
-  checkOptionKeys("Cannot lock", options, keys);
-  const { signal, ...rest } = options;
-  const handle = open(rest);
-  await handle.acquire({ signal });
-  return handle;
-}
-
-/** The static `tryAcquire` of every kind of lock: the handle, or `null`. */
-export async function tryAcquireNew<
-  O extends Pick<AcquireOptions, "signal">,
-  H extends Acquirable,
->(
-  options: O,
-  keys: readonly string[],
-  open: (options: Omit<O, "signal">) => H,
-): Promise<H | null> {
-  checkOptionKeys("Cannot lock", options, keys);
-  const { signal, ...rest } = options;
-  const handle = open(rest);
-  return await handle.tryAcquire({ signal }) ? handle : null;
-}

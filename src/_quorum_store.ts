@@ -2,7 +2,7 @@ import type { ScriptClient } from "./client.ts";
 import { backoff } from "./backoff.ts";
 import { LockKeyError, LockQuorumError, LockTimeoutError } from "./errors.ts";
 import { Lease, type Renewal, RENEWED } from "./_lease.ts";
-import type { CallBounds, Grant, Store } from "./_lifecycle.ts";
+import type { CallBounds, Grant, Store } from "./_store.ts";
 import { round, type Tally } from "./_quorum.ts";
 import { runScript } from "./_run_script.ts";
 import {

@@ -173,3 +173,49 @@ function describe(value: unknown): string {
   }
   return `${typeof value} ${String(value)}`;
 }
+
+/**
+ * Validates `clients` (a `Redlock`'s): a non-empty array of distinct
+ * supported clients, adapted.
+ */
+export function toScriptClients(
+  action: string,
+  clients: unknown,
+): ScriptClient[] {
+  if (!Array.isArray(clients)) {
+    throw new TypeError(
+      `${action} as 'clients' must be an array of Redis clients, one per independent master: current value is ${
+        clients === null ? "null" : typeof clients
+      }`,
+    );
+  }
+  if (clients.length === 0) {
+    throw new RangeError(
+      `${action} as 'clients' must hold at least one Redis client: current value is an empty array`,
+    );
+  }
+  const seen = new Map<ScriptClient, number>();
+  const adapted: ScriptClient[] = [];
+  for (let i = 0; i < clients.length; i++) {
+    let client: ScriptClient;
+    try {
+      client = toScriptClient(clients[i]);
+    } catch (error) {
+      throw new TypeError(
+        `${action} as 'clients[${i}]' is not a supported Redis client: ${
+          (error as Error).message
+        }`,
+        { cause: error },
+      );
+    }
+    const twin = seen.get(client);
+    if (twin !== undefined) {
+      throw new RangeError(
+        `${action} as 'clients' must hold distinct clients, one per master: clients[${twin}] and clients[${i}] are the same object`,
+      );
+    }
+    seen.set(client, i);
+    adapted.push(client);
+  }
+  return adapted;
+}

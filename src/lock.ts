@@ -1,6 +1,7 @@
 import { type RedisClient, toScriptClient } from "./client.ts";
 import { type LockKeys, lockKeys } from "./keys.ts";
-import { acquireNew, Lifecycle, tryAcquireNew } from "./_lifecycle.ts";
+import { Lifecycle } from "./_lifecycle.ts";
+import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { RedisStore } from "./_redis_store.ts";
 import { checkName, checkOptionKeys, checkPrefix } from "./_validate.ts";
 import {

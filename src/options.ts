@@ -219,3 +219,54 @@ export function acquireSettings(
   const signal = checkSignal(action, options.signal);
   return { ...waitSettings(action, options, defaults), signal };
 }
+
+/** Options of a `Redlock`: those of a `Lock` that apply to independent masters. */
+export interface RedlockOptions
+  extends Omit<LockOptions, "fencing" | "waitReplicas" | "replicaTimeout"> {
+  /**
+   * Only `false`: a `Redlock` issues no fencing tokens, and `true` is refused
+   * with a `TypeError`. Independent masters keep independent counters, and
+   * the largest fence of one quorum need not exceed that of an earlier one,
+   * so no fence taken across them is strictly increasing. For fencing
+   * tokens, use `Lock` with `fencing: true` on one Redis or a Redis Cluster.
+   *
+   * @default {false}
+   */
+  fencing?: false;
+}
+
+/** A `Redlock`'s validated settings. */
+export type RedlockSettings = Required<Omit<RedlockOptions, "fencing">>;
+
+// Lock options a Redlock refuses by name, with the reason, rather than as typos.
+const NOT_OFFERED = ["waitReplicas", "replicaTimeout"];
+
+/** Validates the options: a `Lock`'s, without fencing and replicas. */
+export function redlockSettings(
+  action: string,
+  options: RedlockOptions,
+): RedlockSettings {
+  const record = options as Record<string, unknown>;
+  for (const key of NOT_OFFERED) {
+    if (record[key] !== undefined) {
+      throw new TypeError(
+        `${action} as '${key}' is not an option of Redlock: its servers are independent masters, and a quorum of them (not replicas) keeps the lock`,
+      );
+    }
+  }
+  if (
+    options.fencing !== undefined &&
+    checkBoolean(action, "fencing", options.fencing)
+  ) {
+    throw new TypeError(
+      `${action} as 'fencing' must be false for a Redlock: current value is true. Independent masters cannot issue one strictly increasing counter (the largest fences of two quorums are not ordered), so a fence would look monotonic without being so; for fencing tokens, use Lock with fencing: true on one Redis or a Redis Cluster`,
+    );
+  }
+  const {
+    fencing: _fencing,
+    waitReplicas: _waitReplicas,
+    replicaTimeout: _replicaTimeout,
+    ...settings
+  } = lockSettings(action, options);
+  return settings;
+}

@@ -1,39 +1,17 @@
-import {
-  type RedisClient,
-  type ScriptClient,
-  toScriptClient,
-} from "./client.ts";
+import { type RedisClient, toScriptClients } from "./client.ts";
 import { lockKeys } from "./keys.ts";
-import { acquireNew, Lifecycle, tryAcquireNew } from "./_lifecycle.ts";
+import { Lifecycle } from "./_lifecycle.ts";
+import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { QuorumStore } from "./_quorum_store.ts";
-import { checkBoolean, checkName, checkOptionKeys } from "./_validate.ts";
+import { checkName, checkOptionKeys } from "./_validate.ts";
 import {
   ACQUIRE_KEYS,
   type AcquireOptions,
   LOCK_KEYS,
-  type LockOptions,
-  lockSettings,
+  type RedlockOptions,
+  redlockSettings,
 } from "./options.ts";
 
-/** Options of a {@linkcode Redlock}: those of a `Lock` that apply to independent masters. */
-export interface RedlockOptions
-  extends Omit<LockOptions, "fencing" | "waitReplicas" | "replicaTimeout"> {
-  /**
-   * Only `false`: a `Redlock` issues no fencing tokens, and `true` is refused
-   * with a `TypeError`. Independent masters keep independent counters, and
-   * the largest fence of one quorum need not exceed that of an earlier one,
-   * so no fence taken across them is strictly increasing. For fencing
-   * tokens, use `Lock` with `fencing: true` on one Redis or a Redis Cluster.
-   *
-   * @default {false}
-   */
-  fencing?: false;
-}
-
-type RedlockSettings = Required<Omit<RedlockOptions, "fencing">>;
-
-// Lock options a Redlock refuses by name, with the reason, rather than as typos.
-const NOT_OFFERED = ["waitReplicas", "replicaTimeout"];
 const STATIC_ACQUIRE_KEYS = [...ACQUIRE_KEYS, ...LOCK_KEYS];
 const STATIC_TRY_KEYS = [...LOCK_KEYS, "signal"];
 
@@ -113,7 +91,7 @@ export class Redlock implements AsyncDisposable {
     const settings = redlockSettings(action, options);
     this.key = lockKeys(settings.prefix, name).lock;
     const store = new QuorumStore(
-      checkClients(action, clients),
+      toScriptClients(action, clients),
       name,
       this.key,
       settings,
@@ -293,74 +271,4 @@ export class Redlock implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.#life.release();
   }
-}
-
-/** Validates the options: a `Lock`'s, without fencing and replicas. */
-function redlockSettings(
-  action: string,
-  options: RedlockOptions,
-): RedlockSettings {
-  const record = options as Record<string, unknown>;
-  for (const key of NOT_OFFERED) {
-    if (record[key] !== undefined) {
-      throw new TypeError(
-        `${action} as '${key}' is not an option of Redlock: its servers are independent masters, and a quorum of them (not replicas) keeps the lock`,
-      );
-    }
-  }
-  if (
-    options.fencing !== undefined &&
-    checkBoolean(action, "fencing", options.fencing)
-  ) {
-    throw new TypeError(
-      `${action} as 'fencing' must be false for a Redlock: current value is true. Independent masters cannot issue one strictly increasing counter (the largest fences of two quorums are not ordered), so a fence would look monotonic without being so; for fencing tokens, use Lock with fencing: true on one Redis or a Redis Cluster`,
-    );
-  }
-  const {
-    fencing: _fencing,
-    waitReplicas: _waitReplicas,
-    replicaTimeout: _replicaTimeout,
-    ...settings
-  } = lockSettings(action, options);
-  return settings;
-}
-
-/** Validates `clients`: a non-empty array of distinct supported clients. */
-function checkClients(action: string, clients: unknown): ScriptClient[] {
-  if (!Array.isArray(clients)) {
-    throw new TypeError(
-      `${action} as 'clients' must be an array of Redis clients, one per independent master: current value is ${
-        clients === null ? "null" : typeof clients
-      }`,
-    );
-  }
-  if (clients.length === 0) {
-    throw new RangeError(
-      `${action} as 'clients' must hold at least one Redis client: current value is an empty array`,
-    );
-  }
-  const seen = new Map<ScriptClient, number>();
-  const adapted: ScriptClient[] = [];
-  for (let i = 0; i < clients.length; i++) {
-    let client: ScriptClient;
-    try {
-      client = toScriptClient(clients[i]);
-    } catch (error) {
-      throw new TypeError(
-        `${action} as 'clients[${i}]' is not a supported Redis client: ${
-          (error as Error).message
-        }`,
-        { cause: error },
-      );
-    }
-    const twin = seen.get(client);
-    if (twin !== undefined) {
-      throw new RangeError(
-        `${action} as 'clients' must hold distinct clients, one per master: clients[${twin}] and clients[${i}] are the same object`,
-      );
-    }
-    seen.set(client, i);
-    adapted.push(client);
-  }
-  return adapted;
 }

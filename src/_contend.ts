@@ -1,0 +1,219 @@
+import { backoff } from "./backoff.ts";
+import {
+  LockKeyError,
+  LockReplicationError,
+  LockTimeoutError,
+} from "./errors.ts";
+import { Lease } from "./_lease.ts";
+import type { Grant } from "./_store.ts";
+import type { Handed, LocalQueue } from "./_queue.ts";
+import type { RedisStore } from "./_redis_store.ts";
+import { runScript, toIntegers } from "./_run_script.ts";
+import { ACQUIRE, type AcquireReply, readAcquire } from "./scripts.ts";
+import { delay, now } from "./_timers.ts";
+import type { WaitSettings } from "./options.ts";
+
+// Added to a waiting mark's lifetime, so it outlasts the waiter's sleep.
+const MARK_MARGIN_MS = 20;
+
+const noop = (): void => {};
+
+/**
+ * Asks Redis until the lock is granted, sleeping between attempts (at the
+ * head of its local queue, where it may be handed the lock); returns the
+ * lease.
+ */
+export async function contend(
+  store: RedisStore,
+  waiting: Waiting,
+  firstSend: number,
+): Promise<Lease> {
+  const { wait, signal, deadline, queue } = waiting;
+  const { ttl, fencing, waitReplicas } = store.settings;
+  const { lock, fence, released } = store.keys;
+  // A waiter (not one attempt) leaves a mark when turned away, so that a
+  // holder handing the lock over in its own process yields to it.
+  const keys = queue ? [lock, fence, store.keys.waiting] : [lock, fence];
+  let token = crypto.randomUUID();
+  const want = () => ({
+    token,
+    ttl,
+    fencing,
+    eager: !fencing && waitReplicas === 0,
+  });
+  const subscribe = store.client.deadbolt?.subscribe;
+  if (queue?.holder) {
+    // A hold of this process: wait to be handed the lock, rather than ask
+    // Redis now (its release would come while we asked). If its lease
+    // ends without a release (lost, or run out), the queue wakes us.
+    if (subscribe) queue.watch(subscribe, released);
+    const pause = Math.min(wait.maxRetryDelay, deadline - now());
+    const handed = await queue.sleep(pause, signal, want());
+    if (handed) {
+      const lease = await adoptGrant(store, waiting, token, handed);
+      if (lease) return lease;
+      token = crypto.randomUUID();
+    }
+    firstSend = now();
+  }
+  for (let attempt = 0;; attempt++) {
+    const sent = attempt === 0 ? firstSend : now();
+    // The mark lasts until this waiter's next attempt at the latest.
+    const mark = Math.ceil(
+      Math.min(wait.maxRetryDelay, wait.retryDelay * 2 ** attempt),
+    ) + MARK_MARGIN_MS;
+    const call = runScript(store.client, ACQUIRE, keys, [
+      token,
+      String(ttl),
+      fencing ? "1" : "0",
+      String(mark),
+    ]);
+    let reply: AcquireReply;
+    try {
+      reply = readAcquire(await store.settle(call, { signal }));
+    } catch (error) {
+      // The SET may have landed before the failure, or may land after an
+      // abandoned call: delete it (by token) once the call has settled.
+      const forget = () => store.forget(token);
+      call.then(forget, forget);
+      throw error;
+    }
+    if (reply.status === "granted") {
+      const lease = await adoptGrant(store, waiting, token, {
+        sent,
+        fence: reply.fence,
+      });
+      if (lease) return lease;
+      // The grant arrived with no validity left: retry afresh.
+      token = crypto.randomUUID();
+    } else if (reply.status !== "held") {
+      throw keyError(store, reply.status);
+    }
+    const pttl = reply.status === "held" ? reply.pttl : undefined;
+    const left = deadline - now();
+    if (left <= 0) {
+      if (pttl === undefined) {
+        throw new DOMException(
+          `Cannot acquire lock ${
+            JSON.stringify(store.name)
+          } as Redis answered too slowly to leave any of the ${ttl} ms lease`,
+          "TimeoutError",
+        );
+      }
+      throw new LockTimeoutError(store.name, now() - waiting.started, pttl);
+    }
+    let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
+    if (pttl !== undefined && pttl >= 0) pause = Math.min(pause, pttl);
+    if (pttl !== undefined && queue) {
+      queue.noteRemaining(pttl);
+      if (subscribe) queue.watch(subscribe, released);
+    }
+    pause = Math.min(pause, left);
+    const handed = queue
+      ? await queue.sleep(pause, signal, want())
+      : await delay(pause, signal);
+    if (handed) {
+      const lease = await adoptGrant(store, waiting, token, handed);
+      if (lease) return lease;
+      token = crypto.randomUUID();
+    }
+  }
+}
+
+/**
+ * Starts the lease of a grant to `token`; `undefined` when it came with
+ * no validity left (it is then deleted by token: use a new one).
+ */
+async function adoptGrant(
+  store: RedisStore,
+  waiting: Waiting,
+  token: string,
+  handed: Handed,
+): Promise<Lease | undefined> {
+  const { ttl, fencing, waitReplicas } = store.settings;
+  if (waitReplicas > 0) await awaitReplicas(store, token, waiting.signal);
+  if (!Lease.fresh(handed.sent, ttl)) {
+    store.forget(token);
+    return undefined;
+  }
+  const lease = waiting.grant(
+    token,
+    handed.sent,
+    fencing ? handed.fence : undefined,
+  );
+  const confirmation = handed.confirmation;
+  if (confirmation) {
+    // Handed over before Redis answered: the answer renews the lease from
+    // the script's send time, or ends it if the holder's key was gone.
+    confirmation.owner.then((owner) => {
+      if (owner === "ours") lease.extended(confirmation.sent, ttl);
+      else {
+        lease.lose(
+          owner === "gone"
+            ? "its key was gone when it was handed over"
+            : "another owner held its key when it was handed over",
+        );
+      }
+    }, noop);
+  }
+  return lease;
+}
+
+// WAIT must follow the script on the same connection, since it counts the
+// replicas that have every write that connection made so far.
+async function awaitReplicas(
+  store: RedisStore,
+  token: string,
+  signal: AbortSignal,
+): Promise<void> {
+  const { waitReplicas, replicaTimeout, commandTimeout } = store.settings;
+  let acknowledged: number;
+  try {
+    const call = store.client.deadbolt!.wait!(
+      waitReplicas,
+      replicaTimeout,
+      store.keys.lock,
+    );
+    [acknowledged] = toIntegers(
+      await store.settle(call, {
+        signal,
+        timeout: commandTimeout + replicaTimeout,
+      }),
+      1,
+    );
+  } catch (error) {
+    store.forget(token);
+    throw error;
+  }
+  if (acknowledged < waitReplicas) {
+    store.forget(token);
+    throw new LockReplicationError(store.name, acknowledged, waitReplicas);
+  }
+}
+
+function keyError(
+  store: RedisStore,
+  status: "wrong type" | "bad fence",
+): LockKeyError {
+  const action = `Cannot acquire lock ${JSON.stringify(store.name)}`;
+  const { lock, fence } = store.keys;
+  return status === "wrong type"
+    ? new LockKeyError(
+      lock,
+      `${action} as its key '${lock}' holds a value of another type; deadbolt leaves it alone`,
+    )
+    : new LockKeyError(
+      fence,
+      `${action} as its fence counter '${fence}' is not an integer below 2^53 - 1`,
+    );
+}
+
+/** One `acquire()`'s wait. */
+export interface Waiting {
+  readonly wait: WaitSettings;
+  readonly signal: AbortSignal;
+  readonly grant: Grant;
+  readonly started: number;
+  readonly deadline: number;
+  readonly queue: LocalQueue | undefined;
+}

@@ -1,0 +1,53 @@
+import type { Lease, LeaseOptions, Renewal } from "./_lease.ts";
+import type { WaitSettings } from "./options.ts";
+
+/** A handle's validated settings: its lease's, and its default wait. */
+export type LifecycleSettings =
+  & Pick<
+    LeaseOptions,
+    "ttl" | "autoExtend" | "retryDelay" | "maxRetryDelay" | "commandTimeout"
+  >
+  & WaitSettings;
+
+/**
+ * Starts the lease of a grant: the winning token, the send time of the
+ * request that won it (monotonic ms), and the fence, if one was issued.
+ */
+export type Grant = (token: string, sent: number, fence?: number) => Lease;
+
+/** How long a call may take. */
+export interface CallBounds {
+  /** Give up after this many ms. */
+  timeout: number;
+  /** Let the process exit while it waits (a renewal in the background). */
+  background?: boolean;
+}
+
+/** What a kind of lock does in Redis, for its `Lifecycle` (`_lifecycle.ts`). */
+export interface Store {
+  /**
+   * Waits by `wait` for the lock; once it is granted, calls `grant` (before
+   * resolving). Rejects with a `LockTimeoutError` when the wait
+   * ran out, with `signal.reason` when called off, or with what failed.
+   * Nothing it set or opened outlives a failure.
+   */
+  acquire(wait: WaitSettings, signal: AbortSignal, grant: Grant): Promise<void>;
+  /** Renews the hold of `token` to `ttl` ms. */
+  extend(token: string, ttl: number, bounds: CallBounds): Promise<Renewal>;
+  /**
+   * Releases the hold of `token`, whose `lease` has just ended; `valid`
+   * tells whether the lease was still valid. Resolves `true` when the hold
+   * was there to release.
+   */
+  release(token: string, lease: Lease, valid: boolean): Promise<boolean>;
+  /**
+   * Takes over the hold of `token`, renewing it; once it is found, calls
+   * `grant` and resolves `true`; `false` when the key does not hold it.
+   */
+  adopt?(token: string, signal: AbortSignal, grant: Grant): Promise<boolean>;
+  /**
+   * Told when `lease` ended without a release: lost (before the handle's
+   * signal aborts), or detached for another handle to adopt.
+   */
+  lost?(lease: Lease): void;
+}
