@@ -81,19 +81,19 @@ export interface HoldStore {
  * it holds `token` and wakes the local head. `valid` tells whether the
  * lease was still valid. Resolves `true` when the key was the hold's.
  */
-export async function releaseHold(
+export function releaseHold(
   store: HoldStore,
   token: string,
   lease: Lease,
   valid: boolean,
 ): Promise<boolean> {
   const queue = existingQueue(store.client, store.keys.lock);
-  if (!queue) return await deleteKey(store, token);
+  if (!queue) return deleteKey(store, token);
   queue.vacate(lease);
   const turn = nextTurn(queue);
-  if (turn === "yield") return await deleteKey(store, token, queue, YIELD_MS);
-  if (!turn) return await deleteKey(store, token, queue);
-  return await handOver(store, token, turn, queue, valid ? lease : undefined);
+  if (turn === "yield") return deleteKey(store, token, queue, YIELD_MS);
+  if (!turn) return deleteKey(store, token, queue);
+  return handOver(store, token, turn, queue, valid ? lease : undefined);
 }
 
 // Per queue: the run of handovers so far, whether the last one found a

@@ -37,6 +37,8 @@ export class Lifecycle {
 
   #store: Store;
   #settings: LifecycleSettings;
+  // The kind of lock, for messages.
+  #kind: string;
   #token: string = crypto.randomUUID();
   #fence: number | undefined;
   // The current or last acquisition's lease; ended once released or lost.
@@ -47,11 +49,25 @@ export class Lifecycle {
   #pending: { cancel: AbortController; attempt: Promise<void> } | undefined;
   #controller = new AbortController();
 
-  /** A handle on `name` whose Redis side is `store`; validated settings. */
-  constructor(name: string, settings: LifecycleSettings, store: Store) {
+  /**
+   * A handle on `name` whose Redis side is `store`; validated settings;
+   * `kind` names the kind of lock in messages.
+   */
+  constructor(
+    name: string,
+    settings: LifecycleSettings,
+    store: Store,
+    kind = "lock",
+  ) {
     this.name = name;
+    this.#kind = kind;
     this.#settings = settings;
     this.#store = store;
+  }
+
+  // `lock "name"`, `semaphore "name"`: built only for a message.
+  #what(): string {
+    return `${this.#kind} ${JSON.stringify(this.name)}`;
   }
 
   /** The token of the current or last acquisition. */
@@ -83,18 +99,24 @@ export class Lifecycle {
   }
 
   /** Waits for the lock (see `Lock.acquire`). */
-  async acquire(options: AcquireOptions = {}): Promise<void> {
-    const action = `Cannot acquire lock ${JSON.stringify(this.name)}`;
-    const { signal, ...wait } = acquireSettings(
-      action,
-      options,
-      this.#settings,
-    );
-    await this.#begin(
-      action,
-      signal,
-      (signal) => this.#store.acquire(wait, signal, this.#grant),
-    );
+  acquire(options: AcquireOptions = {}): Promise<void> {
+    // Not async, so that an acquisition costs one promise layer less: what
+    // throws here must reject instead.
+    try {
+      const action = `Cannot acquire ${this.#what()}`;
+      const { signal, ...wait } = acquireSettings(
+        action,
+        options,
+        this.#settings,
+      );
+      return this.#begin(
+        action,
+        signal,
+        (signal) => this.#store.acquire(wait, signal, this.#grant),
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   /**
@@ -105,7 +127,7 @@ export class Lifecycle {
     token: string,
     options: Pick<AcquireOptions, "signal"> = {},
   ): Promise<boolean> {
-    const action = `Cannot adopt lock ${JSON.stringify(this.name)}`;
+    const action = `Cannot adopt ${this.#what()}`;
     checkOptionKeys(action, options, ["signal"]);
     const signal = checkSignal(action, options.signal);
     if (typeof token !== "string" || token === "") {
@@ -160,7 +182,7 @@ export class Lifecycle {
     options: Pick<AcquireOptions, "signal"> = {},
   ): Promise<boolean> {
     checkOptionKeys(
-      `Cannot acquire lock ${JSON.stringify(this.name)}`,
+      `Cannot acquire ${this.#what()}`,
       options,
       ["signal"],
     );
@@ -175,7 +197,7 @@ export class Lifecycle {
 
   /** Renews the lease to `ttl` ms from now (see `Lock.extend`). */
   async extend(ttl: number = this.#settings.ttl): Promise<boolean> {
-    const action = `Cannot extend lock ${JSON.stringify(this.name)}`;
+    const action = `Cannot extend ${this.#what()}`;
     checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
     if (!this.#acquired) {
       throw new Error(`${action} as this handle does not hold it`);
@@ -200,7 +222,7 @@ export class Lifecycle {
    * (see `Lock.detach`): returns its token.
    */
   detach(): string {
-    const action = `Cannot detach lock ${JSON.stringify(this.name)}`;
+    const action = `Cannot detach ${this.#what()}`;
     if (this.#pending) {
       throw new Error(`${action} as an acquire() of this handle is pending`);
     }
@@ -220,7 +242,7 @@ export class Lifecycle {
     if (pending) {
       pending.cancel.abort(
         new DOMException(
-          `Lock '${this.name}' was released while acquire() waited`,
+          `${this.#what()} was released while acquire() waited`,
           "AbortError",
         ),
       );

@@ -15,7 +15,9 @@ import { WakeUps } from "./_wakeups.ts";
  */
 export class LocalQueue {
   #line: WaitLine;
-  #wakeUps: WakeUps;
+  #client: ScriptClient;
+  // Created on the first watch(): most queues never need one.
+  #wakeUps: WakeUps | undefined;
   #sleeper: Sleeper | undefined;
   #woken = false;
   #reading: { pttl: number; at: number } | undefined;
@@ -30,12 +32,12 @@ export class LocalQueue {
    */
   constructor(client: ScriptClient, onEmpty: () => void) {
     this.#onEmpty = onEmpty;
-    this.#wakeUps = new WakeUps(client);
+    this.#client = client;
     this.#line = new WaitLine(() => this.#woken = false, () => {
       clearTimeout(this.#later);
       this.#quietUntil = 0;
       this.#reading = undefined;
-      this.#wakeUps.stop();
+      this.#wakeUps?.stop();
       if (!this.#holder) this.#onEmpty();
     });
   }
@@ -181,6 +183,7 @@ export class LocalQueue {
 
   /** Wakes the head on every message to `channel` until the queue empties. */
   watch(subscribe: Subscribe, channel: string): void {
+    this.#wakeUps ??= new WakeUps(this.#client);
     this.#wakeUps.watch(subscribe, channel, () => this.wake());
   }
 
