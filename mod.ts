@@ -40,8 +40,10 @@ export type {
   AcquireOptions,
   LockOptions,
   RedlockOptions,
+  SemaphoreOptions,
 } from "./src/options.ts";
 export { Redlock } from "./src/redlock.ts";
+export { Semaphore } from "./src/semaphore.ts";
 export {
   LockKeyError,
   LockLostError,

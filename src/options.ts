@@ -270,3 +270,55 @@ export function redlockSettings(
   } = lockSettings(action, options);
   return settings;
 }
+
+/** Options of a `Semaphore`: `limit`, and those of a `Lock` that apply to permits. */
+export interface SemaphoreOptions
+  extends Omit<LockOptions, "waitReplicas" | "replicaTimeout"> {
+  /**
+   * How many permits may be held at once: an integer from 1 to 2^31 − 1.
+   * Each call counts against its own `limit`: a caller with a smaller one
+   * waits while at least that many permits are held, and a smaller limit
+   * never takes a permit from a holder (new grants wait until enough
+   * leases have ended).
+   */
+  limit: number;
+}
+
+/** A `Semaphore`'s validated settings. */
+export type SemaphoreSettings = Required<SemaphoreOptions>;
+
+/** The keys the `Semaphore` constructor accepts. */
+export const SEMAPHORE_KEYS: readonly string[] = [
+  ...LOCK_KEYS.filter((key) => !NOT_OFFERED.includes(key)),
+  "limit",
+];
+
+/**
+ * Validates a `Semaphore`'s options: `limit`, and a `Lock`'s without
+ * replicas.
+ *
+ * @throws {TypeError} on an unknown key, a missing `limit` or a value of the
+ * wrong type.
+ * @throws {RangeError} on a number out of range.
+ */
+export function semaphoreSettings(
+  action: string,
+  options: SemaphoreOptions,
+): SemaphoreSettings {
+  checkOptionKeys(action, options, SEMAPHORE_KEYS);
+  const { limit, ...lockOptions } = options;
+  if (limit === undefined) {
+    throw new TypeError(
+      `${action} as 'limit' is required: how many permits may be held at once, an integer from 1 to ${MAX_TIMER_MS}`,
+    );
+  }
+  const {
+    waitReplicas: _waitReplicas,
+    replicaTimeout: _replicaTimeout,
+    ...settings
+  } = lockSettings(action, lockOptions);
+  return {
+    ...settings,
+    limit: checkInteger(action, "limit", limit, 1, MAX_TIMER_MS),
+  };
+}

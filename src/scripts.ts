@@ -11,11 +11,14 @@ export interface LuaScript {
 // Every script replies with integers only: Lua booleans and numeric strings
 // come back differently from different clients (and over RESP2 and RESP3).
 
-// Run before any write when fencing, and returns {3, 0} (or an ACL error)
-// when the fence counter cannot give a safe next value: a fence above
-// 2^53 - 2 is refused because a Lua number (a double) would round its
-// successor. Refusing before the write matters: Lua does not roll back.
-const CHECK_FENCE = `if fencing then
+/**
+ * Lua run before any write when `fencing` is true: returns {3, 0} (or an
+ * ACL error) when the fence counter KEYS[2] cannot give a safe next value. A
+ * fence above 2^53 - 2 is refused because a Lua number (a double) would
+ * round its successor. Refusing before the write matters: Lua does not
+ * roll back.
+ */
+export const CHECK_FENCE = `if fencing then
   if redis.acl_check_cmd and not redis.acl_check_cmd('INCR', KEYS[2]) then
     return redis.error_reply('NOPERM this user may not INCR the fence counter')
   end

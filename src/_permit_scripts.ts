@@ -1,0 +1,135 @@
+import { toIntegers } from "./_run_script.ts";
+import { CHECK_FENCE, type LuaScript, type Owner } from "./scripts.ts";
+
+// A semaphore's permits are one sorted set: each holder's token, scored by
+// the moment (Redis' own clock, ms) its lease ends. Every script first drops
+// the permits whose lease has ended, so a holder that died frees its permit
+// when its lease ends, never earlier, and never another holder's. The key
+// itself expires with the last lease, so an idle semaphore leaves nothing.
+// Scripts read the clock with TIME (Redis 7 replicates scripts by effects).
+
+const NOW = `local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)`;
+
+// Refuses a key of another type with {2, 0}, then drops ended leases.
+const PRUNE = `local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then return {2, 0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)`;
+
+// Makes the key expire with its last lease.
+const EXPIRE_WITH_LAST =
+  `local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end`;
+
+/**
+ * KEYS: permits, fence counter, and for a waiter the waiting marker. ARGV:
+ * token, ttl in ms, limit, "1" to issue a fence, and for a waiter how long
+ * (ms) the marker should last. Grants a permit while fewer than `limit`
+ * leases run. Replies {1, fence} granted (fence 0 unless fencing; a token
+ * that holds a permit already renews it), {0, ms} all `limit` permits are
+ * held and the first lease ends in `ms`, {2, 0} the key holds another type,
+ * {3, 0} the fence counter is not a safe integer.
+ */
+export const ACQUIRE_PERMIT: LuaScript = {
+  source: `local fencing = ARGV[4] == '1'
+${CHECK_FENCE}
+${NOW}
+${PRUNE}
+local ttl = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  ${EXPIRE_WITH_LAST}
+  if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
+  return {1, 0}
+end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  ${EXPIRE_WITH_LAST}
+  if fencing then return {1, redis.call('INCR', KEYS[2])} end
+  return {1, 0}
+end
+if KEYS[3] then redis.call('SET', KEYS[3], '1', 'PX', ARGV[5]) end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now}`,
+};
+
+/**
+ * KEYS: permits. ARGV: token, ttl in ms. Renews the token's permit to `ttl`
+ * ms from now if its lease has not ended. Replies 1 renewed, 0 the permit
+ * is gone (its lease ended, or it was released), -1 the key holds another
+ * type (left alone). It never grants a permit.
+ */
+export const EXTEND_PERMIT: LuaScript = {
+  source: `${NOW}
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then return -1 end
+local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not ends or tonumber(ends) <= now then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+${EXPIRE_WITH_LAST}
+return 1`,
+};
+
+/**
+ * KEYS: permits, the channel that wakes waiters, the waiting marker. ARGV:
+ * token. Frees the token's permit and, if its lease was still running, tells
+ * waiters (as the lock's release does: sharded first, plainly when that
+ * reached nobody while someone waits). Replies 1 freed a running permit, 0
+ * there was none, -1 the key holds another type (left alone).
+ */
+export const RELEASE_PERMIT: LuaScript = {
+  source: `${NOW}
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then return -1 end
+local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+if not ends or tonumber(ends) <= now then return 0 end
+if KEYS[2] then
+  local sent = redis.pcall('SPUBLISH', KEYS[2], '')
+  local waiting = KEYS[3] and redis.pcall('GET', KEYS[3])
+  if type(sent) == 'table' or (sent == 0 and type(waiting) == 'string') then
+    redis.pcall('PUBLISH', KEYS[2], '')
+  end
+end
+return 1`,
+};
+
+/** {@linkcode ACQUIRE_PERMIT}'s reply. */
+export type PermitReply =
+  | { readonly status: "granted"; readonly fence: number }
+  | { readonly status: "full"; readonly nextEnd: number }
+  | { readonly status: "wrong type" | "bad fence" };
+
+/**
+ * Reads {@linkcode ACQUIRE_PERMIT}'s reply: granted with its fence, `full`
+ * with the time until the first lease ends, the key of `wrong type`, or a
+ * `bad fence` counter.
+ */
+export function readPermit(reply: unknown): PermitReply {
+  const [code, value] = toIntegers(reply, 2);
+  if (code === 1) return { status: "granted", fence: value };
+  if (code === 0) return { status: "full", nextEnd: value };
+  if (code === 2) return { status: "wrong type" };
+  if (code === 3) return { status: "bad fence" };
+  throw new TypeError(
+    `Cannot read the acquire-permit script's reply: current value is ${code}`,
+  );
+}
+
+/**
+ * Reads {@linkcode EXTEND_PERMIT}'s or {@linkcode RELEASE_PERMIT}'s reply as
+ * an {@linkcode Owner}: the token's running permit (`ours`), none (`gone`),
+ * or a key of another type (`taken`).
+ */
+export function readPermitOwner(reply: unknown): Owner {
+  const [code] = toIntegers(reply, 1);
+  if (code === 1) return "ours";
+  if (code === 0) return "gone";
+  if (code === -1) return "taken";
+  throw new TypeError(
+    `Cannot read the permit script's reply: current value is ${code}`,
+  );
+}
