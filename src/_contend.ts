@@ -1,12 +1,9 @@
 import { backoff } from "./backoff.ts";
-import {
-  LockKeyError,
-  LockReplicationError,
-  LockTimeoutError,
-} from "./errors.ts";
+import { LockReplicationError, LockTimeoutError } from "./errors.ts";
 import { Lease } from "./_lease.ts";
-import type { Grant } from "./_store.ts";
-import type { Handed, LocalQueue } from "./_queue.ts";
+import { foreignKeyError, type Grant } from "./_store.ts";
+import type { Handed } from "./_queue.ts";
+import type { Turn } from "./_waiting.ts";
 import type { RedisStore } from "./_redis_store.ts";
 import { runScript, toIntegers } from "./_run_script.ts";
 import { ACQUIRE, type AcquireReply, readAcquire } from "./scripts.ts";
@@ -26,9 +23,9 @@ const noop = (): void => {};
 export async function contend(
   store: RedisStore,
   waiting: Waiting,
-  firstSend: number,
 ): Promise<Lease> {
   const { wait, signal, deadline, queue } = waiting;
+  let { firstSend } = waiting;
   const { ttl, fencing, waitReplicas } = store.settings;
   const { lock, fence, released } = store.keys;
   // A waiter (not one attempt) leaves a mark when turned away, so that a
@@ -87,7 +84,11 @@ export async function contend(
       // The grant arrived with no validity left: retry afresh.
       token = crypto.randomUUID();
     } else if (reply.status !== "held") {
-      throw keyError(store, reply.status);
+      throw foreignKeyError(
+        `Cannot acquire lock ${JSON.stringify(store.name)}`,
+        store.keys,
+        reply.status,
+      );
     }
     const pttl = reply.status === "held" ? reply.pttl : undefined;
     const left = deadline - now();
@@ -191,29 +192,9 @@ async function awaitReplicas(
   }
 }
 
-function keyError(
-  store: RedisStore,
-  status: "wrong type" | "bad fence",
-): LockKeyError {
-  const action = `Cannot acquire lock ${JSON.stringify(store.name)}`;
-  const { lock, fence } = store.keys;
-  return status === "wrong type"
-    ? new LockKeyError(
-      lock,
-      `${action} as its key '${lock}' holds a value of another type; deadbolt leaves it alone`,
-    )
-    : new LockKeyError(
-      fence,
-      `${action} as its fence counter '${fence}' is not an integer below 2^53 - 1`,
-    );
-}
-
-/** One `acquire()`'s wait. */
-export interface Waiting {
+/** One `acquire()`'s wait, at the head of its line. */
+export interface Waiting extends Turn {
   readonly wait: WaitSettings;
   readonly signal: AbortSignal;
   readonly grant: Grant;
-  readonly started: number;
-  readonly deadline: number;
-  readonly queue: LocalQueue | undefined;
 }

@@ -1,10 +1,17 @@
 import type { ScriptClient } from "./client.ts";
 import { backoff } from "./backoff.ts";
-import { LockKeyError, LockTimeoutError } from "./errors.ts";
+import { LockTimeoutError } from "./errors.ts";
 import type { LockKeys } from "./keys.ts";
 import { Lease, type Renewal, RENEWED } from "./_lease.ts";
-import type { CallBounds, Grant, Store } from "./_store.ts";
-import { existingQueue, type LocalQueue, localQueue } from "./_queue.ts";
+import {
+  boundedCall,
+  type CallBounds,
+  foreignKeyError,
+  type Grant,
+  type Store,
+} from "./_store.ts";
+import { existingQueue } from "./_queue.ts";
+import { type Turn, waitInLine } from "./_waiting.ts";
 import { unwatched } from "./_wakeups.ts";
 import { runScript } from "./_run_script.ts";
 import {
@@ -15,7 +22,7 @@ import {
   readPermitOwner,
   RELEASE_PERMIT,
 } from "./_permit_scripts.ts";
-import { delay, now, settle } from "./_timers.ts";
+import { delay, now } from "./_timers.ts";
 import type { SemaphoreSettings, WaitSettings } from "./options.ts";
 
 // Added to a waiting mark's lifetime, so it outlasts the waiter's sleep.
@@ -49,36 +56,19 @@ export class PermitStore implements Store {
     this.#settings = settings;
   }
 
-  async acquire(
+  acquire(
     wait: WaitSettings,
     signal: AbortSignal,
     grant: Grant,
   ): Promise<void> {
-    const started = now();
-    const deadline = started + wait.timeout;
-    // One attempt (tryAcquire) does not line up.
-    const queue = wait.timeout > 0
-      ? localQueue(this.#client, this.#keys.lock)
-      : undefined;
-    try {
-      const entered = queue?.enter(signal, deadline) ?? true;
-      if (entered !== true && !await entered) {
-        throw new LockTimeoutError(
-          this.#name,
-          now() - started,
-          queue!.remainingTtl(),
-        );
-      }
-      try {
-        await this.#contend(wait, signal, grant, started, queue);
-      } finally {
-        queue?.leave();
-      }
-    } catch (error) {
-      // A wait that fails leaves nothing open behind it.
-      await unwatched(this.#client);
-      throw error;
-    }
+    return waitInLine(
+      this.#client,
+      this.#name,
+      this.#keys.lock,
+      wait,
+      signal,
+      (turn) => this.#contend(wait, signal, grant, turn),
+    );
   }
 
   async extend(
@@ -127,13 +117,11 @@ export class PermitStore implements Store {
     wait: WaitSettings,
     signal: AbortSignal,
     grant: Grant,
-    started: number,
-    queue: LocalQueue | undefined,
+    { queue, started, deadline }: Turn,
   ): Promise<void> {
     const { ttl, limit, fencing } = this.#settings;
     const { lock, fence, released, waiting } = this.#keys;
     const keys = queue ? [lock, fence, waiting] : [lock, fence];
-    const deadline = started + wait.timeout;
     const subscribe = this.#client.deadbolt?.subscribe;
     let token = crypto.randomUUID();
     for (let attempt = 0;; attempt++) {
@@ -167,7 +155,11 @@ export class PermitStore implements Store {
         this.#forget(token);
         token = crypto.randomUUID();
       } else if (reply.status !== "full") {
-        throw this.#keyError(reply.status);
+        throw foreignKeyError(
+          `Cannot acquire a permit of semaphore ${JSON.stringify(this.#name)}`,
+          this.#keys,
+          reply.status,
+        );
       }
       const nextEnd = reply.status === "full" ? reply.nextEnd : undefined;
       const left = deadline - now();
@@ -205,32 +197,11 @@ export class PermitStore implements Store {
     call: Promise<unknown>,
     bounds: Partial<CallBounds> & { signal?: AbortSignal } = {},
   ): Promise<unknown> {
-    const timeout = bounds.timeout ?? this.#settings.commandTimeout;
-    return settle(call, {
-      timeout,
-      signal: bounds.signal,
-      background: bounds.background,
-      onTimeout: () =>
-        new DOMException(
-          `Redis did not answer within ${timeout} ms (semaphore '${this.#name}')`,
-          "TimeoutError",
-        ),
-    });
-  }
-
-  #keyError(status: "wrong type" | "bad fence"): LockKeyError {
-    const action = `Cannot acquire a permit of semaphore ${
-      JSON.stringify(this.#name)
-    }`;
-    const { lock, fence } = this.#keys;
-    return status === "wrong type"
-      ? new LockKeyError(
-        lock,
-        `${action} as its key '${lock}' holds a value of another type; deadbolt leaves it alone`,
-      )
-      : new LockKeyError(
-        fence,
-        `${action} as its fence counter '${fence}' is not an integer below 2^53 - 1`,
-      );
+    return boundedCall(
+      call,
+      () => `semaphore ${JSON.stringify(this.#name)}`,
+      this.#settings.commandTimeout,
+      bounds,
+    );
   }
 }

@@ -1,9 +1,14 @@
 import type { ScriptClient } from "./client.ts";
-import { LockTimeoutError } from "./errors.ts";
 import type { LockKeys } from "./keys.ts";
 import { Lease, type Renewal, RENEWED } from "./_lease.ts";
-import type { CallBounds, Grant, Store } from "./_store.ts";
-import { existingQueue, localQueue } from "./_queue.ts";
+import {
+  boundedCall,
+  type CallBounds,
+  type Grant,
+  type Store,
+} from "./_store.ts";
+import { existingQueue } from "./_queue.ts";
+import { waitInLine } from "./_waiting.ts";
 import { releaseHold } from "./_handover.ts";
 import { contend } from "./_contend.ts";
 import { unwatched } from "./_wakeups.ts";
@@ -16,7 +21,7 @@ import {
   readOwner,
   RELEASE,
 } from "./scripts.ts";
-import { now, settle } from "./_timers.ts";
+import { now } from "./_timers.ts";
 import type { LockSettings, WaitSettings } from "./options.ts";
 
 const noop = (): void => {};
@@ -61,39 +66,18 @@ export class RedisStore implements Store {
     signal: AbortSignal,
     grant: Grant,
   ): Promise<void> {
-    const started = now();
-    const deadline = started + wait.timeout;
-    // One attempt (tryAcquire) does not line up: it may barge in, as a
-    // non-blocking try is expected to.
-    const queue = wait.timeout > 0
-      ? localQueue(this.client, this.keys.lock)
-      : undefined;
-    const waiting = { wait, signal, grant, started, deadline, queue };
-    try {
-      const entered = queue?.enter(signal, deadline) ?? true;
-      // When the first attempt goes out right away, `started` is its send time.
-      let firstSend = started;
-      if (entered !== true) {
-        if (!await entered) {
-          throw new LockTimeoutError(
-            this.name,
-            now() - started,
-            queue!.remainingTtl(),
-          );
-        }
-        firstSend = now();
-      }
-      try {
-        const lease = await contend(this, waiting, firstSend);
-        queue?.hold(lease);
-      } finally {
-        queue?.leave();
-      }
-    } catch (error) {
-      // A wait that fails leaves nothing open behind it (see release).
-      await unwatched(this.client);
-      throw error;
-    }
+    await waitInLine(
+      this.client,
+      this.name,
+      this.keys.lock,
+      wait,
+      signal,
+      async (turn) => {
+        const lease = await contend(this, { ...turn, wait, signal, grant });
+        // Until released or lost, a new head waits to be handed the lock.
+        turn.queue?.hold(lease);
+      },
+    );
   }
 
   async extend(
@@ -152,21 +136,16 @@ export class RedisStore implements Store {
     runScript(this.client, RELEASE, [this.keys.lock], [token]).then(noop, noop);
   }
 
-  /** Bounds `call` by `commandTimeout` (see {@linkcode settle}). */
+  /** Bounds `call` by `commandTimeout` (see `boundedCall`). */
   settle(
     call: Promise<unknown>,
     bounds: Partial<CallBounds> & { signal?: AbortSignal } = {},
   ): Promise<unknown> {
-    const timeout = bounds.timeout ?? this.settings.commandTimeout;
-    return settle(call, {
-      timeout,
-      signal: bounds.signal,
-      background: bounds.background,
-      onTimeout: () =>
-        new DOMException(
-          `Redis did not answer within ${timeout} ms (lock '${this.name}')`,
-          "TimeoutError",
-        ),
-    });
+    return boundedCall(
+      call,
+      () => `lock ${JSON.stringify(this.name)}`,
+      this.settings.commandTimeout,
+      bounds,
+    );
   }
 }

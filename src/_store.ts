@@ -1,4 +1,7 @@
+import { LockKeyError } from "./errors.ts";
+import type { LockKeys } from "./keys.ts";
 import type { Lease, LeaseOptions, Renewal } from "./_lease.ts";
+import { settle } from "./_timers.ts";
 import type { WaitSettings } from "./options.ts";
 
 /** A handle's validated settings: its lease's, and its default wait. */
@@ -50,4 +53,49 @@ export interface Store {
    * signal aborts), or detached for another handle to adopt.
    */
   lost?(lease: Lease): void;
+}
+
+/**
+ * Bounds a Redis call by `bounds.timeout` (else `commandTimeout`) and
+ * `bounds.signal` (see `settle`); a call past its time rejects with a
+ * `TimeoutError` naming `what` (`lock "name"`).
+ */
+export function boundedCall(
+  call: Promise<unknown>,
+  what: () => string,
+  commandTimeout: number,
+  bounds: Partial<CallBounds> & { signal?: AbortSignal } = {},
+): Promise<unknown> {
+  const timeout = bounds.timeout ?? commandTimeout;
+  return settle(call, {
+    timeout,
+    signal: bounds.signal,
+    background: bounds.background,
+    onTimeout: () =>
+      new DOMException(
+        `Redis did not answer within ${timeout} ms (${what()})`,
+        "TimeoutError",
+      ),
+  });
+}
+
+/**
+ * The error of an acquisition that found a key it did not write: the lock's
+ * key of another type, or a fence counter that is not a safe integer.
+ */
+export function foreignKeyError(
+  action: string,
+  keys: Pick<LockKeys, "lock" | "fence">,
+  status: "wrong type" | "bad fence",
+): LockKeyError {
+  const { lock, fence } = keys;
+  return status === "wrong type"
+    ? new LockKeyError(
+      lock,
+      `${action} as its key '${lock}' holds a value of another type; deadbolt leaves it alone`,
+    )
+    : new LockKeyError(
+      fence,
+      `${action} as its fence counter '${fence}' is not an integer below 2^53 - 1`,
+    );
 }
