@@ -67,6 +67,7 @@ export class PermitStore implements Store {
       this.#keys.lock,
       wait,
       signal,
+      false,
       (turn) => this.#contend(wait, signal, grant, turn),
     );
   }
@@ -118,7 +119,7 @@ export class PermitStore implements Store {
     signal: AbortSignal,
     grant: Grant,
     { queue, started, deadline }: Turn,
-  ): Promise<void> {
+  ): Promise<Lease> {
     const { ttl, limit, fencing } = this.#settings;
     const { lock, fence, released, waiting } = this.#keys;
     const keys = queue ? [lock, fence, waiting] : [lock, fence];
@@ -148,8 +149,7 @@ export class PermitStore implements Store {
       }
       if (reply.status === "granted") {
         if (Lease.fresh(sent, ttl)) {
-          grant(token, sent, fencing ? reply.fence : undefined);
-          return;
+          return grant(token, sent, fencing ? reply.fence : undefined);
         }
         // No validity left: free it and retry afresh.
         this.#forget(token);

@@ -61,22 +61,20 @@ export class RedisStore implements Store {
     this.settings = settings;
   }
 
-  async acquire(
+  acquire(
     wait: WaitSettings,
     signal: AbortSignal,
     grant: Grant,
   ): Promise<void> {
-    await waitInLine(
+    // Until released or lost, a new head waits to be handed the lock.
+    return waitInLine(
       this.client,
       this.name,
       this.keys.lock,
       wait,
       signal,
-      async (turn) => {
-        const lease = await contend(this, { ...turn, wait, signal, grant });
-        // Until released or lost, a new head waits to be handed the lock.
-        turn.queue?.hold(lease);
-      },
+      true,
+      (turn) => contend(this, { ...turn, wait, signal, grant }),
     );
   }
 

@@ -1,5 +1,6 @@
 import type { ScriptClient } from "./client.ts";
 import { LockTimeoutError } from "./errors.ts";
+import type { Lease } from "./_lease.ts";
 import { type LocalQueue, localQueue } from "./_queue.ts";
 import { unwatched } from "./_wakeups.ts";
 import { now } from "./_timers.ts";
@@ -21,18 +22,21 @@ export interface Turn {
  * One wait of a lock `name` (its key `key`) on `client`, shared by the
  * stores of one client: lines up in this process's queue (one attempt,
  * `timeout` 0, does not: it may barge in, as a non-blocking try is expected
- * to), runs `contend` at the head, and leaves the line. A wait that times
- * out in line rejects with a {@linkcode LockTimeoutError}; a wait that fails
- * leaves nothing open behind it (its wake-up connection is closed first).
+ * to), runs `contend` at the head, and leaves the line. With `hold`, the
+ * lease won is the queue's holder (a new head waits to be handed the lock).
+ * A wait that times out in line rejects with a {@linkcode LockTimeoutError};
+ * a wait that fails leaves nothing open behind it (its wake-up connection
+ * is closed first).
  */
-export async function waitInLine<T>(
+export async function waitInLine(
   client: ScriptClient,
   name: string,
   key: string,
   wait: WaitSettings,
   signal: AbortSignal,
-  contend: (turn: Turn) => Promise<T>,
-): Promise<T> {
+  hold: boolean,
+  contend: (turn: Turn) => Promise<Lease>,
+): Promise<void> {
   const started = now();
   const deadline = started + wait.timeout;
   const queue = wait.timeout > 0 ? localQueue(client, key) : undefined;
@@ -51,7 +55,8 @@ export async function waitInLine<T>(
       firstSend = now();
     }
     try {
-      return await contend({ queue, started, deadline, firstSend });
+      const lease = await contend({ queue, started, deadline, firstSend });
+      if (hold) queue?.hold(lease);
     } finally {
       queue?.leave();
     }
