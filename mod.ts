@@ -12,6 +12,8 @@
  * - Opt-in fencing tokens, strictly increasing per lock name.
  * - {@linkcode Redlock}: the same handle over several independent Redis
  *   masters, held while a majority of them agree.
+ * - {@linkcode Semaphore}: at most `limit` holders of a name at once, each
+ *   permit a handle with its own lease.
  *
  * ```ts
  * import { Redis } from "npm:ioredis@6";

@@ -36,6 +36,8 @@ export interface RunArgs extends ConnectionArgs {
   fencing: boolean;
   /** Run the command through `/bin/sh -c`. */
   shell: boolean;
+  /** With `--limit`: hold one of this many permits (a semaphore), not the lock. */
+  limit?: number;
   /** The command and its arguments: everything after `--`. */
   command: string[];
 }
@@ -43,6 +45,8 @@ export interface RunArgs extends ConnectionArgs {
 /** `deadbolt status <name>`. */
 export interface StatusArgs extends ConnectionArgs {
   kind: "status";
+  /** With `--limit`: report the semaphore's permits against this limit. */
+  limit?: number;
 }
 
 /** `deadbolt release <name> --token <token>`. */
@@ -80,6 +84,7 @@ const OPTIONS: Record<string, { value: boolean; commands: CommandName[] }> = {
   "--kill-after": { value: true, commands: ["run"] },
   "--fencing": { value: false, commands: ["run"] },
   "--shell": { value: false, commands: ["run"] },
+  "--limit": { value: true, commands: ["run", "status"] },
   "--token": { value: true, commands: ["release"] },
 };
 const SHORT: Record<string, string> = {
@@ -126,6 +131,20 @@ function inRange(option: string, ms: number, min: number, text: string) {
     );
   }
   return ms;
+}
+
+// A semaphore's limit: a whole number from 1 to 2^31 - 1 (`Semaphore`'s).
+function parseLimit(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const limit = Number(text);
+  if (!/^\d+$/.test(text) || limit < 1 || limit > MAX_TIMER_MS) {
+    throw new UsageError(
+      `--limit must be a whole number from 1 to ${MAX_TIMER_MS}: current value is ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return limit;
 }
 
 function checkRedisUrl(url: string, source: string): string {
@@ -258,7 +277,12 @@ export function parseArgs(
     verbose: flags.has("--verbose"),
   };
 
-  if (kind === "status") return { kind, ...connection };
+  const limit = parseLimit(values.get("--limit"));
+  if (kind === "status") {
+    return limit === undefined
+      ? { kind, ...connection }
+      : { kind, ...connection, limit };
+  }
   if (kind === "release") {
     const token = values.get("--token");
     if (!token) throw new UsageError("release needs --token <token>");
@@ -289,5 +313,6 @@ export function parseArgs(
     fencing: flags.has("--fencing"),
     shell: flags.has("--shell"),
     command: tail,
+    ...(limit !== undefined && { limit }),
   };
 }

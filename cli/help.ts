@@ -16,6 +16,8 @@ Options:
                         (default: wait until the lock is free)
   -n, --no-wait         one attempt: exit 75 at once if the lock is busy
   --fencing             give the command a fencing token in DEADBOLT_FENCE
+  --limit <n>           let up to <n> commands run at once across machines:
+                        take one of <n> permits of the semaphore <name>
   --kill-after <dur>    grace between SIGTERM and SIGKILL on loss (default 5s)
   --shell               run <command> with /bin/sh -c; later words are $1…
   --prefix <prefix>     prefix of the lock's Redis keys (default deadbolt:)
@@ -27,10 +29,12 @@ The command gets DEADBOLT_LOCK (the name), DEADBOLT_TOKEN and, with --fencing,
 DEADBOLT_FENCE. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to its
 process group.`;
 
-const STATUS = `deadbolt status <name> [--redis <url>] [--prefix <prefix>] [-q]
+const STATUS =
+  `deadbolt status <name> [--limit <n>] [--redis <url>] [--prefix <prefix>] [-q]
 
 Prints whether the lock is held and how long its lease has left (never the
-token). Exits 0 when held, 1 when free (-q prints nothing).`;
+token). Exits 0 when held, 1 when free (-q prints nothing). With --limit <n>:
+how many of the semaphore's <n> permits are held; exits 0 when all are.`;
 
 const RELEASE =
   `deadbolt release <name> --token <token> [--redis <url>] [--prefix <prefix>]

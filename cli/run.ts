@@ -1,5 +1,12 @@
 import process from "node:process";
-import { Lock, LockTimeoutError } from "../mod.ts";
+import { Lock, LockTimeoutError, Semaphore } from "../mod.ts";
+
+/** What `run` holds: the lock, or with `--limit` one permit of a semaphore. */
+type Held = Lock | Semaphore;
+
+/** `lock 'name'`, or `semaphore 'name'` with `--limit`, for messages. */
+const what = (args: RunArgs) =>
+  `${args.limit === undefined ? "lock" : "semaphore"} '${args.name}'`;
 import type { RunArgs } from "./args.ts";
 import { GroupCommand } from "./child.ts";
 import {
@@ -86,21 +93,30 @@ async function connectAndRun(
     throw error;
   });
   try {
-    const lock = new Lock(lockClient(redis), args.name, {
+    const options = {
       ttl: args.ttl,
       fencing: args.fencing,
       prefix: args.prefix,
-    });
+    };
+    const lock: Held = args.limit === undefined
+      ? new Lock(lockClient(redis), args.name, options)
+      : new Semaphore(lockClient(redis), args.name, {
+        ...options,
+        limit: args.limit,
+      });
     const waited = await acquire(
       lock,
       args,
       reporter,
       interrupted,
-      () => redis.pttl(lock.key),
+      () =>
+        args.limit === undefined
+          ? redis.pttl(lock.key)
+          : firstLeaseEnd(redis, lock.key),
     );
     if (waited === undefined) return ExitCode.BUSY;
     reporter.info(
-      `acquired lock '${args.name}'${
+      `acquired ${what(args)}${
         lock.fence === undefined ? "" : ` with fence ${lock.fence}`
       }${waited > 0 ? ` after ${formatDuration(waited)}` : ""}`,
     );
@@ -115,7 +131,7 @@ async function connectAndRun(
  * progress. Returns how long it waited in ms, or `undefined` when busy.
  */
 async function acquire(
-  lock: Lock,
+  lock: Held,
   args: RunArgs,
   reporter: Reporter,
   signal: AbortSignal,
@@ -132,7 +148,7 @@ async function acquire(
       const left = args.timeout - waited();
       if (args.timeout === 0 || left <= 0) {
         reporter.notice(
-          `lock '${args.name}' is busy: ${describeHolder(error.remainingTtl)}`,
+          `${what(args)} is busy: ${describeHolder(error.remainingTtl)}`,
         );
         return undefined;
       }
@@ -152,15 +168,15 @@ async function acquire(
   } catch (error) {
     if (error instanceof LockTimeoutError) {
       reporter.notice(
-        `gave up on lock '${args.name}' after waiting ${
-          formatDuration(waited())
-        }: ${describeHolder(error.remainingTtl)}`,
+        `gave up on ${what(args)} after waiting ${formatDuration(waited())}: ${
+          describeHolder(error.remainingTtl)
+        }`,
       );
       return undefined;
     }
     if (signal.aborted) throw signal.reason;
     throw new RedisUnavailableError(
-      `cannot acquire lock '${args.name}': ${describeError(error)}`,
+      `cannot acquire ${what(args)}: ${describeError(error)}`,
       { cause: error },
     );
   }
@@ -168,7 +184,7 @@ async function acquire(
 
 /** Runs the command while `lock` is held; returns the exit code. */
 async function runHolding(
-  lock: Lock,
+  lock: Held,
   args: RunArgs,
   reporter: Reporter,
   interrupted: AbortSignal,
@@ -234,9 +250,9 @@ async function runHolding(
   }
   const released = await release(lock, reporter);
   reporter.info(
-    `${
-      released ? "released" : "could not release"
-    } lock '${args.name}'; the command exited with status ${exit.status}${
+    `${released ? "released" : "could not release"} ${
+      what(args)
+    }; the command exited with status ${exit.status}${
       exit.signal ? ` (${exit.signal})` : ""
     }`,
   );
@@ -244,7 +260,7 @@ async function runHolding(
 }
 
 /** Releases `lock`; a failure is reported, not thrown: the lease runs out by itself. */
-async function release(lock: Lock, reporter: Reporter): Promise<boolean> {
+async function release(lock: Held, reporter: Reporter): Promise<boolean> {
   try {
     return await lock.release();
   } catch (error) {
@@ -255,6 +271,28 @@ async function release(lock: Lock, reporter: Reporter): Promise<boolean> {
     );
     return false;
   }
+}
+
+/**
+ * How long until the first permit of the semaphore at `key` ends its lease,
+ * in ms, by Redis' clock; -2 when no permit is held.
+ */
+async function firstLeaseEnd(
+  redis: {
+    time(): Promise<unknown>;
+    zrange(...args: unknown[]): Promise<unknown>;
+  },
+  key: string,
+): Promise<number> {
+  const [time, first] = await Promise.all([
+    redis.time() as Promise<unknown[]>,
+    redis.zrange(key, "0", "0", "WITHSCORES") as Promise<string[]>,
+  ]);
+  if (first.length < 2) return -2;
+  // ioredis 6 gives numbers, ioredis 5 strings.
+  const [seconds, micros] = time.map(Number);
+  const now = seconds * 1_000 + Math.floor(micros / 1_000);
+  return Math.max(0, Number(first[1]) - now);
 }
 
 /** Settles with `promise`, or rejects with `signal.reason` once it aborts. */

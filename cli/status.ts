@@ -1,5 +1,5 @@
 import process from "node:process";
-import { Lock } from "../mod.ts";
+import { Lock, Semaphore } from "../mod.ts";
 import type { ReleaseArgs, StatusArgs } from "./args.ts";
 import {
   closeRedis,
@@ -16,6 +16,7 @@ import { formatDuration, Reporter } from "./reporter.ts";
  * on stdout (never the token). Returns 0 held, 1 free, 69 Redis failing.
  */
 export async function statusCommand(args: StatusArgs): Promise<number> {
+  if (args.limit !== undefined) return await permitsStatus(args, args.limit);
   const keys = Lock.keys(args.name, { prefix: args.prefix });
   return await withRedis(args, async (redis) => {
     const [ttl, fence] = await Promise.all([
@@ -41,6 +42,41 @@ export async function statusCommand(args: StatusArgs): Promise<number> {
       );
     }
     return ExitCode.OK;
+  });
+}
+
+/**
+ * `deadbolt status --limit <n>`: prints how many of the semaphore's `n`
+ * permits are held and when the first lease ends. Returns 0 when all `n`
+ * are held (a `run --limit <n>` would wait), 1 when one is free.
+ */
+async function permitsStatus(args: StatusArgs, limit: number): Promise<number> {
+  return await withRedis(args, async (redis) => {
+    const { key } = new Semaphore(lockClient(redis), args.name, {
+      limit,
+      prefix: args.prefix,
+    });
+    const [time, running] = await Promise.all([
+      redis.time(),
+      redis.zrange(key, "0", "-1", "WITHSCORES"),
+    ]);
+    // ioredis 6 gives numbers, ioredis 5 strings.
+    const [seconds, micros] = (time as unknown[]).map(Number);
+    const now = seconds * 1_000 + Math.floor(micros / 1_000);
+    const ends = running.filter((_, i) => i % 2 === 1).map(Number)
+      .filter((end) => end > now);
+    if (!args.quiet) {
+      const where = args.verbose ? ` (key ${key})` : "";
+      const first = ends.length === 0
+        ? ""
+        : `; the first lease ends in ${
+          formatDuration(Math.min(...ends) - now)
+        }`;
+      process.stdout.write(
+        `semaphore '${args.name}'${where} has ${ends.length} of ${limit} permits held${first}\n`,
+      );
+    }
+    return ends.length >= limit ? ExitCode.OK : ExitCode.NO;
   });
 }
 

@@ -5,6 +5,7 @@ import { parseArgs, parseDuration, UsageError } from "../cli/args.ts";
 import { formatDuration, waitingLine } from "../cli/reporter.ts";
 import { cli, CliProcess, isDead, tempDir } from "./_cli.ts";
 import { freePort, startRedis } from "./_redis.ts";
+import { until } from "./_util.ts";
 
 const key = (name: string) => lockKeys("deadbolt:", name).lock;
 const noStackTrace = (text: string) =>
@@ -611,4 +612,88 @@ Deno.test({
     // The line is cleared before the command's output.
     assert.match(frames.at(-1)!, /^acquired\r?\n/);
   },
+});
+
+Deno.test("deadbolt run --limit 2 runs at most two commands at once; a third with --no-wait exits 75, and status --limit counts the permits", async () => {
+  await using server = await startRedis();
+  await using dir = await tempDir();
+  const log = `${dir.path}/log`;
+  const semaphoreKey = "deadbolt:semaphore:{pool}";
+  await using side = await server.connect();
+  // Each command records how many run beside it (counted in Redis).
+  const section =
+    `n=$(redis-cli -p "$3" INCR inside); echo "$n" >> "$2"; sleep 0.6; redis-cli -p "$3" DECR inside > /dev/null`;
+  const runs = ["a", "b", "c", "d"].map((id) =>
+    cli([
+      "run",
+      "pool",
+      "--limit",
+      "2",
+      "--redis",
+      server.url,
+      "--",
+      ...sh(section, id, log, String(server.port)),
+    ])
+  );
+  // Two hold permits, two wait: the semaphore is full meanwhile.
+  await until(
+    async () => Number(await side.send("ZCARD", semaphoreKey)) === 2,
+    10_000,
+    "two permits held",
+  );
+  const [full, busy] = await Promise.all([
+    cli(["status", "pool", "--limit", "2", "--redis", server.url]),
+    cli([
+      "run",
+      "pool",
+      "--limit",
+      "1",
+      "--no-wait",
+      "--redis",
+      server.url,
+      "--",
+      "true",
+    ]),
+  ]);
+  assert.equal(full.code, 0, full.stderr);
+  assert.match(
+    full.stdout,
+    /^semaphore 'pool' has 2 of 2 permits held; the first lease ends in [\d.]+ m?s\n$/,
+  );
+  assert.equal(busy.code, 75, busy.stderr);
+  for (const result of await Promise.all(runs)) {
+    assert.equal(result.code, 0, result.stderr);
+  }
+  const counts = (await read(log)).trim().split("\n").map(Number);
+  assert.equal(counts.length, 4);
+  assert.ok(Math.max(...counts) <= 2, `counts ${counts}`);
+  const free = await cli([
+    "status",
+    "pool",
+    "--limit",
+    "2",
+    "--redis",
+    server.url,
+  ]);
+  assert.equal(free.code, 1, free.stderr);
+  assert.equal(free.stdout, "semaphore 'pool' has 0 of 2 permits held\n");
+  assert.equal(await side.send("EXISTS", semaphoreKey), 0, "released");
+});
+
+Deno.test("deadbolt --limit must be a whole number from 1, before any Redis I/O", async () => {
+  const redis = `redis://127.0.0.1:${freePort()}`;
+  for (const bad of ["0", "-1", "1.5", "x", "2147483648"]) {
+    const result = await cli([
+      "run",
+      "job",
+      "--limit",
+      bad,
+      "--redis",
+      redis,
+      "--",
+      "true",
+    ]);
+    assert.equal(result.code, 64, `${bad}: ${result.stderr}`);
+    assert.match(result.stderr, /--limit must be a whole number from 1/);
+  }
 });
