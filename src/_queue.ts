@@ -164,6 +164,11 @@ export class LocalQueue {
     });
   }
 
+  /** Whether the head sleeps between attempts now. */
+  get sleeping(): boolean {
+    return this.#sleeper !== undefined;
+  }
+
   /** Whether the head sleeps with an offer that no holder has taken yet. */
   get offered(): boolean {
     return !!this.#sleeper?.offer && !this.#sleeper.taken;

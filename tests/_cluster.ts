@@ -75,6 +75,11 @@ export interface RedisCluster extends AsyncDisposable {
   /** The running replicas of `master` now. */
   replicasOf(master: ClusterNode): Promise<ClusterNode[]>;
   /**
+   * A replica of `master` that is up, once the cluster's view shows one
+   * (after a failover, the demoted master shows as a replica a moment later).
+   */
+  replicaOf(master: ClusterNode): Promise<ClusterNode>;
+  /**
    * Moves `slot` with its keys to the master `to`: SETSLOT IMPORTING and
    * MIGRATING, MIGRATE … KEYS in batches, then SETSLOT NODE on every master;
    * resolves once every node agrees.
@@ -378,6 +383,18 @@ class Cluster implements RedisCluster {
       .filter((line) => line.master === master.id)
       .map((line) => this.#byId(line.id))
       .filter((node) => node.up);
+  }
+
+  async replicaOf(master: ClusterNode): Promise<ClusterNode> {
+    const deadline = performance.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      const [replica] = await this.replicasOf(master);
+      if (replica) return replica;
+      if (performance.now() > deadline) {
+        throw new Error(`Master ${master.port} shows no replica that is up`);
+      }
+      await delay(20);
+    }
   }
 
   async migrateSlot(

@@ -18,6 +18,7 @@ import { Lock, LockKeyError, LockLostError, LockTimeoutError } from "../mod.ts";
 import type { RedisClient } from "../mod.ts";
 import { lockKeys } from "../src/keys.ts";
 import { abortedAt, lineUp, sleep, until, within } from "./_util.ts";
+import { semaphoreCases } from "./_semaphore_cases.ts";
 
 /** One connection of the client under test. */
 export interface Connection {
@@ -279,8 +280,8 @@ const rejection = (promise: Promise<unknown>, what: string) =>
     (error: unknown) => error,
   );
 
-/** The shared cases, in the order the runners register them. */
-export const CORE_CASES: readonly CoreCase[] = [
+/** The lock's cases, in the order the runners register them. */
+const LOCK_CASES: readonly CoreCase[] = [
   {
     name: "Lock.acquire() sets the key to the token and release() removes it",
     run: (under) =>
@@ -752,4 +753,10 @@ export const CORE_CASES: readonly CoreCase[] = [
         await timersBack(under, timers);
       }),
   },
+];
+
+/** Every case of the matrix: the lock's, then the semaphore's. */
+export const CORE_CASES: readonly CoreCase[] = [
+  ...LOCK_CASES,
+  ...semaphoreCases({ withConnections, subscribers, handoffMs: HANDOFF_MS }),
 ];

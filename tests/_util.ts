@@ -95,20 +95,22 @@ export async function until(
 /**
  * Waits until `count` waiters of this process line up for the lock `name`
  * on `client` (its head included), with the head asleep between attempts
- * and ready to be handed the lock: the moment a test may release.
+ * (a lock's head then stands ready to be handed the lock): the moment a
+ * test may release. `key` is
+ * the lock's key (a semaphore's for a semaphore).
  */
 export async function lineUp(
   client: RedisClient,
   name: string,
   count: number,
   ms = 5_000,
+  key = Lock.keys(name).lock,
 ): Promise<void> {
-  const key = Lock.keys(name).lock;
   await until(
     () => {
       const queue = existingQueue(toScriptClient(client), key);
       return Promise.resolve(
-        queue !== undefined && queue.size >= count && queue.offered,
+        queue !== undefined && queue.size >= count && queue.sleeping,
       );
     },
     ms,

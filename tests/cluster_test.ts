@@ -776,7 +776,7 @@ Deno.test("Lock on a promoted replica that missed the lock's write: a second own
   await using io = await ioredisCluster(cluster);
   await using other = await ioredisCluster(cluster);
   const [master] = await cluster.masters();
-  const [replica] = await cluster.replicasOf(master);
+  const replica = await cluster.replicaOf(master);
   const name = await nameOn(cluster, master, "lagging");
   // Freeze the replica and cut its link, so the lock's writes reach only
   // the master, which then dies.
@@ -825,7 +825,7 @@ Deno.test("Lock with waitReplicas: 1 on a cluster waits for the replica of the l
       await using io = await connect(cluster);
       await using other = await ioredisCluster(cluster);
       const master = masters[index];
-      const [replica] = await cluster.replicasOf(master);
+      const replica = await cluster.replicaOf(master);
       const name = await nameOn(cluster, master, `replicated-${io.label}`);
       const key = lockKeys("deadbolt:", name).lock;
       // The other masters' replicas are fine: a WAIT sent to any of them
@@ -884,7 +884,7 @@ Deno.test("Lock survives a manual failover (CLUSTER FAILOVER, and TAKEOVER) of i
             await using io = await connect(cluster);
             await using other = await ioredisCluster(cluster);
             const master = (await cluster.masters())[shard++ % 3];
-            const [replica] = await cluster.replicasOf(master);
+            const replica = await cluster.replicaOf(master);
             const name = await nameOn(
               cluster,
               master,
