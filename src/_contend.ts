@@ -1,14 +1,13 @@
 import { backoff } from "./backoff.ts";
 import { LockReplicationError, LockTimeoutError } from "./errors.ts";
 import { Lease } from "./_lease.ts";
-import { foreignKeyError, type Grant } from "./_store.ts";
+import { foreignKeyError } from "./_store.ts";
 import type { Handed } from "./_queue.ts";
-import type { Turn } from "./_waiting.ts";
+import type { Waiting } from "./_waiting.ts";
 import type { RedisStore } from "./_redis_store.ts";
 import { runScript, toIntegers } from "./_run_script.ts";
 import { ACQUIRE, type AcquireReply, readAcquire } from "./scripts.ts";
 import { delay, now } from "./_timers.ts";
-import type { WaitSettings } from "./options.ts";
 
 // Added to a waiting mark's lifetime, so it outlasts the waiter's sleep.
 const MARK_MARGIN_MS = 20;
@@ -67,7 +66,7 @@ export async function contend(
     ]);
     let reply: AcquireReply;
     try {
-      reply = readAcquire(await store.settle(call, { signal }));
+      reply = readAcquire(await store.settle(call, signal));
     } catch (error) {
       // The SET may have landed before the failure, or may land after an
       // abandoned call: delete it (by token) once the call has settled.
@@ -176,10 +175,7 @@ async function awaitReplicas(
       store.keys.lock,
     );
     [acknowledged] = toIntegers(
-      await store.settle(call, {
-        signal,
-        timeout: commandTimeout + replicaTimeout,
-      }),
+      await store.settle(call, signal, commandTimeout + replicaTimeout),
       1,
     );
   } catch (error) {
@@ -190,11 +186,4 @@ async function awaitReplicas(
     store.forget(token);
     throw new LockReplicationError(store.name, acknowledged, waitReplicas);
   }
-}
-
-/** One `acquire()`'s wait, at the head of its line. */
-export interface Waiting extends Turn {
-  readonly wait: WaitSettings;
-  readonly signal: AbortSignal;
-  readonly grant: Grant;
 }

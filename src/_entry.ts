@@ -7,36 +7,46 @@ interface Acquirable {
   tryAcquire(options: Pick<AcquireOptions, "signal">): Promise<boolean>;
 }
 
+/** A kind of lock's constructor: `new Kind(client(s), name, options)`. */
+type Kind<C, O, H> = new (client: C, name: string, options: O) => H;
+
 /**
- * Opens a handle with `options` (all but `signal`, checked against
- * `keys`) and acquires it: the static `acquire` of every kind of lock.
+ * Opens a handle of `kind` with `options` (all but `signal`, checked
+ * against `keys`) and acquires it: the static `acquire` of every kind of
+ * lock.
  */
 export async function acquireNew<
+  C,
   O extends AcquireOptions,
   H extends Acquirable,
 >(
+  kind: Kind<C, Omit<O, "signal">, H>,
+  client: C,
+  name: string,
   options: O,
   keys: readonly string[],
-  open: (options: Omit<O, "signal">) => H,
 ): Promise<H> {
   checkOptionKeys("Cannot lock", options, keys);
   const { signal, ...rest } = options;
-  const handle = open(rest);
+  const handle = new kind(client, name, rest);
   await handle.acquire({ signal });
   return handle;
 }
 
 /** The static `tryAcquire` of every kind of lock: the handle, or `null`. */
 export async function tryAcquireNew<
+  C,
   O extends Pick<AcquireOptions, "signal">,
   H extends Acquirable,
 >(
+  kind: Kind<C, Omit<O, "signal">, H>,
+  client: C,
+  name: string,
   options: O,
   keys: readonly string[],
-  open: (options: Omit<O, "signal">) => H,
 ): Promise<H | null> {
   checkOptionKeys("Cannot lock", options, keys);
   const { signal, ...rest } = options;
-  const handle = open(rest);
+  const handle = new kind(client, name, rest);
   return await handle.tryAcquire({ signal }) ? handle : null;
 }

@@ -8,7 +8,12 @@ import {
   checkSignal,
   MAX_TIMER_MS,
 } from "./_validate.ts";
-import { type AcquireOptions, acquireSettings, MIN_TTL } from "./options.ts";
+import {
+  type AcquireOptions,
+  acquireSettings,
+  MIN_TTL,
+  type WaitSettings,
+} from "./options.ts";
 
 /**
  * The life of a lock handle, written once for every kind of lock; what a
@@ -109,11 +114,7 @@ export class Lifecycle {
         options,
         this.#settings,
       );
-      return this.#begin(
-        action,
-        signal,
-        (signal) => this.#store.acquire(wait, signal, this.#grant),
-      );
+      return this.#begin(action, signal, wait);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -140,18 +141,16 @@ export class Lifecycle {
     if (!this.#store.adopt) {
       throw new TypeError(`${action} as this kind of lock cannot be adopted`);
     }
-    let adopted = false;
-    await this.#begin(action, signal, async (signal) => {
-      adopted = await this.#store.adopt!(token, signal, this.#grant);
-    });
-    return adopted;
+    await this.#begin(action, signal, token);
+    return this.held;
   }
 
-  // Runs `work` as this handle's one pending acquisition.
+  // Runs this handle's one pending acquisition: a wait by `how`, or the
+  // adoption of the hold of the token `how`.
   async #begin(
     action: string,
     signal: AbortSignal | undefined,
-    work: (signal: AbortSignal) => Promise<void>,
+    how: WaitSettings | string,
   ): Promise<void> {
     if (this.#pending) {
       throw new Error(`${action} as an acquire() of this handle is pending`);
@@ -165,9 +164,12 @@ export class Lifecycle {
     const cancel = new AbortController();
     const attempt = (async () => {
       if (this.#acquired) await this.#release().catch(noop);
-      await work(
-        signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
-      );
+      const stop = signal
+        ? AbortSignal.any([signal, cancel.signal])
+        : cancel.signal;
+      if (typeof how === "string") {
+        await this.#store.adopt!(how, stop, this.#grant);
+      } else await this.#store.acquire(how, stop, this.#grant);
     })();
     this.#pending = { cancel, attempt };
     try {

@@ -8,16 +8,11 @@ import { MAX_TIMER_MS } from "./_validate.ts";
  */
 export class WaitLine {
   #waiters: Deferred<void>[] = [];
-  #onHeadLeft: () => void;
-  #onEmpty: () => void;
+  #owner: LineOwner;
 
-  /**
-   * @param onHeadLeft Called when the head has left, before the next one is told.
-   * @param onEmpty Called when the last waiter has left.
-   */
-  constructor(onHeadLeft: () => void, onEmpty: () => void) {
-    this.#onHeadLeft = onHeadLeft;
-    this.#onEmpty = onEmpty;
+  /** A line whose changes `owner` hears of. */
+  constructor(owner: LineOwner) {
+    this.#owner = owner;
   }
 
   /** How many wait, the head included. */
@@ -84,9 +79,17 @@ export class WaitLine {
     if (index < 0) return;
     this.#waiters.splice(index, 1);
     if (index === 0) {
-      this.#onHeadLeft();
+      this.#owner.headLeft();
       this.#waiters[0]?.resolve();
     }
-    if (this.#waiters.length === 0) this.#onEmpty();
+    if (this.#waiters.length === 0) this.#owner.emptied();
   }
+}
+
+/** What a {@linkcode WaitLine} tells its owner. */
+export interface LineOwner {
+  /** The head has left; the next one is told after this. */
+  headLeft(): void;
+  /** The last waiter has left. */
+  emptied(): void;
 }

@@ -11,7 +11,7 @@ import {
   type Store,
 } from "./_store.ts";
 import { existingQueue } from "./_queue.ts";
-import { type Turn, waitInLine } from "./_waiting.ts";
+import { type Waiting, waitInLine } from "./_waiting.ts";
 import { unwatched } from "./_wakeups.ts";
 import { runScript } from "./_run_script.ts";
 import {
@@ -67,8 +67,9 @@ export class PermitStore implements Store {
       this.#keys.lock,
       wait,
       signal,
+      grant,
       false,
-      (turn) => this.#contend(wait, signal, grant, turn),
+      (waiting) => this.#contend(waiting),
     );
   }
 
@@ -81,7 +82,9 @@ export class PermitStore implements Store {
       token,
       String(ttl),
     ]);
-    const owner = readPermitOwner(await this.#settle(call, bounds));
+    const owner = readPermitOwner(
+      await this.#settle(call, undefined, bounds.timeout, bounds.background),
+    );
     if (owner === "ours") return RENEWED;
     return {
       renewed: false,
@@ -115,10 +118,7 @@ export class PermitStore implements Store {
 
   // Asks Redis for a permit until granted, sleeping between attempts.
   async #contend(
-    wait: WaitSettings,
-    signal: AbortSignal,
-    grant: Grant,
-    { queue, started, deadline }: Turn,
+    { wait, signal, grant, queue, started, deadline }: Waiting,
   ): Promise<Lease> {
     const { ttl, limit, fencing } = this.#settings;
     const { lock, fence, released, waiting } = this.#keys;
@@ -139,7 +139,7 @@ export class PermitStore implements Store {
       ]);
       let reply: PermitReply;
       try {
-        reply = readPermit(await this.#settle(call, { signal }));
+        reply = readPermit(await this.#settle(call, signal));
       } catch (error) {
         // The permit may have been granted before the failure, or may be
         // after an abandoned call: free it (by token) once the call settled.
@@ -195,13 +195,17 @@ export class PermitStore implements Store {
 
   #settle(
     call: Promise<unknown>,
-    bounds: Partial<CallBounds> & { signal?: AbortSignal } = {},
+    signal?: AbortSignal,
+    timeout: number = this.#settings.commandTimeout,
+    background = false,
   ): Promise<unknown> {
     return boundedCall(
       call,
-      () => `semaphore ${JSON.stringify(this.#name)}`,
-      this.#settings.commandTimeout,
-      bounds,
+      "semaphore",
+      this.#name,
+      timeout,
+      signal,
+      background,
     );
   }
 }

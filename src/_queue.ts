@@ -33,13 +33,21 @@ export class LocalQueue {
   constructor(client: ScriptClient, onEmpty: () => void) {
     this.#onEmpty = onEmpty;
     this.#client = client;
-    this.#line = new WaitLine(() => this.#woken = false, () => {
-      clearTimeout(this.#later);
-      this.#quietUntil = 0;
-      this.#reading = undefined;
-      this.#wakeUps?.stop();
-      if (!this.#holder) this.#onEmpty();
-    });
+    this.#line = new WaitLine(this);
+  }
+
+  /** For its {@linkcode WaitLine}: the head has left. */
+  headLeft(): void {
+    this.#woken = false;
+  }
+
+  /** For its {@linkcode WaitLine}: the last waiter has left. */
+  emptied(): void {
+    clearTimeout(this.#later);
+    this.#quietUntil = 0;
+    this.#reading = undefined;
+    this.#wakeUps?.stop();
+    if (!this.#holder) this.#onEmpty();
   }
 
   /**

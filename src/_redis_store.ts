@@ -73,8 +73,9 @@ export class RedisStore implements Store {
       this.keys.lock,
       wait,
       signal,
+      grant,
       true,
-      (turn) => contend(this, { ...turn, wait, signal, grant }),
+      (waiting) => contend(this, waiting),
     );
   }
 
@@ -87,7 +88,9 @@ export class RedisStore implements Store {
       token,
       String(ttl),
     ]);
-    const owner = readOwner(await this.settle(call, bounds));
+    const owner = readOwner(
+      await this.settle(call, undefined, bounds.timeout, bounds.background),
+    );
     return owner === "ours"
       ? RENEWED
       : { renewed: false, lost: LOST_BECAUSE[owner] };
@@ -118,7 +121,7 @@ export class RedisStore implements Store {
       token,
       String(ttl),
     ]);
-    const reply = readAdopt(await this.settle(call, { signal }));
+    const reply = readAdopt(await this.settle(call, signal));
     // Too late to leave any validity: the hold stays as it was, to expire.
     if (reply.status !== "ours" || !Lease.fresh(sent, ttl)) return false;
     grant(token, sent, fencing ? reply.fence : undefined);
@@ -134,16 +137,13 @@ export class RedisStore implements Store {
     runScript(this.client, RELEASE, [this.keys.lock], [token]).then(noop, noop);
   }
 
-  /** Bounds `call` by `commandTimeout` (see `boundedCall`). */
+  /** Bounds `call` by `timeout`, `commandTimeout` by default (see `boundedCall`). */
   settle(
     call: Promise<unknown>,
-    bounds: Partial<CallBounds> & { signal?: AbortSignal } = {},
+    signal?: AbortSignal,
+    timeout: number = this.settings.commandTimeout,
+    background = false,
   ): Promise<unknown> {
-    return boundedCall(
-      call,
-      () => `lock ${JSON.stringify(this.name)}`,
-      this.settings.commandTimeout,
-      bounds,
-    );
+    return boundedCall(call, "lock", this.name, timeout, signal, background);
   }
 }

@@ -56,24 +56,25 @@ export interface Store {
 }
 
 /**
- * Bounds a Redis call by `bounds.timeout` (else `commandTimeout`) and
- * `bounds.signal` (see `settle`); a call past its time rejects with a
- * `TimeoutError` naming `what` (`lock "name"`).
+ * Bounds a Redis call by `timeout` ms and `signal` (see `settle`); a call
+ * past its time rejects with a `TimeoutError` naming the `kind` of lock and
+ * its `name`. `background` lets the process exit meanwhile.
  */
 export function boundedCall(
   call: Promise<unknown>,
-  what: () => string,
-  commandTimeout: number,
-  bounds: Partial<CallBounds> & { signal?: AbortSignal } = {},
+  kind: string,
+  name: string,
+  timeout: number,
+  signal?: AbortSignal,
+  background = false,
 ): Promise<unknown> {
-  const timeout = bounds.timeout ?? commandTimeout;
   return settle(call, {
     timeout,
-    signal: bounds.signal,
-    background: bounds.background,
+    signal,
+    background,
     onTimeout: () =>
       new DOMException(
-        `Redis did not answer within ${timeout} ms (${what()})`,
+        `Redis did not answer within ${timeout} ms (${kind} '${name}')`,
         "TimeoutError",
       ),
   });

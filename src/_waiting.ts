@@ -1,13 +1,20 @@
 import type { ScriptClient } from "./client.ts";
 import { LockTimeoutError } from "./errors.ts";
 import type { Lease } from "./_lease.ts";
+import type { Grant } from "./_store.ts";
 import { type LocalQueue, localQueue } from "./_queue.ts";
 import { unwatched } from "./_wakeups.ts";
 import { now } from "./_timers.ts";
 import type { WaitSettings } from "./options.ts";
 
-/** Where a wait stands when its head starts asking Redis. */
-export interface Turn {
+/** One wait, as its head starts asking Redis. */
+export interface Waiting {
+  /** The wait's settings. */
+  readonly wait: WaitSettings;
+  /** Calls the wait off. */
+  readonly signal: AbortSignal;
+  /** Starts the lease of the grant. */
+  readonly grant: Grant;
   /** The process's line for this lock; none for one attempt. */
   readonly queue: LocalQueue | undefined;
   /** When the wait began (monotonic ms). */
@@ -34,8 +41,9 @@ export async function waitInLine(
   key: string,
   wait: WaitSettings,
   signal: AbortSignal,
+  grant: Grant,
   hold: boolean,
-  contend: (turn: Turn) => Promise<Lease>,
+  contend: (waiting: Waiting) => Promise<Lease>,
 ): Promise<void> {
   const started = now();
   const deadline = started + wait.timeout;
@@ -55,7 +63,15 @@ export async function waitInLine(
       firstSend = now();
     }
     try {
-      const lease = await contend({ queue, started, deadline, firstSend });
+      const lease = await contend({
+        wait,
+        signal,
+        grant,
+        queue,
+        started,
+        deadline,
+        firstSend,
+      });
       if (hold) queue?.hold(lease);
     } finally {
       queue?.leave();

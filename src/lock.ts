@@ -115,11 +115,7 @@ export class Lock implements AsyncDisposable {
     name: string,
     options: LockOptions & AcquireOptions = {},
   ): Promise<Lock> {
-    return acquireNew(
-      options,
-      STATIC_ACQUIRE_KEYS,
-      (lockOptions) => new Lock(client, name, lockOptions),
-    );
+    return acquireNew(Lock, client, name, options, STATIC_ACQUIRE_KEYS);
   }
 
   /**
@@ -148,11 +144,7 @@ export class Lock implements AsyncDisposable {
     name: string,
     options: LockOptions & Pick<AcquireOptions, "signal"> = {},
   ): Promise<Lock | null> {
-    return tryAcquireNew(
-      options,
-      STATIC_TRY_KEYS,
-      (lockOptions) => new Lock(client, name, lockOptions),
-    );
+    return tryAcquireNew(Lock, client, name, options, STATIC_TRY_KEYS);
   }
 
   /**

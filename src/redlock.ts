@@ -129,11 +129,7 @@ export class Redlock implements AsyncDisposable {
     name: string,
     options: RedlockOptions & AcquireOptions = {},
   ): Promise<Redlock> {
-    return acquireNew(
-      options,
-      STATIC_ACQUIRE_KEYS,
-      (lockOptions) => new Redlock(clients, name, lockOptions),
-    );
+    return acquireNew(Redlock, clients, name, options, STATIC_ACQUIRE_KEYS);
   }
 
   /**
@@ -161,11 +157,7 @@ export class Redlock implements AsyncDisposable {
     name: string,
     options: RedlockOptions & Pick<AcquireOptions, "signal"> = {},
   ): Promise<Redlock | null> {
-    return tryAcquireNew(
-      options,
-      STATIC_TRY_KEYS,
-      (lockOptions) => new Redlock(clients, name, lockOptions),
-    );
+    return tryAcquireNew(Redlock, clients, name, options, STATIC_TRY_KEYS);
   }
 
   /** The token that marks this handle's ownership on the servers, from `crypto.randomUUID()`; new for each attempt. */

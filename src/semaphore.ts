@@ -96,10 +96,11 @@ export class Semaphore implements AsyncDisposable {
     options: SemaphoreOptions & AcquireOptions,
   ): Promise<Semaphore> {
     return acquireNew(
+      Semaphore,
+      client,
+      name,
       options ?? {},
       STATIC_ACQUIRE_KEYS,
-      (semaphoreOptions) =>
-        new Semaphore(client, name, semaphoreOptions as SemaphoreOptions),
     );
   }
 
@@ -118,10 +119,11 @@ export class Semaphore implements AsyncDisposable {
     options: SemaphoreOptions & Pick<AcquireOptions, "signal">,
   ): Promise<Semaphore | null> {
     return tryAcquireNew(
+      Semaphore,
+      client,
+      name,
       options ?? {},
       STATIC_TRY_KEYS,
-      (semaphoreOptions) =>
-        new Semaphore(client, name, semaphoreOptions as SemaphoreOptions),
     );
   }
 
