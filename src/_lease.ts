@@ -18,8 +18,10 @@ const lossMargin = (ttl: number): number => Math.min(25, validity(ttl) / 10);
 export interface LeaseOptions {
   /** The lease length in ms. */
   ttl: number;
-  /** Renew every third of `ttl`. */
+  /** Renew while held. */
   autoExtend: boolean;
+  /** How often to renew, in ms. */
+  renewInterval: number;
   /** Backoff bounds for retrying a failed renewal. */
   retryDelay: number;
   /** Backoff bounds for retrying a failed renewal. */
@@ -117,9 +119,13 @@ export class Lease {
 
   #setValidity(sent: number, validUntil: number): void {
     this.#validUntil = validUntil;
-    // Renew when two thirds of a normal lease remain: every ttl/3.
+    // Renew `renewInterval` into a normal lease (when that much less than a
+    // normal lease remains, after an extension to another ttl).
     const normal = validity(this.#options.ttl);
-    this.#renewAt = Math.max(sent, validUntil - (normal * 2) / 3);
+    this.#renewAt = Math.max(
+      sent,
+      validUntil - (normal - this.#options.renewInterval),
+    );
     this.#arm();
   }
 

@@ -280,11 +280,18 @@ export class Lifecycle {
       this.#controller = new AbortController();
     }
     const controller = this.#controller;
-    const { ttl, autoExtend, retryDelay, maxRetryDelay, commandTimeout } =
-      this.#settings;
+    const {
+      ttl,
+      autoExtend,
+      renewInterval,
+      retryDelay,
+      maxRetryDelay,
+      commandTimeout,
+    } = this.#settings;
     const lease: Lease = new Lease(sent, {
       ttl,
       autoExtend,
+      renewInterval,
       retryDelay,
       maxRetryDelay,
       commandTimeout,

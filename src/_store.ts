@@ -8,7 +8,12 @@ import type { WaitSettings } from "./options.ts";
 export type LifecycleSettings =
   & Pick<
     LeaseOptions,
-    "ttl" | "autoExtend" | "retryDelay" | "maxRetryDelay" | "commandTimeout"
+    | "ttl"
+    | "autoExtend"
+    | "renewInterval"
+    | "retryDelay"
+    | "maxRetryDelay"
+    | "commandTimeout"
   >
   & WaitSettings;
 

@@ -52,6 +52,15 @@ export interface LockOptions extends Omit<AcquireOptions, "signal"> {
    */
   autoExtend?: boolean;
   /**
+   * How often the lease is renewed while held (with `autoExtend`), in ms: an
+   * integer from 1 to half of `ttl`. Shorter renews more often (more
+   * commands) and leaves more time to retry a failed renewal before the
+   * lease runs out.
+   *
+   * @default a third of `ttl`
+   */
+  renewInterval?: number;
+  /**
    * Issue a fencing token (`fence`) with every acquisition: an integer that
    * is strictly greater than every fence issued before for this name.
    *
@@ -99,6 +108,7 @@ export const LOCK_KEYS: readonly string[] = [
   ...WAIT_KEYS,
   "ttl",
   "autoExtend",
+  "renewInterval",
   "fencing",
   "prefix",
   "commandTimeout",
@@ -135,6 +145,13 @@ export function lockSettings(
   return {
     ttl: checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS),
     autoExtend: checkBoolean(action, "autoExtend", autoExtend),
+    renewInterval: options.renewInterval === undefined ? ttl / 3 : checkInteger(
+      action,
+      "renewInterval",
+      options.renewInterval,
+      1,
+      Math.floor(checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS) / 2),
+    ),
     fencing: checkBoolean(action, "fencing", fencing),
     prefix: checkPrefix(action, prefix),
     commandTimeout: checkInteger(

@@ -452,3 +452,40 @@ Deno.test("acquire() after a loss deletes the stale lease and hands out a fresh 
   assert.equal(lock.signal.aborted, false);
   assert.equal(await lock.release(), true);
 });
+
+Deno.test("renewInterval sets how often the lease is renewed; a third of ttl by default", async () => {
+  await using env = await setup();
+  const renewals = async (options: { renewInterval?: number }) => {
+    const calls = new CountingClient(env.redis);
+    const lock = await Lock.acquire(calls, `renew-${options.renewInterval}`, {
+      ttl: 1_500,
+      ...options,
+    });
+    const after = calls.calls;
+    await sleep(1_050); // real time for renewals to happen
+    const count = calls.calls - after;
+    assert.ok(lock.held);
+    await lock.release();
+    return count;
+  };
+  const [often, byDefault] = await Promise.all([
+    renewals({ renewInterval: 100 }),
+    renewals({}),
+  ]);
+  // Every 100 ms: about 10 in 1 s; every 500 ms: 2.
+  assert.ok(often >= 7 && often <= 11, `${often} renewals every 100 ms`);
+  assert.ok(byDefault >= 1 && byDefault <= 2, `${byDefault} by default`);
+  for (const renewInterval of [0, 751, 1.5, "100"]) {
+    assert.throws(
+      () =>
+        new Lock(env.redis, "bad", {
+          ttl: 1_500,
+          renewInterval: renewInterval as number,
+        }),
+      (error: Error) =>
+        (error instanceof RangeError || error instanceof TypeError) &&
+        /'renewInterval'/.test(error.message),
+      String(renewInterval),
+    );
+  }
+});
