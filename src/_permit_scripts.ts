@@ -1,5 +1,8 @@
+import type { LockKeys } from "./keys.ts";
 import { toIntegers } from "./_run_script.ts";
+import type { GrantReply, HoldScripts } from "./_scripted_store.ts";
 import { CHECK_FENCE, type LuaScript, type Owner } from "./scripts.ts";
+import type { SemaphoreSettings } from "./options.ts";
 
 // A semaphore's permits are one sorted set: each holder's token, scored by
 // the moment (Redis' own clock, ms) its lease ends. Every script first drops
@@ -97,21 +100,15 @@ end
 return 1`,
 };
 
-/** {@linkcode ACQUIRE_PERMIT}'s reply. */
-export type PermitReply =
-  | { readonly status: "granted"; readonly fence: number }
-  | { readonly status: "full"; readonly nextEnd: number }
-  | { readonly status: "wrong type" | "bad fence" };
-
 /**
- * Reads {@linkcode ACQUIRE_PERMIT}'s reply: granted with its fence, `full`
+ * Reads {@linkcode ACQUIRE_PERMIT}'s reply: granted with its fence, `busy`
  * with the time until the first lease ends, the key of `wrong type`, or a
  * `bad fence` counter.
  */
-export function readPermit(reply: unknown): PermitReply {
+export function readPermit(reply: unknown): GrantReply {
   const [code, value] = toIntegers(reply, 2);
   if (code === 1) return { status: "granted", fence: value };
-  if (code === 0) return { status: "full", nextEnd: value };
+  if (code === 0) return { status: "busy", freeIn: value };
   if (code === 2) return { status: "wrong type" };
   if (code === 3) return { status: "bad fence" };
   throw new TypeError(
@@ -132,4 +129,48 @@ export function readPermitOwner(reply: unknown): Owner {
   throw new TypeError(
     `Cannot read the permit script's reply: current value is ${code}`,
   );
+}
+
+/**
+ * The scripts of a semaphore's permits on its keys (`keys.lock` is the
+ * permits' sorted set), for a `ScriptedStore`.
+ */
+export function permitScripts(
+  keys: LockKeys,
+  { limit, ttl, fencing }: Pick<SemaphoreSettings, "limit" | "ttl" | "fencing">,
+): HoldScripts {
+  const { lock, fence, released, waiting } = keys;
+  return {
+    kind: "semaphore",
+    lineKey: lock,
+    channel: released,
+    keys,
+    acquire: (token, mark) => ({
+      script: ACQUIRE_PERMIT,
+      keys: mark === undefined ? [lock, fence] : [lock, fence, waiting],
+      args: [
+        token,
+        String(ttl),
+        String(limit),
+        fencing ? "1" : "0",
+        String(mark ?? 0),
+      ],
+    }),
+    readGrant: readPermit,
+    extend: (token, ttl) => ({
+      script: EXTEND_PERMIT,
+      keys: [lock],
+      args: [token, String(ttl)],
+    }),
+    release: (token, quiet) => ({
+      script: RELEASE_PERMIT,
+      keys: quiet ? [lock] : [lock, released, waiting],
+      args: [token],
+    }),
+    readOwner: readPermitOwner,
+    lost: (owner) =>
+      owner === "gone"
+        ? "its permit's lease ended, or the permit was deleted"
+        : "its key holds a value of another type",
+  };
 }

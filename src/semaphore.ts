@@ -2,7 +2,8 @@ import { type RedisClient, toScriptClient } from "./client.ts";
 import { lockKeys } from "./keys.ts";
 import { Lifecycle } from "./_lifecycle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
-import { PermitStore } from "./_permit_store.ts";
+import { ScriptedStore } from "./_scripted_store.ts";
+import { permitScripts } from "./_permit_scripts.ts";
 import { checkName } from "./_validate.ts";
 import {
   ACQUIRE_KEYS,
@@ -72,7 +73,12 @@ export class Semaphore implements AsyncDisposable {
     this.#life = new Lifecycle(
       name,
       settings,
-      new PermitStore(toScriptClient(client), name, keys, settings),
+      new ScriptedStore(
+        toScriptClient(client),
+        name,
+        permitScripts(keys, settings),
+        settings,
+      ),
       "semaphore",
     );
   }

@@ -1,0 +1,243 @@
+import type { ScriptClient } from "./client.ts";
+import { backoff } from "./backoff.ts";
+import { LockTimeoutError } from "./errors.ts";
+import { Lease, type Renewal, RENEWED } from "./_lease.ts";
+import {
+  boundedCall,
+  type CallBounds,
+  foreignKeyError,
+  type Grant,
+  type Store,
+} from "./_store.ts";
+import { existingQueue } from "./_queue.ts";
+import { type Waiting, waitInLine } from "./_waiting.ts";
+import { unwatched } from "./_wakeups.ts";
+import { runScript } from "./_run_script.ts";
+import type { LuaScript, Owner } from "./scripts.ts";
+import { delay, now } from "./_timers.ts";
+import type { WaitSettings } from "./options.ts";
+
+// Added to a waiting mark's lifetime, so it outlasts the waiter's sleep.
+const MARK_MARGIN_MS = 20;
+
+const noop = (): void => {};
+
+/** What an acquire script answered, read. */
+export type GrantReply =
+  | { readonly status: "granted"; readonly fence: number }
+  | { readonly status: "busy"; readonly freeIn: number }
+  | { readonly status: "wrong type" | "bad fence" };
+
+/** One script call: the script, its keys and its arguments. */
+export interface ScriptCall {
+  readonly script: LuaScript;
+  readonly keys: string[];
+  readonly args: string[];
+}
+
+/**
+ * What a kind of hold does in Redis, for a {@linkcode ScriptedStore}: a
+ * semaphore's permit, a read or a write hold of a read-write lock.
+ */
+export interface HoldScripts {
+  /** For messages: `semaphore`, `read lock`, `write lock`. */
+  readonly kind: string;
+  /** The key whose local line waiters of one process share. */
+  readonly lineKey: string;
+  /** The channel a release publishes on, which wakes waiters. */
+  readonly channel: string;
+  /** The keys a foreign value is reported at (`LockKeyError`). */
+  readonly keys: { readonly lock: string; readonly fence: string };
+  /**
+   * One attempt for `token`; `mark` is how long (ms) a waiter's mark lasts,
+   * for a waiter (not one attempt).
+   */
+  acquire(token: string, mark: number | undefined): ScriptCall;
+  /** Reads the acquire script's reply. */
+  readGrant(reply: unknown): GrantReply;
+  /** Renews the hold of `token` to `ttl` ms. */
+  extend(token: string, ttl: number): ScriptCall;
+  /** Releases the hold of `token`, waking waiters; `quiet`: do not publish. */
+  release(token: string, quiet: boolean): ScriptCall;
+  /** Reads an extend or release reply. */
+  readOwner(reply: unknown): Owner;
+  /** Why a hold is lost, by what `extend` found. */
+  lost(owner: Exclude<Owner, "ours">): string;
+}
+
+/** The settings a scripted store uses. */
+export interface ScriptedSettings {
+  readonly ttl: number;
+  readonly fencing: boolean;
+  readonly commandTimeout: number;
+}
+
+/**
+ * The Redis side of holds made of a few scripts on one client (a
+ * semaphore's permits, a read-write lock's holds). Waiters of one process
+ * line up (only the head asks Redis; the next asks as soon as the head has
+ * its hold), a release in this process wakes the head, and a release
+ * elsewhere wakes it by pub/sub where the client can subscribe.
+ */
+export class ScriptedStore implements Store {
+  readonly #client: ScriptClient;
+  readonly #name: string;
+  readonly #scripts: HoldScripts;
+  readonly #settings: ScriptedSettings;
+
+  /** The store of `name`'s holds of one kind. */
+  constructor(
+    client: ScriptClient,
+    name: string,
+    scripts: HoldScripts,
+    settings: ScriptedSettings,
+  ) {
+    this.#client = client;
+    this.#name = name;
+    this.#scripts = scripts;
+    this.#settings = settings;
+  }
+
+  acquire(
+    wait: WaitSettings,
+    signal: AbortSignal,
+    grant: Grant,
+  ): Promise<void> {
+    return waitInLine(
+      this.#client,
+      this.#name,
+      this.#scripts.lineKey,
+      wait,
+      signal,
+      grant,
+      false,
+      (waiting) => this.#contend(waiting),
+    );
+  }
+
+  async extend(
+    token: string,
+    ttl: number,
+    bounds: CallBounds,
+  ): Promise<Renewal> {
+    const owner = this.#scripts.readOwner(
+      await this.#settle(
+        this.#run(this.#scripts.extend(token, ttl)),
+        undefined,
+        bounds.timeout,
+        bounds.background,
+      ),
+    );
+    if (owner === "ours") return RENEWED;
+    return { renewed: false, lost: this.#scripts.lost(owner) };
+  }
+
+  async release(token: string): Promise<boolean> {
+    try {
+      const reply = await this.#settle(
+        this.#run(this.#scripts.release(token, false)),
+      );
+      existingQueue(this.#client, this.#scripts.lineKey)?.wake();
+      return this.#scripts.readOwner(reply) === "ours";
+    } finally {
+      // Nothing deadbolt opened outlives the call.
+      const closing = unwatched(this.#client);
+      if (closing) await closing;
+    }
+  }
+
+  lost(): void {
+    // A hold whose lease ended is free, or will be when Redis sees it.
+    existingQueue(this.#client, this.#scripts.lineKey)?.wake();
+  }
+
+  // Asks Redis until granted, sleeping between attempts.
+  async #contend(
+    { wait, signal, grant, queue, started, deadline }: Waiting,
+  ): Promise<Lease> {
+    const { ttl, fencing } = this.#settings;
+    const subscribe = this.#client.deadbolt?.subscribe;
+    let token = crypto.randomUUID();
+    for (let attempt = 0;; attempt++) {
+      const sent = now();
+      const mark = queue
+        ? Math.ceil(
+          Math.min(wait.maxRetryDelay, wait.retryDelay * 2 ** attempt),
+        ) + MARK_MARGIN_MS
+        : undefined;
+      const call = this.#run(this.#scripts.acquire(token, mark));
+      let reply: GrantReply;
+      try {
+        reply = this.#scripts.readGrant(await this.#settle(call, signal));
+      } catch (error) {
+        // The hold may have been granted before the failure, or may be
+        // after an abandoned call: free it (by token) once the call settled.
+        const forget = () => this.#forget(token);
+        call.then(forget, forget);
+        throw error;
+      }
+      if (reply.status === "granted") {
+        if (Lease.fresh(sent, ttl)) {
+          return grant(token, sent, fencing ? reply.fence : undefined);
+        }
+        // No validity left: free it and retry afresh.
+        this.#forget(token);
+        token = crypto.randomUUID();
+      } else if (reply.status !== "busy") {
+        throw foreignKeyError(
+          `Cannot acquire ${this.#scripts.kind} ${JSON.stringify(this.#name)}`,
+          this.#scripts.keys,
+          reply.status,
+        );
+      }
+      const freeIn = reply.status === "busy" ? reply.freeIn : undefined;
+      const left = deadline - now();
+      if (left <= 0) {
+        if (freeIn === undefined) {
+          throw new DOMException(
+            `Cannot acquire ${this.#scripts.kind} ${
+              JSON.stringify(this.#name)
+            } as Redis answered too slowly to leave any of the ${ttl} ms lease`,
+            "TimeoutError",
+          );
+        }
+        throw new LockTimeoutError(this.#name, now() - started, freeIn);
+      }
+      let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
+      if (freeIn !== undefined) {
+        if (freeIn >= 0) pause = Math.min(pause, Math.max(1, freeIn));
+        if (queue) {
+          queue.noteRemaining(freeIn);
+          if (subscribe) queue.watch(subscribe, this.#scripts.channel);
+        }
+      }
+      pause = Math.min(pause, left);
+      if (queue) await queue.sleep(pause, signal);
+      else await delay(pause, signal);
+    }
+  }
+
+  #run({ script, keys, args }: ScriptCall): Promise<unknown> {
+    return runScript(this.#client, script, keys, args);
+  }
+
+  #forget(token: string): void {
+    this.#run(this.#scripts.release(token, true)).then(noop, noop);
+  }
+
+  #settle(
+    call: Promise<unknown>,
+    signal?: AbortSignal,
+    timeout: number = this.#settings.commandTimeout,
+    background = false,
+  ): Promise<unknown> {
+    return boundedCall(
+      call,
+      this.#scripts.kind,
+      this.#name,
+      timeout,
+      signal,
+      background,
+    );
+  }
+}
