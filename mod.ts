@@ -14,6 +14,8 @@
  *   masters, held while a majority of them agree.
  * - {@linkcode Semaphore}: at most `limit` holders of a name at once, each
  *   permit a handle with its own lease.
+ * - {@linkcode ReadWriteLock}: many readers or one writer, writers not
+ *   starved, each hold a handle with its own lease.
  *
  * ```ts
  * import { Redis } from "npm:ioredis@6";
@@ -41,11 +43,13 @@ export type { LockKeys } from "./src/keys.ts";
 export type {
   AcquireOptions,
   LockOptions,
+  ReadWriteLockOptions,
   RedlockOptions,
   SemaphoreOptions,
 } from "./src/options.ts";
 export { Redlock } from "./src/redlock.ts";
 export { Semaphore } from "./src/semaphore.ts";
+export { ReadWriteHold, ReadWriteLock } from "./src/read_write_lock.ts";
 export {
   LockKeyError,
   LockLostError,

@@ -11,18 +11,23 @@ import type { SemaphoreSettings } from "./options.ts";
 // itself expires with the last lease, so an idle semaphore leaves nothing.
 // Scripts read the clock with TIME (Redis 7 replicates scripts by effects).
 
-const NOW = `local time = redis.call('TIME')
+/** Lua: `now`, Redis' clock in ms. */
+export const NOW = `local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)`;
 
-// Refuses a key of another type with {2, 0}, then drops ended leases.
-const PRUNE = `local kind = redis.call('TYPE', KEYS[1])['ok']
+/**
+ * Lua: refuses a `key` (`KEYS[n]`) of another type than a sorted set with
+ * {2, 0}, then drops its ended leases.
+ */
+export const prune = (key: string): string =>
+  `local kind = redis.call('TYPE', ${key})['ok']
 if kind ~= 'zset' and kind ~= 'none' then return {2, 0} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)`;
+redis.call('ZREMRANGEBYSCORE', ${key}, '-inf', now)`;
 
-// Makes the key expire with its last lease.
-const EXPIRE_WITH_LAST =
-  `local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end`;
+/** Lua: makes the sorted set `key` (`KEYS[n]`) expire with its last lease. */
+export const expireWithLast = (key: string): string =>
+  `local last = redis.call('ZRANGE', ${key}, -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', ${key}, last[2]) end`;
 
 /**
  * KEYS: permits, fence counter, and for a waiter the waiting marker. ARGV:
@@ -37,17 +42,17 @@ export const ACQUIRE_PERMIT: LuaScript = {
   source: `local fencing = ARGV[4] == '1'
 ${CHECK_FENCE}
 ${NOW}
-${PRUNE}
+${prune("KEYS[1]")}
 local ttl = tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  ${EXPIRE_WITH_LAST}
+  ${expireWithLast("KEYS[1]")}
   if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
   return {1, 0}
 end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  ${EXPIRE_WITH_LAST}
+  ${expireWithLast("KEYS[1]")}
   if fencing then return {1, redis.call('INCR', KEYS[2])} end
   return {1, 0}
 end
@@ -72,7 +77,7 @@ if not ends or tonumber(ends) <= now then
   return 0
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-${EXPIRE_WITH_LAST}
+${expireWithLast("KEYS[1]")}
 return 1`,
 };
 

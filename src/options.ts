@@ -339,3 +339,36 @@ export function semaphoreSettings(
     limit: checkInteger(action, "limit", limit, 1, MAX_TIMER_MS),
   };
 }
+
+/** Options of a `ReadWriteLock`: those of a `Lock` that apply to its holds. */
+export type ReadWriteLockOptions = Omit<
+  LockOptions,
+  "waitReplicas" | "replicaTimeout"
+>;
+
+/** A `ReadWriteLock`'s validated settings. */
+export type ReadWriteLockSettings = Required<ReadWriteLockOptions>;
+
+/** The keys the `ReadWriteLock` constructor accepts. */
+export const READ_WRITE_KEYS: readonly string[] = LOCK_KEYS.filter((key) =>
+  !NOT_OFFERED.includes(key)
+);
+
+/**
+ * Validates a `ReadWriteLock`'s options: a `Lock`'s without replicas.
+ *
+ * @throws {TypeError} on an unknown key or a value of the wrong type.
+ * @throws {RangeError} on a number out of range.
+ */
+export function readWriteSettings(
+  action: string,
+  options: ReadWriteLockOptions,
+): ReadWriteLockSettings {
+  checkOptionKeys(action, options, READ_WRITE_KEYS);
+  const {
+    waitReplicas: _waitReplicas,
+    replicaTimeout: _replicaTimeout,
+    ...settings
+  } = lockSettings(action, options);
+  return settings;
+}

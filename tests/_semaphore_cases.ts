@@ -1,5 +1,6 @@
 /**
- * The semaphore's cases of the conformance matrix: `_core_cases.ts` adds them
+ * The semaphore's and the read-write lock's cases of the conformance
+ * matrix: `_core_cases.ts` adds them
  * to `CORE_CASES`, so they run for every client under Deno, Node and Bun and
  * on the 3+3 cluster. They get the runner's helpers as arguments (a type-only
  * import, so no import cycle).
@@ -8,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { LockLostError, Semaphore } from "../mod.ts";
+import { LockLostError, ReadWriteLock, Semaphore } from "../mod.ts";
 import type { ClientUnderTest, Connection, CoreCase } from "./_core_cases.ts";
 import { abortedAt, lineUp, until, within } from "./_util.ts";
 
@@ -118,6 +119,59 @@ export function semaphoreCases(
           } finally {
             assert.equal(await next.release(), true);
             assert.equal(await quiet.release(), false);
+          }
+        }),
+    },
+    {
+      name:
+        "ReadWriteLock: readers share across connections, a writer waits for them and gets the lock at once after the last release",
+      run: (under) =>
+        withConnections(under, 3, async (a, b, side) => {
+          const name = `${under.name} rw`;
+          const first = await ReadWriteLock.read(a.client, name);
+          const second = await ReadWriteLock.read(b.client, name);
+          try {
+            assert.equal(Number(await side.command("ZCARD", first.key)), 2);
+            const wake = under.wakesOnRelease;
+            const writing = ReadWriteLock.write(b.client, name, {
+              timeout: 20_000,
+              ...(wake
+                ? { retryDelay: 10_000, maxRetryDelay: 10_000 }
+                : { maxRetryDelay: 100 }),
+            });
+            const writerKey = first.key.replace(/:readers$/, "");
+            if (wake) {
+              await until(
+                async () =>
+                  await subscribers(side, `${writerKey}:released`) > 0,
+                5_000,
+                "the writer subscribes",
+              );
+            } else {
+              await lineUp(b.client, name, 1, 5_000, writerKey);
+            }
+            assert.equal(
+              await new ReadWriteLock(a.client, name).reader().tryAcquire(),
+              false,
+              "a reader barged in while a writer waits",
+            );
+            assert.equal(await first.release(), true);
+            const released = performance.now();
+            assert.equal(await second.release(), true);
+            const writer = await within(writing, handoffMs, "the writer");
+            const handoff = performance.now() - released;
+            try {
+              assert.ok(handoff < handoffMs, `handoff took ${handoff} ms`);
+              assert.equal(
+                String(await side.command("GET", writer.key)),
+                writer.token,
+              );
+            } finally {
+              assert.equal(await writer.release(), true);
+            }
+          } finally {
+            await first.release();
+            await second.release();
           }
         }),
     },

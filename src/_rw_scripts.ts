@@ -1,0 +1,161 @@
+import type { LockKeys } from "./keys.ts";
+import type { HoldScripts } from "./_scripted_store.ts";
+import {
+  expireWithLast,
+  EXTEND_PERMIT,
+  NOW,
+  prune,
+  readPermit,
+  readPermitOwner,
+  RELEASE_PERMIT,
+} from "./_permit_scripts.ts";
+import {
+  CHECK_FENCE,
+  EXTEND,
+  type LuaScript,
+  readOwner,
+  RELEASE,
+} from "./scripts.ts";
+import type { ReadWriteLockSettings } from "./options.ts";
+
+// A read-write lock is a writer key (the writer's token, with its lease as
+// its expiry, as a Lock's key) and a sorted set of readers (each token
+// scored by the end of its lease on Redis' clock, as a semaphore's
+// permits). A writer is granted only when no reader's lease runs and no
+// other writer holds the key; a reader only when no writer holds it and no
+// writer waits (the waiting mark, set by a writer turned away, until its
+// next attempt): so writers do not starve, and a reader and a writer are
+// never granted at once. Fences count writers.
+
+/**
+ * KEYS: writer, readers, the writer-waiting mark, fence counter. ARGV:
+ * token, ttl in ms. Replies {1, fence} granted (fence: the last writer's,
+ * 0 if none), {0, ms} a writer holds or waits (ms: until the writer's lease
+ * or mark ends), {2, 0} a key holds another type.
+ */
+export const ACQUIRE_READ: LuaScript = {
+  source: `${NOW}
+local writer = redis.pcall('GET', KEYS[1])
+if type(writer) == 'table' then return {2, 0} end
+${prune("KEYS[2]")}
+local ttl = tonumber(ARGV[2])
+local fence = redis.pcall('GET', KEYS[4])
+if type(fence) ~= 'string' or not string.match(fence, '^%d+$') then fence = '0' end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  if writer then return {0, redis.call('PTTL', KEYS[1])} end
+  local waits = redis.pcall('GET', KEYS[3])
+  if type(waits) == 'string' then return {0, redis.call('PTTL', KEYS[3])} end
+end
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+${expireWithLast("KEYS[2]")}
+return {1, tonumber(fence)}`,
+};
+
+/**
+ * KEYS: writer, fence counter, readers, and for a waiter the writer-waiting
+ * mark. ARGV: token, ttl in ms, "1" to issue a fence, and for a waiter how
+ * long (ms) the mark should last. Replies {1, fence} granted, {0, ms} held
+ * (by a writer, or readers: ms until the first lease that is in the way
+ * ends; the mark is then set), {2, 0} a key holds another type, {3, 0} the
+ * fence counter is not a safe integer.
+ */
+export const ACQUIRE_WRITE: LuaScript = {
+  source: `local fencing = ARGV[3] == '1'
+${CHECK_FENCE}
+${NOW}
+local writer = redis.pcall('GET', KEYS[1])
+if type(writer) == 'table' then return {2, 0} end
+if writer == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
+  return {1, 0}
+end
+${prune("KEYS[3]")}
+if writer or redis.call('ZCARD', KEYS[3]) > 0 then
+  if KEYS[4] then redis.call('SET', KEYS[4], '1', 'PX', ARGV[4]) end
+  if writer then return {0, redis.call('PTTL', KEYS[1])} end
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {0, tonumber(first[2]) - now}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if KEYS[4] then redis.call('DEL', KEYS[4]) end
+if fencing then return {1, redis.call('INCR', KEYS[2])} end
+return {1, 0}`,
+};
+
+/** The readers' sorted set of the read-write lock whose keys are `keys`. */
+export const readersKey = (keys: LockKeys): string => `${keys.lock}:readers`;
+
+/** The scripts of a read-write lock's read holds, for a `ScriptedStore`. */
+export function readScripts(
+  keys: LockKeys,
+  { ttl }: Pick<ReadWriteLockSettings, "ttl">,
+): HoldScripts {
+  const { lock, fence, released, waiting } = keys;
+  const readers = readersKey(keys);
+  return {
+    kind: "read lock",
+    lineKey: readers,
+    channel: released,
+    keys: { lock: readers, fence },
+    acquire: (token) => ({
+      script: ACQUIRE_READ,
+      keys: [lock, readers, waiting, fence],
+      args: [token, String(ttl)],
+    }),
+    readGrant: readPermit,
+    extend: (token, ttl) => ({
+      script: EXTEND_PERMIT,
+      keys: [readers],
+      args: [token, String(ttl)],
+    }),
+    release: (token, quiet) => ({
+      script: RELEASE_PERMIT,
+      keys: quiet ? [readers] : [readers, released, waiting],
+      args: [token],
+    }),
+    readOwner: readPermitOwner,
+    lost: (owner) =>
+      owner === "gone"
+        ? "its read lease ended, or it was deleted"
+        : "its key holds a value of another type",
+  };
+}
+
+/** The scripts of a read-write lock's write holds, for a `ScriptedStore`. */
+export function writeScripts(
+  keys: LockKeys,
+  { ttl, fencing }: Pick<ReadWriteLockSettings, "ttl" | "fencing">,
+): HoldScripts {
+  const { lock, fence, released, waiting } = keys;
+  const readers = readersKey(keys);
+  return {
+    kind: "write lock",
+    lineKey: lock,
+    channel: released,
+    keys,
+    acquire: (token, mark) => ({
+      script: ACQUIRE_WRITE,
+      keys: mark === undefined
+        ? [lock, fence, readers]
+        : [lock, fence, readers, waiting],
+      args: [token, String(ttl), fencing ? "1" : "0", String(mark ?? 0)],
+    }),
+    readGrant: readPermit,
+    extend: (token, ttl) => ({
+      script: EXTEND,
+      keys: [lock],
+      args: [token, String(ttl)],
+    }),
+    release: (token, quiet) => ({
+      script: RELEASE,
+      keys: quiet ? [lock] : [lock, released, waiting],
+      args: [token],
+    }),
+    readOwner,
+    lost: (owner) =>
+      owner === "gone"
+        ? "its key expired or was deleted"
+        : "another owner holds its key",
+  };
+}

@@ -1,0 +1,293 @@
+import {
+  type RedisClient,
+  type ScriptClient,
+  toScriptClient,
+} from "./client.ts";
+import { type LockKeys, lockKeys } from "./keys.ts";
+import { Lifecycle } from "./_lifecycle.ts";
+import { ScriptedStore } from "./_scripted_store.ts";
+import { readScripts, writeScripts } from "./_rw_scripts.ts";
+import { checkName, checkOptionKeys } from "./_validate.ts";
+import {
+  ACQUIRE_KEYS,
+  type AcquireOptions,
+  READ_WRITE_KEYS,
+  type ReadWriteLockOptions,
+  type ReadWriteLockSettings,
+  readWriteSettings,
+} from "./options.ts";
+
+const STATIC_KEYS = [...ACQUIRE_KEYS, ...READ_WRITE_KEYS];
+
+/**
+ * A distributed read-write lock: any number of readers, or one writer. A
+ * waiting writer stops new readers, so writers do not starve; a reader and a
+ * writer are never granted at once. Each hold is a handle with `Lock`'s
+ * surface and promises (a lease renewed while held, a `signal` that aborts
+ * with {@linkcode LockLostError} before the lease can have run out, `await
+ * using`); with `fencing: true`, writers get strictly increasing fences and
+ * readers the fence of the last writer.
+ *
+ * @example Many readers, one writer
+ * ```ts
+ * import { ReadWriteLock, type RedisClient } from "@deadbolt/deadbolt";
+ *
+ * async function show(redis: RedisClient): Promise<void> {
+ *   await using hold = await ReadWriteLock.read(redis, "catalog");
+ *   // read, with hold.signal
+ * }
+ *
+ * async function update(redis: RedisClient): Promise<void> {
+ *   await using hold = await ReadWriteLock.write(redis, "catalog", { timeout: 5_000 });
+ *   // write, with hold.signal and hold.fence
+ * }
+ * ```
+ */
+export class ReadWriteLock {
+  /** The lock's name, as given. */
+  readonly name: string;
+
+  #client: ScriptClient;
+  #settings: ReadWriteLockSettings;
+  #keys: LockKeys;
+
+  /**
+   * Opens the read-write lock `name`; nothing is sent until a hold is
+   * acquired.
+   *
+   * @param client Your Redis client, as it is (see {@linkcode RedisClient}).
+   * @param name The lock's name: 1 to 1024 UTF-8 bytes, any characters.
+   * @param options Lease, fencing, key prefix and default wait options.
+   * @throws {TypeError} on a client, name or option of the wrong kind.
+   * @throws {RangeError} when a number is out of range.
+   */
+  constructor(
+    client: RedisClient,
+    name: string,
+    options: ReadWriteLockOptions = {},
+  ) {
+    this.name = checkName("Cannot open a read-write lock", "name", name);
+    const action = `Cannot open read-write lock ${JSON.stringify(name)}`;
+    this.#settings = readWriteSettings(action, options);
+    this.#client = toScriptClient(client);
+    this.#keys = lockKeys(`${this.#settings.prefix}rw:`, name);
+  }
+
+  /**
+   * Acquires a read hold of the lock `name`, waiting up to `timeout` ms.
+   *
+   * @param client Your Redis client, as it is.
+   * @param name The lock's name.
+   * @param options Lock and wait options.
+   * @returns The held read hold; dispose or release it.
+   * @throws {LockTimeoutError} when a writer held or awaited it for the whole wait.
+   */
+  static async read(
+    client: RedisClient,
+    name: string,
+    options: ReadWriteLockOptions & AcquireOptions = {},
+  ): Promise<ReadWriteHold> {
+    return await ReadWriteLock.#open(client, name, options).read(options);
+  }
+
+  /**
+   * Acquires the write hold of the lock `name`, waiting up to `timeout` ms.
+   *
+   * @param client Your Redis client, as it is.
+   * @param name The lock's name.
+   * @param options Lock and wait options.
+   * @returns The held write hold; dispose or release it.
+   * @throws {LockTimeoutError} when readers or a writer held it for the whole wait.
+   */
+  static async write(
+    client: RedisClient,
+    name: string,
+    options: ReadWriteLockOptions & AcquireOptions = {},
+  ): Promise<ReadWriteHold> {
+    return await ReadWriteLock.#open(client, name, options).write(options);
+  }
+
+  static #open(
+    client: RedisClient,
+    name: string,
+    options: ReadWriteLockOptions & AcquireOptions,
+  ): ReadWriteLock {
+    checkOptionKeys("Cannot lock", options, STATIC_KEYS);
+    const {
+      signal: _signal,
+      timeout: _timeout,
+      retryDelay: _retryDelay,
+      maxRetryDelay: _maxRetryDelay,
+      ...lockOptions
+    } = options;
+    return new ReadWriteLock(client, name, lockOptions);
+  }
+
+  /**
+   * Acquires a read hold, waiting up to `timeout` ms.
+   *
+   * @param options Wait options; defaults come from the constructor.
+   * @returns The held read hold; dispose or release it.
+   * @throws {LockTimeoutError} when a writer held or awaited it for the whole wait.
+   */
+  async read(options: AcquireOptions = {}): Promise<ReadWriteHold> {
+    const hold = this.reader();
+    await hold.acquire(pickWait(options));
+    return hold;
+  }
+
+  /**
+   * Acquires the write hold, waiting up to `timeout` ms.
+   *
+   * @param options Wait options; defaults come from the constructor.
+   * @returns The held write hold; dispose or release it.
+   * @throws {LockTimeoutError} when readers or a writer held it for the whole wait.
+   */
+  async write(options: AcquireOptions = {}): Promise<ReadWriteHold> {
+    const hold = this.writer();
+    await hold.acquire(pickWait(options));
+    return hold;
+  }
+
+  /** A read hold's handle, not acquired yet. */
+  reader(): ReadWriteHold {
+    return new ReadWriteHold(
+      "read",
+      `${this.#keys.lock}:readers`,
+      this.#life("read lock", readScripts(this.#keys, this.#settings)),
+    );
+  }
+
+  /** The write hold's handle, not acquired yet. */
+  writer(): ReadWriteHold {
+    return new ReadWriteHold(
+      "write",
+      this.#keys.lock,
+      this.#life("write lock", writeScripts(this.#keys, this.#settings)),
+    );
+  }
+
+  #life(
+    kind: string,
+    scripts: ReturnType<typeof readScripts>,
+  ): Lifecycle {
+    return new Lifecycle(
+      this.name,
+      this.#settings,
+      new ScriptedStore(this.#client, this.name, scripts, this.#settings),
+      kind,
+    );
+  }
+}
+
+// The wait options among `options` (the static forms take lock options too).
+function pickWait(options: AcquireOptions): AcquireOptions {
+  const { signal, timeout, retryDelay, maxRetryDelay } = options;
+  const wait: AcquireOptions = {};
+  if (signal !== undefined) wait.signal = signal;
+  if (timeout !== undefined) wait.timeout = timeout;
+  if (retryDelay !== undefined) wait.retryDelay = retryDelay;
+  if (maxRetryDelay !== undefined) wait.maxRetryDelay = maxRetryDelay;
+  return wait;
+}
+
+/**
+ * A read or write hold of a {@linkcode ReadWriteLock}, with `Lock`'s
+ * surface.
+ */
+export class ReadWriteHold implements AsyncDisposable {
+  /** `"read"` or `"write"`. */
+  readonly mode: "read" | "write";
+  /** The Redis key of this hold: the readers' sorted set, or the writer key. */
+  readonly key: string;
+
+  #life: Lifecycle;
+
+  /** @internal Built by {@linkcode ReadWriteLock}. */
+  constructor(mode: "read" | "write", key: string, life: Lifecycle) {
+    this.mode = mode;
+    this.key = key;
+    this.#life = life;
+  }
+
+  /** The lock's name. */
+  get name(): string {
+    return this.#life.name;
+  }
+
+  /** The token of this hold, from `crypto.randomUUID()`; new for each acquisition. */
+  get token(): string {
+    return this.#life.token;
+  }
+
+  /** Whether this handle holds now: acquired, not released, not lost, its validity not run out. */
+  get held(): boolean {
+    return this.#life.held;
+  }
+
+  /** Aborts with a {@linkcode LockLostError} when the hold can no longer be guaranteed, before `validUntil`. */
+  get signal(): AbortSignal {
+    return this.#life.signal;
+  }
+
+  /**
+   * With `fencing: true`: a writer's fence (strictly increasing across
+   * writers), or for a reader the last writer's; else `undefined`.
+   */
+  get fence(): number | undefined {
+    return this.#life.fence;
+  }
+
+  /** The monotonic time (`performance.now()` ms) until which the hold is guaranteed; `0` before acquiring. */
+  get validUntil(): number {
+    return this.#life.validUntil;
+  }
+
+  /**
+   * Waits up to `timeout` ms for the hold again (after a release or a loss).
+   *
+   * @param options Wait options.
+   * @returns When held, with validity left.
+   */
+  acquire(options: AcquireOptions = {}): Promise<void> {
+    return this.#life.acquire(options);
+  }
+
+  /**
+   * Makes one attempt to hold.
+   *
+   * @param options A `signal` that cancels the attempt.
+   * @returns `true` when held now.
+   */
+  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
+    return this.#life.tryAcquire(options);
+  }
+
+  /**
+   * Renews the lease to `ttl` ms from now, if the hold is still this handle's.
+   *
+   * @param ttl The new lease length in ms; the lock's `ttl` by default.
+   * @returns `true` when renewed; `false` when lost or released meanwhile.
+   */
+  extend(ttl?: number): Promise<boolean> {
+    return this.#life.extend(ttl);
+  }
+
+  /**
+   * Stops renewal and ends the hold, waking waiters.
+   *
+   * @returns `true` when this call ended this handle's own hold.
+   */
+  release(): Promise<boolean> {
+    return this.#life.release();
+  }
+
+  /**
+   * Releases the hold if this handle has it, for `await using`.
+   *
+   * @returns When released.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#life.release();
+  }
+}
