@@ -43,6 +43,7 @@ export type { LockKeys } from "./src/keys.ts";
 export type {
   AcquireOptions,
   LockOptions,
+  MultiLockOptions,
   ReadWriteLockOptions,
   RedlockOptions,
   SemaphoreOptions,
@@ -50,6 +51,7 @@ export type {
 export { Redlock } from "./src/redlock.ts";
 export { Semaphore } from "./src/semaphore.ts";
 export { ReadWriteHold, ReadWriteLock } from "./src/read_write_lock.ts";
+export { MultiLock } from "./src/multi_lock.ts";
 export {
   LockKeyError,
   LockLostError,

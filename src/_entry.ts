@@ -7,8 +7,8 @@ interface Acquirable {
   tryAcquire(options: Pick<AcquireOptions, "signal">): Promise<boolean>;
 }
 
-/** A kind of lock's constructor: `new Kind(client(s), name, options)`. */
-type Kind<C, O, H> = new (client: C, name: string, options: O) => H;
+/** A kind of lock's constructor: `new Kind(client(s), name(s), options)`. */
+type Kind<C, N, O, H> = new (client: C, name: N, options: O) => H;
 
 /**
  * Opens a handle of `kind` with `options` (all but `signal`, checked
@@ -17,12 +17,13 @@ type Kind<C, O, H> = new (client: C, name: string, options: O) => H;
  */
 export async function acquireNew<
   C,
+  N,
   O extends AcquireOptions,
   H extends Acquirable,
 >(
-  kind: Kind<C, Omit<O, "signal">, H>,
+  kind: Kind<C, N, Omit<O, "signal">, H>,
   client: C,
-  name: string,
+  name: N,
   options: O,
   keys: readonly string[],
 ): Promise<H> {
@@ -36,12 +37,13 @@ export async function acquireNew<
 /** The static `tryAcquire` of every kind of lock: the handle, or `null`. */
 export async function tryAcquireNew<
   C,
+  N,
   O extends Pick<AcquireOptions, "signal">,
   H extends Acquirable,
 >(
-  kind: Kind<C, Omit<O, "signal">, H>,
+  kind: Kind<C, N, Omit<O, "signal">, H>,
   client: C,
-  name: string,
+  name: N,
   options: O,
   keys: readonly string[],
 ): Promise<H | null> {

@@ -58,6 +58,12 @@ export interface ClientHooks {
    */
   readonly ordered?: boolean;
   /**
+   * `true` when the client reaches a Redis Cluster: a script may then only
+   * touch keys of one hash slot, so a `MultiLock` takes names of different
+   * slots one slot at a time, in a global order.
+   */
+  readonly cluster?: boolean;
+  /**
    * Runs `WAIT numreplicas timeout` on the connection that ran the scripts
    * on `key` (on a cluster, the connection to the master of `key`'s slot);
    * needed only for the `waitReplicas` option.

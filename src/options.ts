@@ -372,3 +372,36 @@ export function readWriteSettings(
   } = lockSettings(action, options);
   return settings;
 }
+
+/** Options of a `MultiLock`: those of a `Lock` that apply to a set of locks. */
+export type MultiLockOptions = Omit<
+  LockOptions,
+  "fencing" | "waitReplicas" | "replicaTimeout"
+>;
+
+/** A `MultiLock`'s validated settings. */
+export type MultiLockSettings = Required<MultiLockOptions>;
+
+/** The keys the `MultiLock` constructor accepts. */
+export const MULTI_KEYS: readonly string[] = READ_WRITE_KEYS.filter((key) =>
+  key !== "fencing"
+);
+
+/** The most names one `MultiLock` may take. */
+export const MAX_NAMES = 64;
+
+/**
+ * Validates a `MultiLock`'s options: a `Lock`'s without fencing and
+ * replicas.
+ *
+ * @throws {TypeError} on an unknown key or a value of the wrong type.
+ * @throws {RangeError} on a number out of range.
+ */
+export function multiLockSettings(
+  action: string,
+  options: MultiLockOptions,
+): MultiLockSettings {
+  checkOptionKeys(action, options, MULTI_KEYS);
+  const { fencing: _fencing, ...settings } = readWriteSettings(action, options);
+  return settings;
+}

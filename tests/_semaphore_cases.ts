@@ -1,6 +1,6 @@
 /**
- * The semaphore's and the read-write lock's cases of the conformance
- * matrix: `_core_cases.ts` adds them
+ * The cases of the semaphore, the read-write lock and the multi-lock in the
+ * conformance matrix: `_core_cases.ts` adds them
  * to `CORE_CASES`, so they run for every client under Deno, Node and Bun and
  * on the 3+3 cluster. They get the runner's helpers as arguments (a type-only
  * import, so no import cycle).
@@ -9,7 +9,13 @@
  */
 
 import assert from "node:assert/strict";
-import { LockLostError, ReadWriteLock, Semaphore } from "../mod.ts";
+import {
+  Lock,
+  LockLostError,
+  MultiLock,
+  ReadWriteLock,
+  Semaphore,
+} from "../mod.ts";
 import type { ClientUnderTest, Connection, CoreCase } from "./_core_cases.ts";
 import { abortedAt, lineUp, until, within } from "./_util.ts";
 
@@ -172,6 +178,46 @@ export function semaphoreCases(
           } finally {
             await first.release();
             await second.release();
+          }
+        }),
+    },
+    {
+      name:
+        "MultiLock takes every name or none across connections (on a cluster, one slot at a time), and a waiter gets the set once the last name is free",
+      run: (under) =>
+        withConnections(under, 3, async (a, b, side) => {
+          const names = ["x", "y", "z"].map((n) => `${under.name} multi ${n}`);
+          const blocker = await Lock.acquire(b.client, names[1]);
+          try {
+            assert.equal(await MultiLock.tryAcquire(a.client, names), null);
+            for (const name of [names[0], names[2]]) {
+              const key = Lock.keys(name).lock;
+              assert.equal(Number(await side.command("EXISTS", key)), 0);
+            }
+            const waiting = MultiLock.acquire(a.client, names, {
+              timeout: 20_000,
+              maxRetryDelay: 100,
+            });
+            await lineUp(
+              a.client,
+              names[0],
+              1,
+              5_000,
+              `multi\u0000${
+                names.map((n) => Lock.keys(n).lock).sort().join("\u0000")
+              }`,
+            );
+            assert.equal(await blocker.release(), true);
+            const all = await within(waiting, handoffMs, "the whole set");
+            try {
+              for (const key of all.keys) {
+                assert.equal(String(await side.command("GET", key)), all.token);
+              }
+            } finally {
+              assert.equal(await all.release(), true);
+            }
+          } finally {
+            await blocker.release();
           }
         }),
     },

@@ -110,6 +110,7 @@ export function fromIoredis(client: IoredisClient): ScriptClient {
     deadbolt: {
       // A Cluster may resend a redirected call after later ones.
       ordered: !cluster,
+      cluster,
       ...(cluster ? { wait: clusterWait(client) } : bindWait(client)),
       ...(typeof client.duplicate === "function" && {
         subscribe: sharedSubscriber(openSubscriber(client, cluster)),

@@ -97,7 +97,10 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
   };
   if (typeof client.getSlotMaster === "function") {
     // A cluster may resend a redirected call after later ones.
-    return { ...base, deadbolt: { ordered: false, ...cluster(client) } };
+    return {
+      ...base,
+      deadbolt: { ordered: false, cluster: true, ...cluster(client) },
+    };
   }
   return {
     ...base,
