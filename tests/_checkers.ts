@@ -34,6 +34,8 @@ export type Event = {
   key?: string;
   /** `fail`/`info`: the error's name and message. */
   error?: string;
+  /** A read-write lock's hold: `read` or `write` (acquire `ok`). */
+  mode?: "read" | "write";
 };
 
 /**
@@ -283,6 +285,7 @@ export interface Window {
   proc: string;
   token: string;
   fence?: number;
+  mode?: "read" | "write";
   start: number;
   end: number;
 }
@@ -302,11 +305,14 @@ export interface WindowsVerdict extends Verdict {
  * a holder that was paused, or killed, ends at its lease, not when it woke.
  * Only for runs whose wall clock was not stepped (see {@linkcode sharedNow}).
  */
-export function checkValidityWindows(
+/**
+ * The validity windows of the grants in `events` (see
+ * {@linkcode checkValidityWindows}), sorted by start, with the grants that
+ * lack a token or a `validUntil` as violations.
+ */
+export function validityWindows(
   events: Event[],
-  options: TimeOptions = {},
-): WindowsVerdict {
-  const { tolerance = 1 } = options;
+): { grants: number; windows: Window[]; violations: Violation[] } {
   const validUntil = new Map<string, number>();
   const releasedAt = new Map<string, number>();
   for (const event of events) {
@@ -345,12 +351,22 @@ export function checkValidityWindows(
         proc: grant.proc,
         token: grant.token,
         fence: grant.fence,
+        mode: grant.mode,
         start: grant.t,
         end,
       });
     }
   }
   windows.sort((a, b) => a.start - b.start);
+  return { grants: grants.length, windows, violations };
+}
+
+export function checkValidityWindows(
+  events: Event[],
+  options: TimeOptions = {},
+): WindowsVerdict {
+  const { tolerance = 1 } = options;
+  const { grants, windows, violations } = validityWindows(events);
   let widest: Window | undefined;
   for (const window of windows) {
     if (
@@ -370,7 +386,7 @@ export function checkValidityWindows(
   return {
     ok: violations.length === 0,
     violations,
-    grants: grants.length,
+    grants,
     windows,
   };
 }
@@ -555,4 +571,85 @@ export async function readRegister(
     value: Number(value ?? 0),
     applied: applied.map(Number),
   };
+}
+
+/** The verdict of {@linkcode checkAtMost}. */
+export interface AtMostVerdict extends WindowsVerdict {
+  /** The most windows that were open at one moment. */
+  most: number;
+}
+
+/**
+ * Checks that never more than `limit` validity windows (a semaphore's
+ * permits) are open at one moment: a sweep over the windows' starts and
+ * ends, an end counted before a start at the same moment (within
+ * `tolerance`).
+ */
+export function checkAtMost(
+  events: Event[],
+  limit: number,
+  options: TimeOptions = {},
+): AtMostVerdict {
+  const { tolerance = 1 } = options;
+  const { grants, windows, violations } = validityWindows(events);
+  const edges = windows.flatMap((w) => [
+    { t: w.start + tolerance, open: 1, window: w },
+    { t: w.end, open: -1, window: w },
+  ]).sort((a, b) => a.t - b.t || a.open - b.open);
+  let open = 0;
+  let most = 0;
+  for (const edge of edges) {
+    open += edge.open;
+    most = Math.max(most, open);
+    if (edge.open === 1 && open > limit) {
+      violations.push({
+        kind: "overlap",
+        message:
+          `${open} permits valid at once (limit ${limit}) when ${edge.window.proc} was granted`,
+        events: [],
+      });
+    }
+  }
+  return { ok: violations.length === 0, violations, grants, windows, most };
+}
+
+/**
+ * Checks a read-write lock's windows: a writer's never overlaps another
+ * writer's or any reader's (within `tolerance`). Readers may overlap.
+ */
+export function checkReadersWriters(
+  events: Event[],
+  options: TimeOptions = {},
+): WindowsVerdict {
+  const { tolerance = 1 } = options;
+  const { grants, windows, violations } = validityWindows(events);
+  const writers = windows.filter((w) => w.mode === "write");
+  for (const writer of writers) {
+    for (const other of windows) {
+      // Each pair of writers once.
+      if (
+        other === writer ||
+        (other.mode === "write" && other.start < writer.start)
+      ) {
+        continue;
+      }
+      if (
+        other.start + tolerance < writer.end &&
+        writer.start + tolerance < other.end
+      ) {
+        violations.push({
+          kind: "overlap",
+          message:
+            `the writer ${writer.proc} (fence ${writer.fence}) overlapped the ${
+              other.mode ?? "?"
+            } hold of ${other.proc} by ${
+              (Math.min(writer.end, other.end) -
+                Math.max(writer.start, other.start)).toFixed(3)
+            } ms`,
+          events: [],
+        });
+      }
+    }
+  }
+  return { ok: violations.length === 0, violations, grants, windows };
 }

@@ -9,7 +9,10 @@
  * `w<id>` takes a fence and also writes it to the fenced register (whatever
  * the signal says: the register must refuse stale fences); task `w<id>+`
  * takes none, so a release in the process hands it the lock eagerly (before
- * Redis answers), and the faults hit that path too. Every step is printed as one JSON {@linkcode Event}
+ * Redis answers), and the faults hit that path too. Two more tasks hold
+ * without writing: `w<id>s` a permit of the semaphore `name` (limit
+ * {@linkcode SEMAPHORE_LIMIT}), `w<id>r` a read or (one time in three) the
+ * write hold of the read-write lock `name`. Every step is printed as one JSON {@linkcode Event}
  * per line, stamped with {@linkcode sharedNow}. Errors are recorded and the
  * loop goes on. Commands on stdin, one per line: `ping` is answered with
  * `{"clock": <now>}` (the parent measures clock agreement); `block <ms>`
@@ -21,7 +24,7 @@
  */
 
 import { Redis } from "npm:ioredis@6";
-import { Lock, LockTimeoutError } from "../mod.ts";
+import { Lock, LockTimeoutError, ReadWriteLock, Semaphore } from "../mod.ts";
 import { RespClient } from "./_resp.ts";
 import { type Event, fencedWrite, sharedNow } from "./_checkers.ts";
 
@@ -29,6 +32,9 @@ import { type Event, fencedWrite, sharedNow } from "./_checkers.ts";
 export const TTL = 400;
 /** The fenced register's key on the resource server. */
 export const REGISTER = "register";
+/** How many permits the soak's semaphore grants at once. */
+export const SEMAPHORE_LIMIT = 2;
+
 /** The resource key that holds the current round number. */
 export const ROUND = "round";
 /** The resource key of round `n`'s counter. */
@@ -171,7 +177,85 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
       }
     }
   };
-  await Promise.all([task(proc, true), task(`${proc}+`, false)]);
+  // Holds of a semaphore or a read-write lock: acquire, think, release.
+  interface Hold {
+    acquire(options: { signal: AbortSignal }): Promise<void>;
+    release(): Promise<boolean>;
+    readonly token: string;
+    readonly fence: number | undefined;
+    readonly validUntil: number;
+    readonly signal: AbortSignal;
+  }
+  const holdTask = async (
+    proc: string,
+    open: () => { hold: Hold; mode?: "read" | "write" },
+  ) => {
+    const emit = (
+      op: Event["op"],
+      type: Event["type"],
+      fields: Partial<Event> = {},
+    ) =>
+      console.log(
+        JSON.stringify({ proc, op, type, t: sharedNow(), ...fields }),
+      );
+    while (!stop.signal.aborted) {
+      const { hold, mode } = open();
+      emit("acquire", "invoke");
+      try {
+        await hold.acquire({ signal: stop.signal });
+      } catch (error) {
+        const timedOut = error instanceof LockTimeoutError;
+        emit("acquire", timedOut ? "fail" : "info", { error: describe(error) });
+        if (!timedOut) await sleep(10 + Math.random() * 40);
+        continue;
+      }
+      const { token, fence } = hold;
+      const validUntil = () => shared(hold.validUntil);
+      emit("acquire", "ok", { token, fence, mode, validUntil: validUntil() });
+      const onLost = () =>
+        emit("lost", "info", {
+          token,
+          fence,
+          validUntil: validUntil(),
+          error: describe(hold.signal.reason),
+        });
+      hold.signal.addEventListener("abort", onLost, { once: true });
+      await sleep(Math.random() * MAX_THINK_MS);
+      emit("release", "invoke", { token, fence, validUntil: validUntil() });
+      try {
+        const released = await hold.release();
+        emit("release", "ok", { token, fence, value: released ? 1 : 0 });
+      } catch (error) {
+        emit("release", "info", { token, fence, error: describe(error) });
+      } finally {
+        hold.signal.removeEventListener("abort", onLost);
+      }
+    }
+  };
+  const holdOptions = {
+    ttl: TTL,
+    fencing: true,
+    timeout: ACQUIRE_TIMEOUT,
+    commandTimeout: COMMAND_TIMEOUT,
+  };
+  const rw = new ReadWriteLock(redis, name, holdOptions);
+  await Promise.all([
+    task(proc, true),
+    task(`${proc}+`, false),
+    holdTask(`${proc}s`, () => ({
+      hold: new Semaphore(redis, name, {
+        ...holdOptions,
+        limit: SEMAPHORE_LIMIT,
+      }),
+    })),
+    holdTask(
+      `${proc}r`,
+      () =>
+        Math.random() < 1 / 3
+          ? { hold: rw.writer(), mode: "write" }
+          : { hold: rw.reader(), mode: "read" },
+    ),
+  ]);
 
   Deno.removeSignalListener("SIGTERM", onTerm);
   await stdin.cancel();

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import {
+  checkAtMost,
   checkCounter,
   checkFencedRegister,
   checkLossSignalled,
+  checkReadersWriters,
   checkUniqueFences,
   checkValidityWindows,
   type Event,
@@ -346,4 +348,62 @@ Deno.test("sharedNow() of a child process agrees with the parent's within 1 ms",
     Math.max(Math.abs(low), Math.abs(high)) < 1,
     `offset in [${low}, ${high}] ms`,
   );
+});
+
+Deno.test("checkAtMost() passes `limit` overlapping permits and flags one more", () => {
+  const two = [
+    ...grant("a", 1, { from: 0, granted: 1, validUntil: 100, released: 50 }),
+    ...grant("b", 2, { from: 0, granted: 2, validUntil: 100, released: 60 }),
+    // Starts as `a` ends: a permit handed on, not a third at once.
+    ...grant("c", 3, { from: 40, granted: 50, validUntil: 200, released: 90 }),
+  ];
+  const ok = checkAtMost(two, 2, { tolerance: 0 });
+  assert.equal(ok.ok, true, JSON.stringify(ok.violations));
+  assert.equal(ok.most, 2);
+  const three = [
+    ...two,
+    ...grant("d", 4, { from: 0, granted: 10, validUntil: 100, released: 30 }),
+  ];
+  const bad = checkAtMost(three, 2, { tolerance: 0 });
+  assert.equal(bad.ok, false);
+  assert.equal(bad.most, 3);
+  assert.match(
+    bad.violations[0].message,
+    /3 permits valid at once \(limit 2\)/,
+  );
+});
+
+Deno.test("checkReadersWriters() lets readers overlap and flags a writer beside a reader or another writer", () => {
+  const mode = (events: Event[], m: "read" | "write") =>
+    events.map((e) =>
+      e.op === "acquire" && e.type === "ok" ? { ...e, mode: m } : e
+    );
+  const readers = [
+    ...mode(
+      grant("r1", 0, { from: 0, granted: 1, validUntil: 100, released: 50 }),
+      "read",
+    ),
+    ...mode(
+      grant("r2", 0, { from: 0, granted: 2, validUntil: 100, released: 60 }),
+      "read",
+    ),
+  ];
+  const afterwards = mode(
+    grant("w1", 1, { from: 0, granted: 61, validUntil: 200, released: 90 }),
+    "write",
+  );
+  assert.equal(
+    checkReadersWriters([...readers, ...afterwards], { tolerance: 0 }).ok,
+    true,
+  );
+  const beside = mode(
+    grant("w2", 2, { from: 0, granted: 55, validUntil: 200, released: 95 }),
+    "write",
+  );
+  const bad = checkReadersWriters([...readers, ...afterwards, ...beside], {
+    tolerance: 0,
+  });
+  assert.equal(bad.ok, false);
+  // w2 overlaps r2 (55..60) and w1 (61..90), each reported once.
+  assert.equal(bad.violations.length, 2, JSON.stringify(bad.violations));
 });

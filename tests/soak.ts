@@ -31,9 +31,11 @@ import { type RedisServer, startRedis } from "./_redis.ts";
 import { ChaosProxy } from "./_chaos.ts";
 import type { RespClient } from "./_resp.ts";
 import {
+  checkAtMost,
   checkCounter,
   checkFencedRegister,
   checkLossSignalled,
+  checkReadersWriters,
   checkUniqueFences,
   checkValidityWindows,
   type Event,
@@ -41,7 +43,13 @@ import {
   readRegister,
   sharedNow,
 } from "./_checkers.ts";
-import { counterKey, REGISTER, ROUND, TTL } from "./_soak_worker.ts";
+import {
+  counterKey,
+  REGISTER,
+  ROUND,
+  SEMAPHORE_LIMIT,
+  TTL,
+} from "./_soak_worker.ts";
 
 const WORKER = new URL("./_soak_worker.ts", import.meta.url);
 const ROOT = new URL("../", import.meta.url);
@@ -647,17 +655,36 @@ async function main(args: string[]): Promise<number> {
   }
 
   const register = await readRegister(resourceSide, REGISTER);
-  const registerVerdict = checkFencedRegister(history, {
+  // The lock's tasks are `w<id>` and `w<id>+`; `w<id>s` hold permits of the
+  // semaphore, `w<id>r` holds of the read-write lock.
+  const kindOf = (e: Event) =>
+    e.proc.endsWith("s") ? "semaphore" : e.proc.endsWith("r") ? "rw" : "lock";
+  const lockHistory = history.filter((e) => kindOf(e) === "lock");
+  const semaphoreHistory = history.filter((e) => kindOf(e) === "semaphore");
+  const rwHistory = history.filter((e) => kindOf(e) === "rw");
+  const registerVerdict = checkFencedRegister(lockHistory, {
     key: REGISTER,
     applied: register.applied,
     tolerance: TOLERANCE_MS,
   });
   // Only the fencing tasks (`w<id>`, not `w<id>+`) take fences.
   const fences = checkUniqueFences(
-    history.filter((event) => !event.proc.endsWith("+")),
+    lockHistory.filter((event) => !event.proc.endsWith("+")),
     { tolerance: TOLERANCE_MS },
   );
-  const windows = checkValidityWindows(history, { tolerance: TOLERANCE_MS });
+  const windows = checkValidityWindows(lockHistory, {
+    tolerance: TOLERANCE_MS,
+  });
+  const permits = checkAtMost(semaphoreHistory, SEMAPHORE_LIMIT, {
+    tolerance: TOLERANCE_MS,
+  });
+  const readersWriters = checkReadersWriters(rwHistory, {
+    tolerance: TOLERANCE_MS,
+  });
+  const writerFences = checkUniqueFences(
+    rwHistory.filter((e) => e.op !== "acquire" || e.mode !== "read"),
+    { tolerance: TOLERANCE_MS },
+  );
   const losses = checkLossSignalled(history, { tolerance: TOLERANCE_MS });
   const show = (
     name: string,
@@ -689,6 +716,24 @@ async function main(args: string[]): Promise<number> {
     "validity windows",
     windows,
     `${windows.windows.length} windows of ${windows.grants} grants, ${windows.violations.length} overlaps`,
+  );
+
+  show(
+    "semaphore permits",
+    permits,
+    `${permits.windows.length} windows of ${permits.grants} permits, at most ${permits.most} valid at once (limit ${SEMAPHORE_LIMIT}), ${permits.violations.length} over the limit`,
+  );
+  show(
+    "readers and writers",
+    readersWriters,
+    `${readersWriters.windows.length} windows of ${readersWriters.grants} holds (${
+      readersWriters.windows.filter((w) => w.mode === "write").length
+    } writes), ${readersWriters.violations.length} writers beside another hold`,
+  );
+  show(
+    "writer fences",
+    writerFences,
+    `${writerFences.grants} writer grants, ${writerFences.violations.length} duplicate or out-of-order fences`,
   );
 
   // A holder stalled past its lease (SIGSTOP, a blocked loop, a starved
