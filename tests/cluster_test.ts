@@ -5,7 +5,9 @@ import {
   Lock,
   LockLostError,
   LockReplicationError,
+  ReadWriteLock,
   type RedisClient,
+  Semaphore,
 } from "../mod.ts";
 import { keySlot, lockKeys } from "../src/keys.ts";
 import {
@@ -912,5 +914,51 @@ Deno.test("Lock survives a manual failover (CLUSTER FAILOVER, and TAKEOVER) of i
         ),
       );
     }
+  }
+});
+
+Deno.test("Semaphore permits and read-write holds renew through ASK and MOVED while their slot migrates, and release on the new master", async (t) => {
+  await using cluster = await startCluster();
+  for (const connect of CONNECTS) {
+    await t.step(labelOf(connect), async () => {
+      await using io = await connect(cluster);
+      const name = `family-moving-${io.label}`;
+      const permit = await Semaphore.acquire(io.client, name, {
+        limit: 2,
+        fencing: true,
+        ttl: 5_000,
+      });
+      const rw = new ReadWriteLock(io.client, name, { ttl: 5_000 });
+      const reader = await rw.read();
+      // The semaphore's and the read-write lock's keys share the name's slot.
+      const [slot, rwSlot] = await cluster.keyslots([permit.key, reader.key]);
+      assert.equal(slot, rwSlot);
+      const from = await cluster.masterFor(permit.key);
+      const to = (await cluster.masters()).find((m) => m !== from)!;
+      const extended: boolean[] = [];
+      const extendBoth = async () => {
+        extended.push(await permit.extend(), await reader.extend());
+      };
+      await cluster.migrateSlot(slot, to, {
+        batch: 1,
+        beforeBatch: extendBoth,
+        beforeCommit: extendBoth,
+      });
+      assert.ok(extended.length >= 4);
+      assert.deepEqual(extended.filter((ok) => !ok), [], "a renewal failed");
+      assert.equal(await cluster.masterFor(permit.key), to);
+      assert.equal(await permit.extend(), true); // MOVED, then the new master
+      assert.equal(await reader.release(), true);
+      await using writer = await rw.write({ timeout: 5_000 });
+      assert.ok(writer.held);
+      assert.equal(await permit.release(), true);
+      assert.equal(permit.signal.aborted, false);
+      assert.equal(reader.signal.aborted, false);
+      await using next = await Semaphore.acquire(io.client, name, {
+        limit: 1,
+        fencing: true,
+      });
+      assert.equal(next.fence, 2);
+    });
   }
 });
