@@ -654,6 +654,22 @@ async function main(args: string[]): Promise<number> {
     fail("clock: a worker's clock offset exceeds the tolerance");
   }
 
+  // Once every worker is gone and a lease has passed, nothing may be held:
+  // no permit, read or write outlives its holder's lease.
+  await new Promise((resolve) => setTimeout(resolve, TTL + 100));
+  const [seconds, micros] = await lockSide.send("TIME") as [string, string];
+  const serverNow = Number(seconds) * 1_000 +
+    Math.floor(Number(micros) / 1_000);
+  const live = async (key: string) =>
+    Number(await lockSide.send("ZCOUNT", key, `(${serverNow}`, "+inf"));
+  const leftover = {
+    permits: await live(`deadbolt:semaphore:{${LOCK_NAME}}`),
+    readers: await live(`deadbolt:rw:{${LOCK_NAME}}:readers`),
+    writer: Number(await lockSide.send("EXISTS", `deadbolt:rw:{${LOCK_NAME}}`)),
+    lock: Number(await lockSide.send("EXISTS", `deadbolt:{${LOCK_NAME}}`)),
+  };
+  const leaked = Object.entries(leftover).filter(([, n]) => n > 0);
+
   const register = await readRegister(resourceSide, REGISTER);
   // The lock's tasks are `w<id>` and `w<id>+`; `w<id>s` hold permits of the
   // semaphore, `w<id>r` holds of the read-write lock.
@@ -734,6 +750,17 @@ async function main(args: string[]): Promise<number> {
     "writer fences",
     writerFences,
     `${writerFences.grants} writer grants, ${writerFences.violations.length} duplicate or out-of-order fences`,
+  );
+
+  show(
+    "nothing left held",
+    {
+      ok: leaked.length === 0,
+      violations: leaked.map(([what, n]) => ({
+        message: `${n} ${what} still held a lease after every worker was gone`,
+      })),
+    },
+    `a lease after the last worker: ${leftover.permits} permits, ${leftover.readers} readers, ${leftover.writer} writer, ${leftover.lock} lock`,
   );
 
   // A holder stalled past its lease (SIGSTOP, a blocked loop, a starved

@@ -13,6 +13,7 @@
 import { Redis } from "npm:ioredis@6";
 import {
   Mutex,
+  Semaphore as PeerSemaphore,
   TimeoutError as SemaphoreTimeoutError,
 } from "npm:redis-semaphore@5.8.0";
 import Redlock, {
@@ -27,7 +28,7 @@ import {
   IoredisAdapter,
   LockAcquisitionError,
 } from "npm:redlock-universal@0.8.5";
-import { Lock, LockTimeoutError } from "../../mod.ts";
+import { Lock, LockTimeoutError, Semaphore } from "../../mod.ts";
 
 export { Redis };
 
@@ -201,6 +202,48 @@ export const VARIANTS: readonly Variant[] = [
     10,
     { retryDelay: 10, retryAttempts: Number.MAX_SAFE_INTEGER },
   ),
+];
+
+/** How many permits the semaphore rows allow. */
+export const LIMIT = 4;
+
+/** Semaphores (limit {@linkcode LIMIT}), for the semaphore rows. */
+export const SEMAPHORE_VARIANTS: Variant[] = [
+  {
+    id: "deadbolt-semaphore",
+    library: "deadbolt (Semaphore)",
+    policy: "defaults",
+    peer: false,
+    interval: 10,
+    open(redis) {
+      return (key) => ({
+        acquire: () =>
+          Semaphore.acquire(redis, key, { ttl: TTL, limit: LIMIT }),
+      });
+    },
+    gaveUp: (error) => error instanceof LockTimeoutError,
+  },
+  {
+    id: "peer-semaphore",
+    library: "redis-semaphore 5.8.0 (Semaphore)",
+    policy: "default = 10 ms retry, 10 s acquire timeout",
+    peer: true,
+    interval: 10,
+    open(redis) {
+      return (key) => {
+        const semaphore = new PeerSemaphore(redis, key, LIMIT, {
+          lockTimeout: TTL,
+        });
+        return {
+          async acquire() {
+            await semaphore.acquire();
+            return semaphore;
+          },
+        };
+      };
+    },
+    gaveUp: (error) => error instanceof SemaphoreTimeoutError,
+  },
 ];
 
 /** The variant with this id; throws on an unknown id. */

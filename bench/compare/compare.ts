@@ -37,8 +37,10 @@ import { ACQUIRE, RELEASE } from "../../src/scripts.ts";
 import { runScript, toIntegers } from "../../src/_run_script.ts";
 import {
   type Contender,
+  LIMIT,
   readLines,
   Redis,
+  SEMAPHORE_VARIANTS,
   sleep,
   TTL,
   type Variant,
@@ -461,6 +463,11 @@ const contendedResults = [
   new Map<string, Contended>(),
   new Map<string, Contended>(),
 ];
+// The semaphore rows: limit LIMIT, zero-work and 1 ms sections.
+const semaphoreResults = [
+  new Map<string, Contended>(),
+  new Map<string, Contended>(),
+];
 const SECTIONS = [0, 1];
 // Script calls per second on one client, one at a time and with WORKERS in
 // flight, measured each round between the uncontended and contended
@@ -571,6 +578,41 @@ for (let round = 0; round < ROUNDS; round++) {
       contendedResults[i].set(v.id, total);
       progress(
         `  ${WORKERS} workers, ${section} ms ${v.id}: ${
+          integer(r.acquisitions / r.seconds)
+        } cs/s, ${r.least}–${r.most} per worker`,
+      );
+    }
+  }
+  for (const [i, section] of SECTIONS.entries()) {
+    for (const v of rotate(SEMAPHORE_VARIANTS, round)) {
+      const key = `semaphore:${section}:${v.id}:${round}`;
+      const r = await contended(
+        server.port,
+        side,
+        v,
+        key,
+        2 * SECONDS * 1000,
+        section,
+      );
+      const total = semaphoreResults[i].get(v.id) ?? {
+        acquisitions: 0,
+        seconds: 0,
+        sent: 0,
+        server: 0,
+        waits: [],
+        gaveUp: 0,
+        spread: [],
+      };
+      total.acquisitions += r.acquisitions;
+      total.seconds += r.seconds;
+      total.sent += r.sent;
+      total.server += r.server;
+      total.waits.push(...r.waits);
+      total.gaveUp += r.gaveUp;
+      total.spread.push({ least: r.least, most: r.most });
+      semaphoreResults[i].set(v.id, total);
+      progress(
+        `  semaphore (limit ${LIMIT}), ${WORKERS} workers, ${section} ms ${v.id}: ${
           integer(r.acquisitions / r.seconds)
         } cs/s, ${r.least}–${r.most} per worker`,
       );
@@ -765,6 +807,53 @@ for (const [i, section] of SECTIONS.entries()) {
       "",
     );
   }
+}
+for (const [i, section] of SECTIONS.entries()) {
+  const rows = SEMAPHORE_VARIANTS.map((v) => {
+    const r = semaphoreResults[i].get(v.id)!;
+    const worst = r.spread.toSorted((a, b) =>
+      a.least / a.most - b.least / b.most
+    )[0];
+    return {
+      v,
+      r,
+      rate: r.acquisitions / r.seconds,
+      sent: r.sent / r.acquisitions,
+      fairness: worst.least / worst.most,
+      worst,
+      p99: percentile(r.waits, 99),
+    };
+  });
+  const peer = rows.find((r) => r.v.peer)!;
+  out.push(
+    `### ${5 + i}. Semaphore, limit ${LIMIT}: ${WORKERS} workers on one name, ${
+      section === 0 ? "zero-work" : `${section} ms`
+    } critical section (${2 * SECONDS} s per round)`,
+    "",
+    table(
+      [
+        "library",
+        "retry policy",
+        "critical sections/s",
+        "× peer ↑",
+        "commands/acq.",
+        "least/most per worker (worst round)",
+        "p99 wait",
+        "gave up",
+      ],
+      rows.map((r) => [
+        name(r.v),
+        r.v.policy,
+        integer(r.rate),
+        ratio(r.rate, peer.rate),
+        decimal(r.sent),
+        `${r.fairness.toFixed(2)} (${r.worst.least}–${r.worst.most})`,
+        ms(r.p99),
+        String(r.r.gaveUp),
+      ]),
+    ),
+    "",
+  );
 }
 out.push(
   "Commands/acq.: commands the client sent (a script call counts 1) ÷ acquisitions in the window. Server calls/acq.: the `INFO commandstats` delta (calls + rejected calls, INFO excluded) ÷ acquisitions; it also counts the commands scripts run inside Redis. Waits run from wanting the lock to holding it, across retry policies giving up; a wait still open when the window closes counts up to the close. Gave up: times a retry policy gave up (a timeout or retry count) and the worker asked again.",
