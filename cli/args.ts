@@ -47,6 +47,8 @@ export interface StatusArgs extends ConnectionArgs {
   kind: "status";
   /** With `--limit`: report the semaphore's permits against this limit. */
   limit?: number;
+  /** With `--rw`: report the read-write lock's readers and writer. */
+  rw?: boolean;
 }
 
 /** `deadbolt release <name> --token <token>`. */
@@ -85,6 +87,7 @@ const OPTIONS: Record<string, { value: boolean; commands: CommandName[] }> = {
   "--fencing": { value: false, commands: ["run"] },
   "--shell": { value: false, commands: ["run"] },
   "--limit": { value: true, commands: ["run", "status"] },
+  "--rw": { value: false, commands: ["status"] },
   "--token": { value: true, commands: ["release"] },
 };
 const SHORT: Record<string, string> = {
@@ -279,9 +282,15 @@ export function parseArgs(
 
   const limit = parseLimit(values.get("--limit"));
   if (kind === "status") {
-    return limit === undefined
-      ? { kind, ...connection }
-      : { kind, ...connection, limit };
+    if (limit !== undefined && flags.has("--rw")) {
+      throw new UsageError("--limit and --rw exclude each other");
+    }
+    return {
+      kind,
+      ...connection,
+      ...(limit !== undefined && { limit }),
+      ...(flags.has("--rw") && { rw: true }),
+    };
   }
   if (kind === "release") {
     const token = values.get("--token");

@@ -30,11 +30,13 @@ DEADBOLT_FENCE. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to its
 process group.`;
 
 const STATUS =
-  `deadbolt status <name> [--limit <n>] [--redis <url>] [--prefix <prefix>] [-q]
+  `deadbolt status <name> [--limit <n> | --rw] [--redis <url>] [--prefix <prefix>] [-q]
 
 Prints whether the lock is held and how long its lease has left (never the
 token). Exits 0 when held, 1 when free (-q prints nothing). With --limit <n>:
-how many of the semaphore's <n> permits are held; exits 0 when all are.`;
+how many of the semaphore's <n> permits are held; exits 0 when all are.
+With --rw: the read-write lock's readers, writer, and whether a writer waits;
+exits 0 when held.`;
 
 const RELEASE =
   `deadbolt release <name> --token <token> [--redis <url>] [--prefix <prefix>]

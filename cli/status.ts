@@ -1,5 +1,5 @@
 import process from "node:process";
-import { Lock, Semaphore } from "../mod.ts";
+import { Lock, ReadWriteLock, Semaphore } from "../mod.ts";
 import type { ReleaseArgs, StatusArgs } from "./args.ts";
 import {
   closeRedis,
@@ -17,6 +17,7 @@ import { formatDuration, Reporter } from "./reporter.ts";
  */
 export async function statusCommand(args: StatusArgs): Promise<number> {
   if (args.limit !== undefined) return await permitsStatus(args, args.limit);
+  if (args.rw) return await readWriteStatus(args);
   const keys = Lock.keys(args.name, { prefix: args.prefix });
   return await withRedis(args, async (redis) => {
     const [ttl, fence] = await Promise.all([
@@ -77,6 +78,46 @@ async function permitsStatus(args: StatusArgs, limit: number): Promise<number> {
       );
     }
     return ends.length >= limit ? ExitCode.OK : ExitCode.NO;
+  });
+}
+
+/**
+ * `deadbolt status --rw`: prints the read-write lock's readers, its writer
+ * and whether a writer waits. Returns 0 when held (by readers or a writer),
+ * 1 when free.
+ */
+async function readWriteStatus(args: StatusArgs): Promise<number> {
+  return await withRedis(args, async (redis) => {
+    const writerKey = new ReadWriteLock(lockClient(redis), args.name, {
+      prefix: args.prefix,
+    }).writer().key;
+    const [time, readers, writerTtl, waiting] = await Promise.all([
+      redis.time(),
+      redis.zrange(`${writerKey}:readers`, "0", "-1", "WITHSCORES"),
+      redis.pttl(writerKey),
+      redis.exists(`${writerKey}:waiting`),
+    ]);
+    const [seconds, micros] = (time as unknown[]).map(Number);
+    const now = seconds * 1_000 + Math.floor(micros / 1_000);
+    const reading = readers.filter((_, i) => i % 2 === 1).map(Number)
+      .filter((end) => end > now).length;
+    const writing = writerTtl !== -2;
+    if (!args.quiet) {
+      const where = args.verbose ? ` (key ${writerKey})` : "";
+      const holders = writing
+        ? `held by a writer for another ${
+          formatDuration(Math.max(0, writerTtl))
+        } unless renewed`
+        : reading > 0
+        ? `held by ${reading} reader${reading === 1 ? "" : "s"}`
+        : "free";
+      process.stdout.write(
+        `read-write lock '${args.name}'${where} is ${holders}${
+          waiting === 1 ? "; a writer waits" : ""
+        }\n`,
+      );
+    }
+    return writing || reading > 0 ? ExitCode.OK : ExitCode.NO;
   });
 }
 

@@ -697,3 +697,35 @@ Deno.test("deadbolt --limit must be a whole number from 1, before any Redis I/O"
     assert.match(result.stderr, /--limit must be a whole number from 1/);
   }
 });
+
+Deno.test("deadbolt status --rw tells readers, a writer and a waiting writer apart, and exits 0 only when held", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const status = () =>
+    cli(["status", "catalog", "--rw", "--redis", server.url]);
+  const free = await status();
+  assert.equal(free.code, 1, free.stderr);
+  assert.equal(free.stdout, "read-write lock 'catalog' is free\n");
+  const [seconds] = await side.send("TIME") as [string, string];
+  const later = String(Number(seconds) * 1_000 + 20_000);
+  const writer = "deadbolt:rw:{catalog}";
+  await side.send("ZADD", `${writer}:readers`, later, "r1", later, "r2");
+  await side.send("SET", `${writer}:waiting`, "1", "PX", "20000");
+  const read = await status();
+  assert.equal(read.code, 0, read.stderr);
+  assert.equal(
+    read.stdout,
+    "read-write lock 'catalog' is held by 2 readers; a writer waits\n",
+  );
+  await side.send("DEL", `${writer}:readers`, `${writer}:waiting`);
+  await side.send("SET", writer, "secret-token", "PX", "20000");
+  const written = await status();
+  assert.equal(written.code, 0, written.stderr);
+  assert.match(
+    written.stdout,
+    /^read-write lock 'catalog' is held by a writer for another 1\d\.\d s unless renewed\n$/,
+  );
+  assert.doesNotMatch(written.stdout, /secret-token/);
+  const both = await cli(["status", "catalog", "--rw", "--limit", "2"]);
+  assert.equal(both.code, 64);
+});
