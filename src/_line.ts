@@ -3,16 +3,19 @@ import { now } from "./_timers.ts";
 import { MAX_TIMER_MS } from "./_validate.ts";
 
 /**
- * Waiters in arrival order: first come, first served. The first one is at
- * the head; the others wait for their turn, or give up (abort, deadline).
+ * Waiters in arrival order: first come, first served. The first `capacity`
+ * (one, for a lock) are at the head and may go on; the others wait for their
+ * turn, or give up (abort, deadline).
  */
 export class WaitLine {
   #waiters: Deferred<void>[] = [];
   #owner: LineOwner;
+  #capacity: number;
 
-  /** A line whose changes `owner` hears of. */
-  constructor(owner: LineOwner) {
+  /** A line whose changes `owner` hears of, `capacity` waiters at its head. */
+  constructor(owner: LineOwner, capacity = 1) {
     this.#owner = owner;
+    this.#capacity = capacity;
   }
 
   /** How many wait, the head included. */
@@ -26,14 +29,27 @@ export class WaitLine {
    * resolves `false` when `deadline` passes first (the waiter has then left).
    */
   enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
-    const turn = deferred<void>();
-    this.#waiters.push(turn);
-    return this.#waiters.length === 1 || this.#await(turn, signal, deadline);
+    return this.join(signal, deadline).ready;
   }
 
-  /** The head leaves, handing the turn to the next waiter. */
-  leave(): void {
-    this.#remove(this.#waiters[0]);
+  /**
+   * Joins the line as {@linkcode enter} does, and returns the turn that
+   * {@linkcode leave} takes (where more than one waiter is at the head).
+   */
+  join(
+    signal: AbortSignal,
+    deadline: number,
+  ): { ready: true | Promise<boolean>; turn: Deferred<void> } {
+    const turn = deferred<void>();
+    this.#waiters.push(turn);
+    const ready = this.#waiters.length <= this.#capacity ||
+      this.#await(turn, signal, deadline);
+    return { ready, turn };
+  }
+
+  /** A waiter at the head (the first, by default) leaves, letting the next in. */
+  leave(turn: Deferred<void> | undefined = this.#waiters[0]): void {
+    this.#remove(turn);
   }
 
   async #await(
@@ -78,10 +94,9 @@ export class WaitLine {
     const index = waiter ? this.#waiters.indexOf(waiter) : -1;
     if (index < 0) return;
     this.#waiters.splice(index, 1);
-    if (index === 0) {
-      this.#owner.headLeft();
-      this.#waiters[0]?.resolve();
-    }
+    if (index === 0) this.#owner.headLeft();
+    // The waiter that moved up to the head's last place goes on.
+    if (index < this.#capacity) this.#waiters[this.#capacity - 1]?.resolve();
     if (this.#waiters.length === 0) this.#owner.emptied();
   }
 }

@@ -136,6 +136,9 @@ export function readPermitOwner(reply: unknown): Owner {
   );
 }
 
+/** The most waiters of one process that ask Redis at once for one name. */
+export const MAX_PARALLEL = 16;
+
 /**
  * The scripts of a semaphore's permits on its keys (`keys.lock` is the
  * permits' sorted set), for a `ScriptedStore`.
@@ -148,6 +151,8 @@ export function permitScripts(
   return {
     kind: "semaphore",
     lineKey: lock,
+    // As many as there are permits (within reason).
+    parallel: Math.min(limit, MAX_PARALLEL),
     channel: released,
     keys,
     acquire: (token, mark) => ({

@@ -3,6 +3,7 @@ import type { HoldScripts } from "./_scripted_store.ts";
 import {
   expireWithLast,
   EXTEND_PERMIT,
+  MAX_PARALLEL,
   NOW,
   prune,
   readPermit,
@@ -96,6 +97,8 @@ export function readScripts(
   return {
     kind: "read lock",
     lineKey: readers,
+    // Readers hold together: several may ask at once.
+    parallel: MAX_PARALLEL,
     channel: released,
     keys: { lock: readers, fence },
     acquire: (token) => ({
@@ -132,6 +135,7 @@ export function writeScripts(
   return {
     kind: "write lock",
     lineKey: lock,
+    parallel: 1,
     channel: released,
     keys,
     acquire: (token, mark) => ({

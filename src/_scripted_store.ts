@@ -9,8 +9,7 @@ import {
   type Grant,
   type Store,
 } from "./_store.ts";
-import { existingQueue } from "./_queue.ts";
-import { type Waiting, waitInLine } from "./_waiting.ts";
+import { type Crowd, crowdOf, existingCrowd } from "./_crowd.ts";
 import { unwatched } from "./_wakeups.ts";
 import { runScript } from "./_run_script.ts";
 import type { LuaScript, Owner } from "./scripts.ts";
@@ -44,6 +43,8 @@ export interface HoldScripts {
   readonly kind: string;
   /** The key whose local line waiters of one process share. */
   readonly lineKey: string;
+  /** How many waiters of one process may ask Redis at once. */
+  readonly parallel: number;
   /** The channel a release publishes on, which wakes waiters. */
   readonly channel: string;
   /** The keys a foreign value is reported at (`LockKeyError`). */
@@ -75,9 +76,9 @@ export interface ScriptedSettings {
 /**
  * The Redis side of holds made of a few scripts on one client (a
  * semaphore's permits, a read-write lock's holds). Waiters of one process
- * line up (only the head asks Redis; the next asks as soon as the head has
- * its hold), a release in this process wakes the head, and a release
- * elsewhere wakes it by pub/sub where the client can subscribe.
+ * line up in a {@linkcode Crowd}, up to `parallel` of them asking Redis at
+ * once; a release in this process wakes the ones that sleep, and a release
+ * elsewhere wakes them by pub/sub where the client can subscribe.
  */
 export class ScriptedStore implements Store {
   readonly #client: ScriptClient;
@@ -98,21 +99,36 @@ export class ScriptedStore implements Store {
     this.#settings = settings;
   }
 
-  acquire(
+  async acquire(
     wait: WaitSettings,
     signal: AbortSignal,
     grant: Grant,
   ): Promise<void> {
-    return waitInLine(
-      this.#client,
-      this.#name,
-      this.#scripts.lineKey,
-      wait,
-      signal,
-      grant,
-      false,
-      (waiting) => this.#contend(waiting),
-    );
+    const started = now();
+    const deadline = started + wait.timeout;
+    // One attempt (timeout 0) does not line up.
+    const crowd = wait.timeout > 0
+      ? crowdOf(this.#client, this.#scripts.lineKey, this.#scripts.parallel)
+      : undefined;
+    try {
+      const entry = crowd?.join(signal, deadline);
+      if (entry && entry.ready !== true && !await entry.ready) {
+        throw new LockTimeoutError(
+          this.#name,
+          now() - started,
+          crowd!.remainingTtl(),
+        );
+      }
+      try {
+        await this.#contend(wait, signal, grant, started, deadline, crowd);
+      } finally {
+        if (entry) crowd!.leave(entry.turn);
+      }
+    } catch (error) {
+      // A wait that fails leaves nothing open behind it.
+      await unwatched(this.#client);
+      throw error;
+    }
   }
 
   async extend(
@@ -137,7 +153,7 @@ export class ScriptedStore implements Store {
       const reply = await this.#settle(
         this.#run(this.#scripts.release(token, false)),
       );
-      existingQueue(this.#client, this.#scripts.lineKey)?.wake();
+      existingCrowd(this.#client, this.#scripts.lineKey)?.wake();
       return this.#scripts.readOwner(reply) === "ours";
     } finally {
       // Nothing deadbolt opened outlives the call.
@@ -148,23 +164,30 @@ export class ScriptedStore implements Store {
 
   lost(): void {
     // A hold whose lease ended is free, or will be when Redis sees it.
-    existingQueue(this.#client, this.#scripts.lineKey)?.wake();
+    existingCrowd(this.#client, this.#scripts.lineKey)?.wake();
   }
 
   // Asks Redis until granted, sleeping between attempts.
   async #contend(
-    { wait, signal, grant, queue, started, deadline }: Waiting,
+    wait: WaitSettings,
+    signal: AbortSignal,
+    grant: Grant,
+    started: number,
+    deadline: number,
+    crowd: Crowd | undefined,
   ): Promise<Lease> {
     const { ttl, fencing } = this.#settings;
     const subscribe = this.#client.deadbolt?.subscribe;
     let token = crypto.randomUUID();
     for (let attempt = 0;; attempt++) {
       const sent = now();
-      const mark = queue
+      const mark = crowd
         ? Math.ceil(
           Math.min(wait.maxRetryDelay, wait.retryDelay * 2 ** attempt),
         ) + MARK_MARGIN_MS
         : undefined;
+      // Wake-ups that come during the attempt cut the next sleep short.
+      const seen = crowd?.wakes ?? 0;
       const call = this.#run(this.#scripts.acquire(token, mark));
       let reply: GrantReply;
       try {
@@ -206,13 +229,13 @@ export class ScriptedStore implements Store {
       let pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
       if (freeIn !== undefined) {
         if (freeIn >= 0) pause = Math.min(pause, Math.max(1, freeIn));
-        if (queue) {
-          queue.noteRemaining(freeIn);
-          if (subscribe) queue.watch(subscribe, this.#scripts.channel);
+        if (crowd) {
+          crowd.noteRemaining(freeIn);
+          if (subscribe) crowd.watch(subscribe, this.#scripts.channel);
         }
       }
       pause = Math.min(pause, left);
-      if (queue) await queue.sleep(pause, signal);
+      if (crowd) await crowd.sleep(pause, signal, seen);
       else await delay(pause, signal);
     }
   }

@@ -7,6 +7,7 @@
 import { Lock, type RedisClient, type ScriptClient } from "../mod.ts";
 import { toScriptClient } from "../src/client.ts";
 import { existingQueue } from "../src/_queue.ts";
+import { existingCrowd } from "../src/_crowd.ts";
 import type { RespClient } from "./_resp.ts";
 import {
   ACQUIRE,
@@ -108,7 +109,9 @@ export async function lineUp(
 ): Promise<void> {
   await until(
     () => {
-      const queue = existingQueue(toScriptClient(client), key);
+      const scriptClient = toScriptClient(client);
+      const queue = existingQueue(scriptClient, key) ??
+        existingCrowd(scriptClient, key);
       return Promise.resolve(
         queue !== undefined && queue.size >= count && queue.sleeping,
       );

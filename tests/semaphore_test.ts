@@ -8,7 +8,7 @@ import {
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
-import { abortedAt, CountingClient, until, within } from "./_util.ts";
+import { abortedAt, CountingClient, lineUp, until, within } from "./_util.ts";
 
 // Semaphore against a real redis-server: at most `limit` permits at once,
 // a lease per permit, and Lock's promises for each permit.
@@ -237,4 +237,55 @@ Deno.test("12 workers on two connections never hold more than `limit` permits at
   } finally {
     for (const client of clients) await client.quit();
   }
+});
+
+Deno.test("up to `limit` waiters of one process ask Redis at once, never more", async () => {
+  await using env = await setup();
+  // Every permit held from another connection.
+  const other = new DbRedisShape(await env.server.connect());
+  const held = await Promise.all(
+    Array.from(
+      { length: 4 },
+      () => Semaphore.acquire(other, "wide", { limit: 4 }),
+    ),
+  );
+  // Acquire calls in flight (the acquire script takes 5 arguments; a
+  // release takes 1).
+  let inFlight = 0;
+  let most = 0;
+  const track = async (args: string[], call: () => Promise<unknown>) => {
+    const acquiring = args.length === 5;
+    if (acquiring) most = Math.max(most, ++inFlight);
+    try {
+      return await call();
+    } finally {
+      if (acquiring) inFlight--;
+    }
+  };
+  const counting = {
+    evalsha: (sha: string, keys: string[], args: string[]) =>
+      track(args, () => env.redis.evalsha(sha, keys, args)),
+    eval: (script: string, keys: string[], args: string[]) =>
+      track(args, () => env.redis.eval(script, keys, args)),
+  };
+  // Each releases at once, so that all 8 get a permit in turn.
+  const waiters = Array.from(
+    { length: 8 },
+    () =>
+      Semaphore.acquire(counting, "wide", {
+        limit: 4,
+        timeout: 10_000,
+        maxRetryDelay: 50,
+      }).then((permit) => permit.release()),
+  );
+  await lineUp(counting, "wide", 8, 5_000, held[0].key);
+  for (const permit of held) await permit.release();
+  const released = await within(
+    Promise.all(waiters),
+    5_000,
+    "8 permits in turn",
+  );
+  assert.deepEqual(released, new Array(8).fill(true));
+  assert.equal(most, 4, `${most} calls in flight at once`);
+  other.close();
 });

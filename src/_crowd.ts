@@ -1,0 +1,151 @@
+import type { ScriptClient } from "./client.ts";
+import type { Deferred } from "./_deferred.ts";
+import type { Subscribe } from "./_subscriber.ts";
+import { now } from "./_timers.ts";
+import { WaitLine } from "./_line.ts";
+import { WakeUps } from "./_wakeups.ts";
+
+/**
+ * The waiters of this process for a hold that several may have at once (a
+ * semaphore's permits, a read-write lock's reads), on one client: in
+ * arrival order, with up to `capacity` of them asking Redis at once (a
+ * lock's `LocalQueue` lets one). A release in this process, or one
+ * elsewhere heard by pub/sub, wakes every one that sleeps between attempts.
+ */
+export class Crowd {
+  #line: WaitLine;
+  #client: ScriptClient;
+  #sleepers = new Set<() => void>();
+  #wakes = 0;
+  #wakeUps: WakeUps | undefined;
+  #reading: { pttl: number; at: number } | undefined;
+  #onEmpty: () => void;
+
+  /** Waiters of `client`, `capacity` at a time; `onEmpty` once none is left. */
+  constructor(client: ScriptClient, capacity: number, onEmpty: () => void) {
+    this.#client = client;
+    this.#onEmpty = onEmpty;
+    this.#line = new WaitLine(this, capacity);
+  }
+
+  /** For its {@linkcode WaitLine}. */
+  headLeft(): void {}
+
+  /** For its {@linkcode WaitLine}: the last waiter has left. */
+  emptied(): void {
+    this.#reading = undefined;
+    this.#wakeUps?.stop();
+    this.#wakeUps = undefined;
+    this.#onEmpty();
+  }
+
+  /** Joins the line (see {@linkcode WaitLine.join}). */
+  join(
+    signal: AbortSignal,
+    deadline: number,
+  ): { ready: true | Promise<boolean>; turn: Deferred<void> } {
+    return this.#line.join(signal, deadline);
+  }
+
+  /** `turn` leaves the line, letting the next waiter ask. */
+  leave(turn: Deferred<void>): void {
+    this.#line.leave(turn);
+  }
+
+  /** How many wait, those asking Redis included. */
+  get size(): number {
+    return this.#line.size;
+  }
+
+  /** Whether some waiter sleeps between attempts now. */
+  get sleeping(): boolean {
+    return this.#sleepers.size > 0;
+  }
+
+  /** How many wake-ups there have been: read before an attempt, for `sleep`. */
+  get wakes(): number {
+    return this.#wakes;
+  }
+
+  /**
+   * Sleeps up to `ms`, or until a wake-up; at once when one came since
+   * {@linkcode wakes} read `seen` (during the attempt).
+   */
+  sleep(ms: number, signal: AbortSignal, seen: number): Promise<void> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    if (this.#wakes !== seen) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const stop = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        this.#sleepers.delete(end);
+      };
+      const end = () => {
+        stop();
+        resolve();
+      };
+      const onAbort = () => {
+        stop();
+        reject(signal.reason);
+      };
+      const timer = setTimeout(end, ms);
+      this.#sleepers.add(end);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** Tells every sleeper that a hold was just released (here or elsewhere). */
+  wake(): void {
+    this.#wakes++;
+    for (const end of [...this.#sleepers]) end();
+  }
+
+  /** Wakes the sleepers on every message to `channel` until the crowd empties. */
+  watch(subscribe: Subscribe, channel: string): void {
+    this.#wakeUps ??= new WakeUps(this.#client);
+    this.#wakeUps.watch(subscribe, channel, () => this.wake());
+  }
+
+  /** Records how long until a hold in the way ends, as just read. */
+  noteRemaining(pttl: number): void {
+    this.#reading = { pttl, at: now() };
+  }
+
+  /** That time, counted down to now; `NaN` when nothing was read yet. */
+  remainingTtl(): number {
+    const reading = this.#reading;
+    if (!reading) return NaN;
+    if (reading.pttl < 0) return reading.pttl;
+    return Math.max(0, Math.round(reading.pttl - (now() - reading.at)));
+  }
+}
+
+const crowds = new WeakMap<ScriptClient, Map<string, Crowd>>();
+
+/**
+ * The crowd for `key` on `client`, created on first use (with the
+ * `capacity` of the call that creates it), dropped when empty.
+ */
+export function crowdOf(
+  client: ScriptClient,
+  key: string,
+  capacity: number,
+): Crowd {
+  let byKey = crowds.get(client);
+  if (!byKey) crowds.set(client, byKey = new Map());
+  let crowd = byKey.get(key);
+  if (!crowd) {
+    const map = byKey;
+    crowd = new Crowd(client, capacity, () => map.delete(key));
+    byKey.set(key, crowd);
+  }
+  return crowd;
+}
+
+/** The crowd for `key` on `client`, if any waiter has one now. */
+export function existingCrowd(
+  client: ScriptClient,
+  key: string,
+): Crowd | undefined {
+  return crowds.get(client)?.get(key);
+}
