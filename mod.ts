@@ -39,6 +39,7 @@
  */
 
 export { Lock } from "./src/lock.ts";
+export { LockHandle } from "./src/handle.ts";
 export type { LockKeys } from "./src/keys.ts";
 export type {
   AcquireOptions,

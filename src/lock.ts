@@ -1,6 +1,7 @@
 import { type RedisClient, toScriptClient } from "./client.ts";
 import { type LockKeys, lockKeys } from "./keys.ts";
 import { Lifecycle } from "./_lifecycle.ts";
+import { LockHandle } from "./handle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { RedisStore } from "./_redis_store.ts";
 import { checkName, checkOptionKeys, checkPrefix } from "./_validate.ts";
@@ -49,7 +50,7 @@ const STATIC_TRY_KEYS = [...LOCK_KEYS, "signal"];
  * }
  * ```
  */
-export class Lock implements AsyncDisposable {
+export class Lock extends LockHandle {
   /** The lock's name, as given. */
   readonly name: string;
   /** The Redis key that holds the owner's token: `<prefix>{<name>}`. */
@@ -70,7 +71,7 @@ export class Lock implements AsyncDisposable {
    */
   constructor(client: RedisClient, name: string, options: LockOptions = {}) {
     checkOptionKeys("Cannot lock", options, LOCK_KEYS);
-    this.name = checkName("Cannot lock", "name", name);
+    checkName("Cannot lock", "name", name);
     const action = `Cannot lock ${JSON.stringify(name)}`;
     const settings = lockSettings(action, options);
     const scriptClient = toScriptClient(client);
@@ -80,12 +81,15 @@ export class Lock implements AsyncDisposable {
       );
     }
     const keys = lockKeys(settings.prefix, name);
-    this.key = keys.lock;
-    this.#life = new Lifecycle(
+    const life = new Lifecycle(
       name,
       settings,
       new RedisStore(scriptClient, name, keys, settings),
     );
+    super(life);
+    this.#life = life;
+    this.name = name;
+    this.key = keys.lock;
   }
 
   /**
@@ -209,65 +213,6 @@ export class Lock implements AsyncDisposable {
     );
   }
 
-  /** The token that marks this handle's ownership in Redis, from `crypto.randomUUID()`; new for each acquisition. */
-  get token(): string {
-    return this.#life.token;
-  }
-
-  /** Whether this handle owns the lock now: acquired, not released, not lost, and its validity not run out. */
-  get held(): boolean {
-    return this.#life.held;
-  }
-
-  /**
-   * Aborts with a {@linkcode LockLostError} when ownership can no longer be
-   * guaranteed, before `validUntil` passes. It does not abort on `release()`.
-   * A handle acquired again after a loss gets a new signal.
-   */
-  get signal(): AbortSignal {
-    return this.#life.signal;
-  }
-
-  /** The fencing token of the current acquisition when `fencing` is on; else `undefined`. */
-  get fence(): number | undefined {
-    return this.#life.fence;
-  }
-
-  /**
-   * The monotonic time (`performance.now()` ms) until which ownership is
-   * guaranteed: send time of the last successful acquire or renewal, plus
-   * `ttl`, minus 1% of `ttl` + 2 ms for clock drift. `0` before acquiring.
-   */
-  get validUntil(): number {
-    return this.#life.validUntil;
-  }
-
-  /**
-   * Waits up to `timeout` ms for the lock.
-   *
-   * @param options Wait options; defaults come from the constructor.
-   * @returns When the lock is held, with validity left.
-   * @throws {LockTimeoutError} when another owner held it for the whole wait.
-   * @throws {LockKeyError} when the key holds a value deadbolt did not write.
-   * @throws {Error} when this handle already holds the lock or is acquiring it.
-   * @throws {TypeError} on bad options, before any Redis command.
-   * @throws {RangeError} on an out-of-range option, before any Redis command.
-   */
-  acquire(options: AcquireOptions = {}): Promise<void> {
-    return this.#life.acquire(options);
-  }
-
-  /**
-   * Makes one attempt to acquire the lock.
-   *
-   * @param options A `signal` that cancels the attempt.
-   * @returns `true` when the lock is now held, `false` when another owner holds it.
-   * @throws {LockKeyError} when the key holds a value deadbolt did not write.
-   */
-  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
-    return this.#life.tryAcquire(options);
-  }
-
   /**
    * Takes over the hold of `token`, as {@linkcode Lock.adopt} does.
    *
@@ -306,43 +251,5 @@ export class Lock implements AsyncDisposable {
    */
   detach(): string {
     return this.#life.detach();
-  }
-
-  /**
-   * Renews the lease to `ttl` ms from now, if this handle still owns the key.
-   * It never creates the key again.
-   *
-   * @param ttl The new lease length in ms; the lock's `ttl` by default.
-   * @returns `true` when renewed; `false` when ownership was lost (then
-   * `signal` has aborted) or the lock was released meanwhile.
-   * @throws {Error} when this handle has not acquired the lock or has released it.
-   * @throws {RangeError} when `ttl` is out of range.
-   */
-  extend(ttl?: number): Promise<boolean> {
-    return this.#life.extend(ttl);
-  }
-
-  /**
-   * Stops renewal and deletes the key if it still holds this handle's token
-   * (or, when a waiter of this process is next in line, hands the lock to it
-   * in the same step). It never touches another owner's key. Calling it
-   * again is a no-op; calling it while `acquire()` waits cancels that wait.
-   *
-   * @returns `true` when this call released this handle's own hold; `false`
-   * when the lease had expired, another owner holds the key, or there was
-   * nothing to release.
-   */
-  release(): Promise<boolean> {
-    return this.#life.release();
-  }
-
-  /**
-   * Stops renewal and releases the lock if this handle holds it, for
-   * `await using`.
-   *
-   * @returns When released; rejects with the Redis error if release failed.
-   */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#life.release();
   }
 }

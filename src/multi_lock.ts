@@ -1,6 +1,7 @@
 import { type RedisClient, toScriptClient } from "./client.ts";
 import { lockKeys } from "./keys.ts";
 import { Lifecycle } from "./_lifecycle.ts";
+import { LockHandle } from "./handle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { MultiStore } from "./_multi_store.ts";
 import { checkName } from "./_validate.ts";
@@ -40,13 +41,11 @@ const STATIC_TRY_KEYS = [...MULTI_KEYS, "signal"];
  * }
  * ```
  */
-export class MultiLock implements AsyncDisposable {
+export class MultiLock extends LockHandle {
   /** The locks' names, as given. */
   readonly names: readonly string[];
   /** The locks' Redis keys, in the order they are taken. */
   readonly keys: readonly string[];
-
-  #life: Lifecycle;
 
   /**
    * Creates a handle on the locks `names`; nothing is sent until `acquire()`.
@@ -66,17 +65,20 @@ export class MultiLock implements AsyncDisposable {
   ) {
     const action = "Cannot lock a set of names";
     const settings = multiLockSettings(action, options);
-    this.names = checkNames(action, names);
-    const locks = this.names.map((name) => lockKeys(settings.prefix, name))
+    const checked = checkNames(action, names);
+    const locks = checked.map((name) => lockKeys(settings.prefix, name))
       .sort((a, b) => a.lock < b.lock ? -1 : a.lock > b.lock ? 1 : 0);
-    this.keys = locks.map(({ lock }) => lock);
-    const label = this.names.join(", ");
-    this.#life = new Lifecycle(
-      label,
-      settings,
-      new MultiStore(toScriptClient(client), label, locks, settings),
-      "locks",
+    const label = checked.join(", ");
+    super(
+      new Lifecycle(
+        label,
+        settings,
+        new MultiStore(toScriptClient(client), label, locks, settings),
+        "locks",
+      ),
     );
+    this.names = checked;
+    this.keys = locks.map(({ lock }) => lock);
   }
 
   /**
@@ -123,75 +125,6 @@ export class MultiLock implements AsyncDisposable {
       options,
       STATIC_TRY_KEYS,
     );
-  }
-
-  /** The token that marks every lock of the set, from `crypto.randomUUID()`; new for each acquisition. */
-  get token(): string {
-    return this.#life.token;
-  }
-
-  /** Whether this handle holds every lock of the set now. */
-  get held(): boolean {
-    return this.#life.held;
-  }
-
-  /** Aborts with a {@linkcode LockLostError} when any lock of the set is lost, before `validUntil`. */
-  get signal(): AbortSignal {
-    return this.#life.signal;
-  }
-
-  /** The monotonic time (`performance.now()` ms) until which every lock is guaranteed; `0` before acquiring. */
-  get validUntil(): number {
-    return this.#life.validUntil;
-  }
-
-  /**
-   * Waits up to `timeout` ms for every lock of the set.
-   *
-   * @param options Wait options; defaults come from the constructor.
-   * @returns When every lock is held, with validity left.
-   */
-  acquire(options: AcquireOptions = {}): Promise<void> {
-    return this.#life.acquire(options);
-  }
-
-  /**
-   * Makes one attempt to take every lock of the set.
-   *
-   * @param options A `signal` that cancels the attempt.
-   * @returns `true` when every lock is now held.
-   */
-  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
-    return this.#life.tryAcquire(options);
-  }
-
-  /**
-   * Renews every lock of the set to `ttl` ms from now, if each still holds
-   * this handle's token.
-   *
-   * @param ttl The new lease length in ms; the set's `ttl` by default.
-   * @returns `true` when renewed; `false` when a lock was lost or released.
-   */
-  extend(ttl?: number): Promise<boolean> {
-    return this.#life.extend(ttl);
-  }
-
-  /**
-   * Stops renewal and deletes every key that still holds this handle's token.
-   *
-   * @returns `true` when every lock of the set was this handle's until now.
-   */
-  release(): Promise<boolean> {
-    return this.#life.release();
-  }
-
-  /**
-   * Releases the set if this handle holds it, for `await using`.
-   *
-   * @returns When released.
-   */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#life.release();
   }
 }
 

@@ -5,6 +5,7 @@ import {
 } from "./client.ts";
 import { type LockKeys, lockKeys } from "./keys.ts";
 import { Lifecycle } from "./_lifecycle.ts";
+import { LockHandle } from "./handle.ts";
 import { ScriptedStore } from "./_scripted_store.ts";
 import { readScripts, writeScripts } from "./_rw_scripts.ts";
 import { checkName, checkOptionKeys } from "./_validate.ts";
@@ -195,99 +196,27 @@ function pickWait(options: AcquireOptions): AcquireOptions {
  * A read or write hold of a {@linkcode ReadWriteLock}, with `Lock`'s
  * surface.
  */
-export class ReadWriteHold implements AsyncDisposable {
+export class ReadWriteHold extends LockHandle {
   /** `"read"` or `"write"`. */
   readonly mode: "read" | "write";
   /** The Redis key of this hold: the readers' sorted set, or the writer key. */
   readonly key: string;
 
-  #life: Lifecycle;
+  /** The lock's name. */
+  readonly name: string;
 
-  /** @internal Built by {@linkcode ReadWriteLock}. */
+  /**
+   * Built by {@linkcode ReadWriteLock} (`read()`, `write()`, `reader()`,
+   * `writer()`).
+   *
+   * @param mode `"read"` or `"write"`.
+   * @param key The hold's Redis key.
+   * @param life The hold's lifecycle.
+   */
   constructor(mode: "read" | "write", key: string, life: Lifecycle) {
+    super(life);
     this.mode = mode;
     this.key = key;
-    this.#life = life;
-  }
-
-  /** The lock's name. */
-  get name(): string {
-    return this.#life.name;
-  }
-
-  /** The token of this hold, from `crypto.randomUUID()`; new for each acquisition. */
-  get token(): string {
-    return this.#life.token;
-  }
-
-  /** Whether this handle holds now: acquired, not released, not lost, its validity not run out. */
-  get held(): boolean {
-    return this.#life.held;
-  }
-
-  /** Aborts with a {@linkcode LockLostError} when the hold can no longer be guaranteed, before `validUntil`. */
-  get signal(): AbortSignal {
-    return this.#life.signal;
-  }
-
-  /**
-   * With `fencing: true`: a writer's fence (strictly increasing across
-   * writers), or for a reader the last writer's; else `undefined`.
-   */
-  get fence(): number | undefined {
-    return this.#life.fence;
-  }
-
-  /** The monotonic time (`performance.now()` ms) until which the hold is guaranteed; `0` before acquiring. */
-  get validUntil(): number {
-    return this.#life.validUntil;
-  }
-
-  /**
-   * Waits up to `timeout` ms for the hold again (after a release or a loss).
-   *
-   * @param options Wait options.
-   * @returns When held, with validity left.
-   */
-  acquire(options: AcquireOptions = {}): Promise<void> {
-    return this.#life.acquire(options);
-  }
-
-  /**
-   * Makes one attempt to hold.
-   *
-   * @param options A `signal` that cancels the attempt.
-   * @returns `true` when held now.
-   */
-  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
-    return this.#life.tryAcquire(options);
-  }
-
-  /**
-   * Renews the lease to `ttl` ms from now, if the hold is still this handle's.
-   *
-   * @param ttl The new lease length in ms; the lock's `ttl` by default.
-   * @returns `true` when renewed; `false` when lost or released meanwhile.
-   */
-  extend(ttl?: number): Promise<boolean> {
-    return this.#life.extend(ttl);
-  }
-
-  /**
-   * Stops renewal and ends the hold, waking waiters.
-   *
-   * @returns `true` when this call ended this handle's own hold.
-   */
-  release(): Promise<boolean> {
-    return this.#life.release();
-  }
-
-  /**
-   * Releases the hold if this handle has it, for `await using`.
-   *
-   * @returns When released.
-   */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#life.release();
+    this.name = life.name;
   }
 }

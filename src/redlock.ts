@@ -1,6 +1,7 @@
 import { type RedisClient, toScriptClients } from "./client.ts";
 import { lockKeys } from "./keys.ts";
 import { Lifecycle } from "./_lifecycle.ts";
+import { LockHandle } from "./handle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { QuorumStore } from "./_quorum_store.ts";
 import { checkName, checkOptionKeys } from "./_validate.ts";
@@ -55,15 +56,13 @@ const STATIC_TRY_KEYS = [...LOCK_KEYS, "signal"];
  * }
  * ```
  */
-export class Redlock implements AsyncDisposable {
+export class Redlock extends LockHandle {
   /** The lock's name, as given. */
   readonly name: string;
   /** The Redis key that holds the owner's token on every server: `<prefix>{<name>}`. */
   readonly key: string;
   /** How many servers must grant or renew the lock: ⌊servers / 2⌋ + 1. */
   readonly quorum: number;
-
-  #life: Lifecycle;
 
   /**
    * Creates a lock handle; nothing is sent until `acquire()`.
@@ -86,18 +85,20 @@ export class Redlock implements AsyncDisposable {
     options: RedlockOptions = {},
   ) {
     checkOptionKeys("Cannot lock", options, LOCK_KEYS);
-    this.name = checkName("Cannot lock", "name", name);
+    checkName("Cannot lock", "name", name);
     const action = `Cannot lock ${JSON.stringify(name)}`;
     const settings = redlockSettings(action, options);
-    this.key = lockKeys(settings.prefix, name).lock;
+    const key = lockKeys(settings.prefix, name).lock;
     const store = new QuorumStore(
       toScriptClients(action, clients),
       name,
-      this.key,
+      key,
       settings,
     );
+    super(new Lifecycle(name, settings, store));
+    this.name = name;
+    this.key = key;
     this.quorum = store.quorum;
-    this.#life = new Lifecycle(name, settings, store);
   }
 
   /**
@@ -158,109 +159,5 @@ export class Redlock implements AsyncDisposable {
     options: RedlockOptions & Pick<AcquireOptions, "signal"> = {},
   ): Promise<Redlock | null> {
     return tryAcquireNew(Redlock, clients, name, options, STATIC_TRY_KEYS);
-  }
-
-  /** The token that marks this handle's ownership on the servers, from `crypto.randomUUID()`; new for each attempt. */
-  get token(): string {
-    return this.#life.token;
-  }
-
-  /** Whether this handle owns the lock now: acquired, not released, not lost, and its validity not run out. */
-  get held(): boolean {
-    return this.#life.held;
-  }
-
-  /**
-   * Aborts with a {@linkcode LockLostError} when ownership can no longer be
-   * guaranteed (a quorum can no longer be renewed in time), before
-   * `validUntil` passes. It does not abort on `release()`. A handle acquired
-   * again after a loss gets a new signal.
-   */
-  get signal(): AbortSignal {
-    return this.#life.signal;
-  }
-
-  /**
-   * The monotonic time (`performance.now()` ms) until which ownership is
-   * guaranteed: send time of the last attempt or renewal that a quorum
-   * granted, plus `ttl`, minus 1% of `ttl` + 2 ms for clock drift. `0`
-   * before acquiring.
-   */
-  get validUntil(): number {
-    return this.#life.validUntil;
-  }
-
-  /**
-   * Waits up to `timeout` ms for the lock.
-   *
-   * @param options Wait options; defaults come from the constructor.
-   * @returns When the lock is held on a quorum, with validity left.
-   * @throws {LockTimeoutError} when other owners kept a quorum out of reach
-   * for the whole wait.
-   * @throws {LockQuorumError} at once, when so many servers failed that no
-   * quorum was possible.
-   * @throws {Error} when this handle already holds the lock or is acquiring it.
-   * @throws {TypeError} on bad options, before any Redis command.
-   * @throws {RangeError} on an out-of-range option, before any Redis command.
-   */
-  acquire(options: AcquireOptions = {}): Promise<void> {
-    return this.#life.acquire(options);
-  }
-
-  /**
-   * Makes one attempt to acquire the lock.
-   *
-   * @param options A `signal` that cancels the attempt.
-   * @returns `true` when the lock is now held, `false` when other owners
-   * keep a quorum out of reach.
-   * @throws {LockQuorumError} when so many servers failed that no quorum was possible.
-   */
-  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
-    return this.#life.tryAcquire(options);
-  }
-
-  /**
-   * Renews the lease to `ttl` ms from now on every server that still holds
-   * this handle's token; it succeeds when a quorum renewed it. It never
-   * creates the key again.
-   *
-   * @param ttl The new lease length in ms; the lock's `ttl` by default.
-   * @returns `true` when a quorum renewed it; `false` when ownership was
-   * lost (then `signal` has aborted) or the lock was released meanwhile.
-   * @throws {LockQuorumError} when too many servers failed to tell; the
-   * lease then stands until `validUntil`.
-   * @throws {Error} when this handle has not acquired the lock or has released it.
-   * @throws {RangeError} when `ttl` is out of range.
-   */
-  extend(ttl?: number): Promise<boolean> {
-    return this.#life.extend(ttl);
-  }
-
-  /**
-   * Stops renewal and deletes the key, on every server, where it still
-   * holds this handle's token; it never touches another owner's key. A
-   * minority of failed servers does not make it throw: their copies expire
-   * with the lease. Calling it again is a no-op; calling it while
-   * `acquire()` waits cancels that wait.
-   *
-   * @returns `true` when a quorum of servers deleted this handle's key (so
-   * it was held until now); `false` when the lease had expired, other
-   * owners hold the key, or there was nothing to release.
-   * @throws {LockQuorumError} when so many servers failed that fewer than a
-   * quorum could answer; a later `release()` tries again.
-   */
-  release(): Promise<boolean> {
-    return this.#life.release();
-  }
-
-  /**
-   * Stops renewal and releases the lock if this handle holds it, for
-   * `await using`.
-   *
-   * @returns When released; rejects with {@linkcode LockQuorumError} when
-   * too few servers answered.
-   */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#life.release();
   }
 }

@@ -1,6 +1,7 @@
 import { type RedisClient, toScriptClient } from "./client.ts";
 import { lockKeys } from "./keys.ts";
 import { Lifecycle } from "./_lifecycle.ts";
+import { LockHandle } from "./handle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { ScriptedStore } from "./_scripted_store.ts";
 import { permitScripts } from "./_permit_scripts.ts";
@@ -38,15 +39,13 @@ const STATIC_TRY_KEYS = [...SEMAPHORE_KEYS, "signal"];
  * }
  * ```
  */
-export class Semaphore implements AsyncDisposable {
+export class Semaphore extends LockHandle {
   /** The semaphore's name, as given. */
   readonly name: string;
   /** The Redis key of its permits (a sorted set): `<prefix>semaphore:{<name>}`. */
   readonly key: string;
   /** How many permits this handle lets be held at once, itself included. */
   readonly limit: number;
-
-  #life: Lifecycle;
 
   /**
    * Creates a permit handle; nothing is sent to Redis until `acquire()`.
@@ -61,26 +60,29 @@ export class Semaphore implements AsyncDisposable {
    * @throws {RangeError} when a number is out of range.
    */
   constructor(client: RedisClient, name: string, options: SemaphoreOptions) {
-    this.name = checkName("Cannot open a semaphore", "name", name);
+    checkName("Cannot open a semaphore", "name", name);
     const action = `Cannot open semaphore ${JSON.stringify(name)}`;
     const settings = semaphoreSettings(
       action,
       options ?? ({} as SemaphoreOptions),
     );
     const keys = lockKeys(`${settings.prefix}semaphore:`, name);
+    super(
+      new Lifecycle(
+        name,
+        settings,
+        new ScriptedStore(
+          toScriptClient(client),
+          name,
+          permitScripts(keys, settings),
+          settings,
+        ),
+        "semaphore",
+      ),
+    );
+    this.name = name;
     this.key = keys.lock;
     this.limit = settings.limit;
-    this.#life = new Lifecycle(
-      name,
-      settings,
-      new ScriptedStore(
-        toScriptClient(client),
-        name,
-        permitScripts(keys, settings),
-        settings,
-      ),
-      "semaphore",
-    );
   }
 
   /**
@@ -131,94 +133,5 @@ export class Semaphore implements AsyncDisposable {
       options ?? {},
       STATIC_TRY_KEYS,
     );
-  }
-
-  /** The token of this handle's permit, from `crypto.randomUUID()`; new for each acquisition. */
-  get token(): string {
-    return this.#life.token;
-  }
-
-  /** Whether this handle holds a permit now: acquired, not released, not lost, and its validity not run out. */
-  get held(): boolean {
-    return this.#life.held;
-  }
-
-  /**
-   * Aborts with a {@linkcode LockLostError} when the permit can no longer be
-   * guaranteed, before `validUntil` passes. It does not abort on `release()`.
-   */
-  get signal(): AbortSignal {
-    return this.#life.signal;
-  }
-
-  /**
-   * With `fencing: true`, the permit's fence: greater than every fence
-   * issued before it for this name; else `undefined`.
-   */
-  get fence(): number | undefined {
-    return this.#life.fence;
-  }
-
-  /**
-   * The monotonic time (`performance.now()` ms) until which the permit is
-   * guaranteed (as for `Lock`); `0` before acquiring.
-   */
-  get validUntil(): number {
-    return this.#life.validUntil;
-  }
-
-  /**
-   * Waits up to `timeout` ms for a permit.
-   *
-   * @param options Wait options; defaults come from the constructor.
-   * @returns When a permit is held, with validity left.
-   * @throws {LockTimeoutError} when `limit` permits stayed held for the whole wait.
-   * @throws {Error} when this handle already holds a permit or is acquiring one.
-   */
-  acquire(options: AcquireOptions = {}): Promise<void> {
-    return this.#life.acquire(options);
-  }
-
-  /**
-   * Makes one attempt to acquire a permit.
-   *
-   * @param options A `signal` that cancels the attempt.
-   * @returns `true` when a permit is now held, `false` when `limit` are held.
-   */
-  tryAcquire(options: Pick<AcquireOptions, "signal"> = {}): Promise<boolean> {
-    return this.#life.tryAcquire(options);
-  }
-
-  /**
-   * Renews the permit's lease to `ttl` ms from now, if its lease has not
-   * ended. It never grants a permit again.
-   *
-   * @param ttl The new lease length in ms; the semaphore's `ttl` by default.
-   * @returns `true` when renewed; `false` when the permit was lost (then
-   * `signal` has aborted) or released meanwhile.
-   * @throws {Error} when this handle has not acquired a permit or has released it.
-   */
-  extend(ttl?: number): Promise<boolean> {
-    return this.#life.extend(ttl);
-  }
-
-  /**
-   * Stops renewal and frees the permit, waking a waiter. Calling it again is
-   * a no-op; calling it while `acquire()` waits cancels that wait.
-   *
-   * @returns `true` when this call freed this handle's running permit;
-   * `false` when its lease had ended or there was nothing to release.
-   */
-  release(): Promise<boolean> {
-    return this.#life.release();
-  }
-
-  /**
-   * Releases the permit if this handle holds it, for `await using`.
-   *
-   * @returns When released; rejects with the Redis error if release failed.
-   */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#life.release();
   }
 }
