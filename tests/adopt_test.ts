@@ -1,35 +1,13 @@
 import assert from "node:assert/strict";
 import { Lock, LockLostError } from "../mod.ts";
-import { startRedis } from "./_redis.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { redisEnv } from "./_env.ts";
+import { DbRedisShape } from "./_resp.ts";
 import { abortedAt, CountingClient, within } from "./_util.ts";
 
 // Lock.adopt: a hold passed to another handle (another process, most
 // likely) by name and token, and Lock.keys, against a real redis-server.
 
-interface Env extends AsyncDisposable {
-  server: Awaited<ReturnType<typeof startRedis>>;
-  redis: DbRedisShape;
-  side: RespClient;
-}
-
-async function setup(): Promise<Env> {
-  const server = await startRedis();
-  const conn = await server.connect();
-  const side = await server.connect();
-  const redis = new DbRedisShape(conn);
-  return {
-    server,
-    redis,
-    side,
-    async [Symbol.asyncDispose]() {
-      redis.close();
-      await conn.closed;
-      await side[Symbol.asyncDispose]();
-      await server.stop();
-    },
-  };
-}
+const setup = redisEnv;
 
 Deno.test("Lock.adopt() takes over a hold by its token: same token and fence, renewed, watched, released", async () => {
   await using env = await setup();

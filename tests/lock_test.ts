@@ -6,36 +6,13 @@ import {
   LockTimeoutError,
   type ScriptClient,
 } from "../mod.ts";
-import { startRedis } from "./_redis.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { redisEnv } from "./_env.ts";
 import { abortedAt, CountingClient, lineUp, sleep, within } from "./_util.ts";
 
 // Core semantics against a real redis-server. The client is the @db/redis
 // shape over a Deno socket, so the sanitizers see its resources too.
 
-interface Env extends AsyncDisposable {
-  server: Awaited<ReturnType<typeof startRedis>>;
-  redis: DbRedisShape;
-  side: RespClient;
-}
-
-async function setup(): Promise<Env> {
-  const server = await startRedis();
-  const conn = await server.connect();
-  const side = await server.connect();
-  const redis = new DbRedisShape(conn);
-  return {
-    server,
-    redis,
-    side,
-    async [Symbol.asyncDispose]() {
-      redis.close();
-      await conn.closed;
-      await side[Symbol.asyncDispose]();
-      await server.stop();
-    },
-  };
-}
+const setup = redisEnv;
 
 /**
  * A client that forwards to `inner` and resolves `released` once a release

@@ -1,36 +1,13 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { Lock, LockLostError, MultiLock } from "../mod.ts";
-import { startRedis } from "./_redis.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { redisEnv } from "./_env.ts";
 import { abortedAt, CountingClient, within } from "./_util.ts";
 
 // MultiLock against a real redis-server: every name or none, no deadlock
 // between overlapping sets asked in any order, one signal for the set.
 
-interface Env extends AsyncDisposable {
-  server: Awaited<ReturnType<typeof startRedis>>;
-  redis: DbRedisShape;
-  side: RespClient;
-}
-
-async function setup(): Promise<Env> {
-  const server = await startRedis();
-  const conn = await server.connect();
-  const side = await server.connect();
-  const redis = new DbRedisShape(conn);
-  return {
-    server,
-    redis,
-    side,
-    async [Symbol.asyncDispose]() {
-      redis.close();
-      await conn.closed;
-      await side[Symbol.asyncDispose]();
-      await server.stop();
-    },
-  };
-}
+const setup = redisEnv;
 
 Deno.test("MultiLock takes every name or none: one held name leaves the others untouched", async () => {
   await using env = await setup();

@@ -1,36 +1,13 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { LockLostError, LockTimeoutError, ReadWriteLock } from "../mod.ts";
-import { startRedis } from "./_redis.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { redisEnv } from "./_env.ts";
 import { abortedAt, CountingClient, lineUp, within } from "./_util.ts";
 
 // ReadWriteLock against a real redis-server: many readers or one writer,
 // never both, writers not starved, and Lock's promises for every hold.
 
-interface Env extends AsyncDisposable {
-  server: Awaited<ReturnType<typeof startRedis>>;
-  redis: DbRedisShape;
-  side: RespClient;
-}
-
-async function setup(): Promise<Env> {
-  const server = await startRedis();
-  const conn = await server.connect();
-  const side = await server.connect();
-  const redis = new DbRedisShape(conn);
-  return {
-    server,
-    redis,
-    side,
-    async [Symbol.asyncDispose]() {
-      redis.close();
-      await conn.closed;
-      await side[Symbol.asyncDispose]();
-      await server.stop();
-    },
-  };
-}
+const setup = redisEnv;
 
 Deno.test("readers hold together; a writer waits for them, and while it waits new readers wait behind it", async () => {
   await using env = await setup();

@@ -6,36 +6,14 @@ import {
   LockTimeoutError,
   Semaphore,
 } from "../mod.ts";
-import { startRedis } from "./_redis.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { redisEnv } from "./_env.ts";
+import { DbRedisShape } from "./_resp.ts";
 import { abortedAt, CountingClient, lineUp, until, within } from "./_util.ts";
 
 // Semaphore against a real redis-server: at most `limit` permits at once,
 // a lease per permit, and Lock's promises for each permit.
 
-interface Env extends AsyncDisposable {
-  server: Awaited<ReturnType<typeof startRedis>>;
-  redis: DbRedisShape;
-  side: RespClient;
-}
-
-async function setup(): Promise<Env> {
-  const server = await startRedis();
-  const conn = await server.connect();
-  const side = await server.connect();
-  const redis = new DbRedisShape(conn);
-  return {
-    server,
-    redis,
-    side,
-    async [Symbol.asyncDispose]() {
-      redis.close();
-      await conn.closed;
-      await side[Symbol.asyncDispose]();
-      await server.stop();
-    },
-  };
-}
+const setup = redisEnv;
 
 Deno.test("Semaphore grants at most `limit` permits at once, and a release lets the next one in", async () => {
   await using env = await setup();
