@@ -507,6 +507,31 @@ async function callRate(
   }
 }
 
+/** Adds one round's run to the totals of variant `id`. */
+function addUp(
+  totals: Map<string, Contended>,
+  id: string,
+  r: Awaited<ReturnType<typeof contended>>,
+): void {
+  const total = totals.get(id) ?? {
+    acquisitions: 0,
+    seconds: 0,
+    sent: 0,
+    server: 0,
+    waits: [],
+    gaveUp: 0,
+    spread: [],
+  };
+  total.acquisitions += r.acquisitions;
+  total.seconds += r.seconds;
+  total.sent += r.sent;
+  total.server += r.server;
+  total.waits.push(...r.waits);
+  total.gaveUp += r.gaveUp;
+  total.spread.push({ least: r.least, most: r.most });
+  totals.set(id, total);
+}
+
 const rotate = <T>(list: readonly T[], by: number): T[] =>
   list.slice(by % list.length).concat(list.slice(0, by % list.length));
 
@@ -559,23 +584,7 @@ for (let round = 0; round < ROUNDS; round++) {
         2 * SECONDS * 1000,
         section,
       );
-      const total = contendedResults[i].get(v.id) ?? {
-        acquisitions: 0,
-        seconds: 0,
-        sent: 0,
-        server: 0,
-        waits: [],
-        gaveUp: 0,
-        spread: [],
-      };
-      total.acquisitions += r.acquisitions;
-      total.seconds += r.seconds;
-      total.sent += r.sent;
-      total.server += r.server;
-      total.waits.push(...r.waits);
-      total.gaveUp += r.gaveUp;
-      total.spread.push({ least: r.least, most: r.most });
-      contendedResults[i].set(v.id, total);
+      addUp(contendedResults[i], v.id, r);
       progress(
         `  ${WORKERS} workers, ${section} ms ${v.id}: ${
           integer(r.acquisitions / r.seconds)
@@ -594,23 +603,7 @@ for (let round = 0; round < ROUNDS; round++) {
         2 * SECONDS * 1000,
         section,
       );
-      const total = semaphoreResults[i].get(v.id) ?? {
-        acquisitions: 0,
-        seconds: 0,
-        sent: 0,
-        server: 0,
-        waits: [],
-        gaveUp: 0,
-        spread: [],
-      };
-      total.acquisitions += r.acquisitions;
-      total.seconds += r.seconds;
-      total.sent += r.sent;
-      total.server += r.server;
-      total.waits.push(...r.waits);
-      total.gaveUp += r.gaveUp;
-      total.spread.push({ least: r.least, most: r.most });
-      semaphoreResults[i].set(v.id, total);
+      addUp(semaphoreResults[i], v.id, r);
       progress(
         `  semaphore (limit ${LIMIT}), ${WORKERS} workers, ${section} ms ${v.id}: ${
           integer(r.acquisitions / r.seconds)
