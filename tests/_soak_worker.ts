@@ -132,7 +132,11 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
           error: describe(lock.signal.reason),
         });
       };
-      lock.signal.addEventListener("abort", onLost, { once: true });
+      // Read once: a holder paused past its lease finds the signal aborted
+      // by this very read, before a listener could hear the event.
+      const signal = lock.signal;
+      if (signal.aborted) onLost();
+      else signal.addEventListener("abort", onLost, { once: true });
 
       // The resource server is never faulted; an error here is recorded and
       // the write counts as indeterminate.
@@ -173,7 +177,7 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
       } catch (error) {
         emit("release", "info", { token, fence, error: describe(error) });
       } finally {
-        lock.signal.removeEventListener("abort", onLost);
+        signal.removeEventListener("abort", onLost);
       }
     }
   };
@@ -219,7 +223,9 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
           validUntil: validUntil(),
           error: describe(hold.signal.reason),
         });
-      hold.signal.addEventListener("abort", onLost, { once: true });
+      const signal = hold.signal;
+      if (signal.aborted) onLost();
+      else signal.addEventListener("abort", onLost, { once: true });
       await sleep(Math.random() * MAX_THINK_MS);
       emit("release", "invoke", { token, fence, validUntil: validUntil() });
       try {
@@ -228,7 +234,7 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
       } catch (error) {
         emit("release", "info", { token, fence, error: describe(error) });
       } finally {
-        hold.signal.removeEventListener("abort", onLost);
+        signal.removeEventListener("abort", onLost);
       }
     }
   };
