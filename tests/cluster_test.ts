@@ -3,6 +3,7 @@ import { Cluster } from "npm:ioredis@6";
 import { createCluster } from "npm:redis@6";
 import {
   Lock,
+  type LockHandle,
   LockLostError,
   LockReplicationError,
   ReadWriteLock,
@@ -659,7 +660,7 @@ function lossClock(lock: Lock): { at: number | undefined } {
  * Renews `lock` until Redis answers (the client may still be finding the
  * new master): true when renewed, false when the loss was signalled.
  */
-async function renewAfterFailover(lock: Lock): Promise<boolean> {
+async function renewAfterFailover(lock: LockHandle): Promise<boolean> {
   return await within(
     (async () => {
       for (;;) {
@@ -960,5 +961,53 @@ Deno.test("Semaphore permits and read-write holds renew through ASK and MOVED wh
       });
       assert.equal(next.fence, 2);
     });
+  }
+});
+
+Deno.test("Semaphore permits and write holds survive a coordinated failover of their master: renewed on the promoted replica, still exclusive, fences move on", async (t) => {
+  await using cluster = await startCluster();
+  let shard = 0;
+  for (const connect of CONNECTS) {
+    await t.step(
+      failoverStep(labelOf(connect), async () => {
+        await using io = await connect(cluster);
+        await using other = await ioredisCluster(cluster);
+        const master = (await cluster.masters())[shard++ % 3];
+        const replica = await cluster.replicaOf(master);
+        const name = await nameOn(
+          cluster,
+          master,
+          `family-failover-${io.label}`,
+        );
+        const options = { fencing: true, ttl: 6_000 };
+        const permit = await Semaphore.acquire(io.client, name, {
+          ...options,
+          limit: 1,
+        });
+        const writer = await ReadWriteLock.write(io.client, name, options);
+        await cluster.failover(replica);
+        assert.equal(await cluster.masterFor(permit.key), replica);
+        assert.equal(await cluster.masterFor(writer.key), replica);
+        assert.equal(await renewAfterFailover(permit), true);
+        assert.equal(await renewAfterFailover(writer), true);
+        assert.equal(
+          await Semaphore.tryAcquire(other.client, name, { limit: 1 }),
+          null,
+        );
+        assert.equal(
+          await new ReadWriteLock(other.client, name).reader().tryAcquire(),
+          false,
+        );
+        assert.equal(permit.signal.aborted, false);
+        assert.equal(writer.signal.aborted, false);
+        assert.equal(await permit.release(), true);
+        assert.equal(await writer.release(), true);
+        await using next = await Semaphore.acquire(other.client, name, {
+          limit: 1,
+          fencing: true,
+        });
+        assert.equal(next.fence, 2);
+      }),
+    );
   }
 });
