@@ -20,11 +20,21 @@ export class Crowd {
   #wakeUps: WakeUps | undefined;
   #reading: { pttl: number; at: number } | undefined;
   #onEmpty: () => void;
+  #wakeAll: boolean;
 
-  /** Waiters of `client`, `capacity` at a time; `onEmpty` once none is left. */
-  constructor(client: ScriptClient, capacity: number, onEmpty: () => void) {
+  /**
+   * Waiters of `client`, `capacity` at a time (see {@linkcode wake} for
+   * `wakeAll`); `onEmpty` once none is left.
+   */
+  constructor(
+    client: ScriptClient,
+    capacity: number,
+    wakeAll: boolean,
+    onEmpty: () => void,
+  ) {
     this.#client = client;
     this.#onEmpty = onEmpty;
+    this.#wakeAll = wakeAll;
     this.#line = new WaitLine(this, capacity);
   }
 
@@ -94,10 +104,21 @@ export class Crowd {
     });
   }
 
-  /** Tells every sleeper that a hold was just released (here or elsewhere). */
+  /**
+   * Tells sleepers that a hold was just released (here or elsewhere): the
+   * longest sleeper, since one release frees one permit and waking every
+   * sleeper would send attempts bound to fail; or, with `wakeAll` (readers,
+   * whom one writer's release lets in together), every one. A waiter
+   * mid-attempt sees it too (`wakes`).
+   */
   wake(): void {
     this.#wakes++;
-    for (const end of [...this.#sleepers]) end();
+    if (this.#wakeAll) {
+      for (const end of [...this.#sleepers]) end();
+    } else {
+      const [first] = this.#sleepers;
+      first?.();
+    }
   }
 
   /** Wakes the sleepers on every message to `channel` until the crowd empties. */
@@ -130,13 +151,14 @@ export function crowdOf(
   client: ScriptClient,
   key: string,
   capacity: number,
+  wakeAll: boolean,
 ): Crowd {
   let byKey = crowds.get(client);
   if (!byKey) crowds.set(client, byKey = new Map());
   let crowd = byKey.get(key);
   if (!crowd) {
     const map = byKey;
-    crowd = new Crowd(client, capacity, () => map.delete(key));
+    crowd = new Crowd(client, capacity, wakeAll, () => map.delete(key));
     byKey.set(key, crowd);
   }
   return crowd;

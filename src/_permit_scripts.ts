@@ -153,6 +153,7 @@ export function permitScripts(
     lineKey: lock,
     // As many as there are permits (within reason).
     parallel: Math.min(limit, MAX_PARALLEL),
+    wakeAll: false,
     channel: released,
     keys,
     acquire: (token, mark) => ({

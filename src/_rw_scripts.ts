@@ -99,6 +99,7 @@ export function readScripts(
     lineKey: readers,
     // Readers hold together: several may ask at once.
     parallel: MAX_PARALLEL,
+    wakeAll: true,
     channel: released,
     keys: { lock: readers, fence },
     acquire: (token) => ({
@@ -136,6 +137,7 @@ export function writeScripts(
     kind: "write lock",
     lineKey: lock,
     parallel: 1,
+    wakeAll: false,
     channel: released,
     keys,
     acquire: (token, mark) => ({

@@ -45,6 +45,8 @@ export interface HoldScripts {
   readonly lineKey: string;
   /** How many waiters of one process may ask Redis at once. */
   readonly parallel: number;
+  /** Whether a release lets every waiter in (readers), not one. */
+  readonly wakeAll: boolean;
   /** The channel a release publishes on, which wakes waiters. */
   readonly channel: string;
   /** The keys a foreign value is reported at (`LockKeyError`). */
@@ -108,7 +110,12 @@ export class ScriptedStore implements Store {
     const deadline = started + wait.timeout;
     // One attempt (timeout 0) does not line up.
     const crowd = wait.timeout > 0
-      ? crowdOf(this.#client, this.#scripts.lineKey, this.#scripts.parallel)
+      ? crowdOf(
+        this.#client,
+        this.#scripts.lineKey,
+        this.#scripts.parallel,
+        this.#scripts.wakeAll,
+      )
       : undefined;
     try {
       const entry = crowd?.join(signal, deadline);
