@@ -24,7 +24,13 @@
  */
 
 import { Redis } from "npm:ioredis@6";
-import { Lock, LockTimeoutError, ReadWriteLock, Semaphore } from "../mod.ts";
+import {
+  Lock,
+  type LockHandle,
+  LockTimeoutError,
+  ReadWriteLock,
+  Semaphore,
+} from "../mod.ts";
 import { RespClient } from "./_resp.ts";
 import { type Event, fencedWrite, sharedNow } from "./_checkers.ts";
 
@@ -92,113 +98,28 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
   const resource = await RespClient.connect(Number(resourcePort));
   let seq = 0;
 
-  const task = async (proc: string, fencing: boolean) => {
-    const emit = (
-      op: Event["op"],
-      type: Event["type"],
-      fields: Partial<Event> = {},
-    ) =>
-      console.log(
-        JSON.stringify({ proc, op, type, t: sharedNow(), ...fields }),
-      );
-    while (!stop.signal.aborted) {
-      const lock = new Lock(redis, name, {
-        ttl: TTL,
-        fencing,
-        autoExtend: true,
-        timeout: ACQUIRE_TIMEOUT,
-        commandTimeout: COMMAND_TIMEOUT,
-      });
-      emit("acquire", "invoke");
-      try {
-        await lock.acquire({ signal: stop.signal });
-      } catch (error) {
-        const timedOut = error instanceof LockTimeoutError;
-        emit("acquire", timedOut ? "fail" : "info", { error: describe(error) });
-        // Redis down or slow: do not spin on instant errors.
-        if (!timedOut) await sleep(10 + Math.random() * 40);
-        continue;
-      }
-      const { token, fence } = lock;
-      const validUntil = () => shared(lock.validUntil);
-      emit("acquire", "ok", { token, fence, validUntil: validUntil() });
-      let lostSeen = false;
-      const onLost = () => {
-        lostSeen = true;
-        emit("lost", "info", {
-          token,
-          fence,
-          validUntil: validUntil(),
-          error: describe(lock.signal.reason),
-        });
-      };
-      // Read once: a holder paused past its lease finds the signal aborted
-      // by this very read, before a listener could hear the event.
-      const signal = lock.signal;
-      if (signal.aborted) onLost();
-      else signal.addEventListener("abort", onLost, { once: true });
-
-      // The resource server is never faulted; an error here is recorded and
-      // the write counts as indeterminate.
-      let current: Partial<Event> | undefined;
-      try {
-        const round = Number(await resource.send("GET", ROUND) ?? 0);
-        const key = counterKey(round);
-        const read = Number(await resource.send("GET", key) ?? 0);
-        await sleep(Math.random() * MAX_THINK_MS);
-        current = { key, token, fence, value: read + 1 };
-        emit("write", "invoke", { ...current, validUntil: validUntil() });
-        if (lock.signal.aborted) {
-          // The listener above must have run: an aborted signal whose event
-          // never came would mean the handle swapped its signal.
-          const error = lostSeen
-            ? "lock.signal aborted"
-            : "lock.signal aborted without an abort event";
-          emit("write", "fail", { ...current, error });
-        } else {
-          await resource.send("SET", key, read + 1);
-          emit("write", "ok", current);
-        }
-        if (fencing) {
-          current = { key: REGISTER, token, fence, value: ++seq };
-          emit("write", "invoke", { ...current, validUntil: validUntil() });
-          const applied = await fencedWrite(resource, REGISTER, fence!, seq);
-          emit("write", applied ? "ok" : "fail", current);
-        }
-        current = undefined;
-      } catch (error) {
-        emit("write", "info", { ...current, error: describe(error) });
-      }
-
-      emit("release", "invoke", { token, fence, validUntil: validUntil() });
-      try {
-        const released = await lock.release();
-        emit("release", "ok", { token, fence, value: released ? 1 : 0 });
-      } catch (error) {
-        emit("release", "info", { token, fence, error: describe(error) });
-      } finally {
-        signal.removeEventListener("abort", onLost);
-      }
-    }
-  };
-  // Holds of a semaphore or a read-write lock: acquire, think, release.
-  interface Hold {
-    acquire(options: { signal: AbortSignal }): Promise<void>;
-    release(): Promise<boolean>;
-    readonly token: string;
-    readonly fence: number | undefined;
-    readonly validUntil: number;
-    readonly signal: AbortSignal;
+  // One task: acquire a hold, do `work` under it, release; every step is an
+  // event.
+  type Emit = (
+    op: Event["op"],
+    type: Event["type"],
+    fields?: Partial<Event>,
+  ) => void;
+  interface Held {
+    readonly hold: LockHandle;
+    readonly emit: Emit;
+    readonly validUntil: () => number;
+    /** Whether the abort event has reached the listener. */
+    readonly lostSeen: () => boolean;
   }
   const holdTask = async (
     proc: string,
-    open: () => { hold: Hold; mode?: "read" | "write" },
+    open: () => { hold: LockHandle; mode?: "read" | "write" },
+    work: (held: Held) => Promise<void> = async () => {
+      await sleep(Math.random() * MAX_THINK_MS);
+    },
   ) => {
-    const emit = (
-      op: Event["op"],
-      type: Event["type"],
-      fields: Partial<Event> = {},
-    ) =>
+    const emit: Emit = (op, type, fields = {}) =>
       console.log(
         JSON.stringify({ proc, op, type, t: sharedNow(), ...fields }),
       );
@@ -210,23 +131,29 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
       } catch (error) {
         const timedOut = error instanceof LockTimeoutError;
         emit("acquire", timedOut ? "fail" : "info", { error: describe(error) });
+        // Redis down or slow: do not spin on instant errors.
         if (!timedOut) await sleep(10 + Math.random() * 40);
         continue;
       }
       const { token, fence } = hold;
       const validUntil = () => shared(hold.validUntil);
       emit("acquire", "ok", { token, fence, mode, validUntil: validUntil() });
-      const onLost = () =>
+      let lostSeen = false;
+      const onLost = () => {
+        lostSeen = true;
         emit("lost", "info", {
           token,
           fence,
           validUntil: validUntil(),
           error: describe(hold.signal.reason),
         });
+      };
+      // Read once: a holder paused past its lease finds the signal aborted
+      // by this very read, before a listener could hear the event.
       const signal = hold.signal;
       if (signal.aborted) onLost();
       else signal.addEventListener("abort", onLost, { once: true });
-      await sleep(Math.random() * MAX_THINK_MS);
+      await work({ hold, emit, validUntil, lostSeen: () => lostSeen });
       emit("release", "invoke", { token, fence, validUntil: validUntil() });
       try {
         const released = await hold.release();
@@ -238,6 +165,59 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
       }
     }
   };
+
+  // The lock's work: read, think, write the round's counter only if the
+  // signal has not aborted; with a fence, write the fenced register too.
+  // The resource server is never faulted; an error here is recorded and the
+  // write counts as indeterminate.
+  const lockWork = (fencing: boolean) =>
+  async (
+    { hold, emit, validUntil, lostSeen }: Held,
+  ) => {
+    const { token, fence } = hold;
+    let current: Partial<Event> | undefined;
+    try {
+      const round = Number(await resource.send("GET", ROUND) ?? 0);
+      const key = counterKey(round);
+      const read = Number(await resource.send("GET", key) ?? 0);
+      await sleep(Math.random() * MAX_THINK_MS);
+      current = { key, token, fence, value: read + 1 };
+      emit("write", "invoke", { ...current, validUntil: validUntil() });
+      if (hold.signal.aborted) {
+        // The listener must have run: an aborted signal whose event never
+        // came would mean the handle swapped its signal.
+        const error = lostSeen()
+          ? "lock.signal aborted"
+          : "lock.signal aborted without an abort event";
+        emit("write", "fail", { ...current, error });
+      } else {
+        await resource.send("SET", key, read + 1);
+        emit("write", "ok", current);
+      }
+      if (fencing) {
+        current = { key: REGISTER, token, fence, value: ++seq };
+        emit("write", "invoke", { ...current, validUntil: validUntil() });
+        const applied = await fencedWrite(resource, REGISTER, fence!, seq);
+        emit("write", applied ? "ok" : "fail", current);
+      }
+    } catch (error) {
+      emit("write", "info", { ...current, error: describe(error) });
+    }
+  };
+  const lockTask = (proc: string, fencing: boolean) =>
+    holdTask(
+      proc,
+      () => ({
+        hold: new Lock(redis, name, {
+          ttl: TTL,
+          fencing,
+          autoExtend: true,
+          timeout: ACQUIRE_TIMEOUT,
+          commandTimeout: COMMAND_TIMEOUT,
+        }),
+      }),
+      lockWork(fencing),
+    );
   const holdOptions = {
     ttl: TTL,
     fencing: true,
@@ -246,8 +226,8 @@ async function main([lockPort, resourcePort, name, id]: string[]) {
   };
   const rw = new ReadWriteLock(redis, name, holdOptions);
   await Promise.all([
-    task(proc, true),
-    task(`${proc}+`, false),
+    lockTask(proc, true),
+    lockTask(`${proc}+`, false),
     holdTask(`${proc}s`, () => ({
       hold: new Semaphore(redis, name, {
         ...holdOptions,
