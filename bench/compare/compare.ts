@@ -709,9 +709,13 @@ out.push(
   );
 }
 
-for (const [i, section] of SECTIONS.entries()) {
-  const rows = VARIANTS.map((v) => {
-    const r = contendedResults[i].get(v.id)!;
+/** A contended table's rows: each variant's totals, per acquisition. */
+function contendedRows(
+  variants: readonly Variant[],
+  totals: Map<string, Contended>,
+) {
+  return variants.map((v) => {
+    const r = totals.get(v.id)!;
     // The worst round: the least fair spread of acquisitions over workers.
     const worst = r.spread.toSorted((a, b) =>
       a.least / a.most - b.least / b.most
@@ -727,6 +731,10 @@ for (const [i, section] of SECTIONS.entries()) {
       p99: percentile(r.waits, 99),
     };
   });
+}
+
+for (const [i, section] of SECTIONS.entries()) {
+  const rows = contendedRows(VARIANTS, contendedResults[i]);
   const best = {
     rate: bestPeer(rows.map((r) => ({ ...r, value: r.rate })), true),
     sent: bestPeer(rows.map((r) => ({ ...r, value: r.sent })), false),
@@ -802,21 +810,7 @@ for (const [i, section] of SECTIONS.entries()) {
   }
 }
 for (const [i, section] of SECTIONS.entries()) {
-  const rows = SEMAPHORE_VARIANTS.map((v) => {
-    const r = semaphoreResults[i].get(v.id)!;
-    const worst = r.spread.toSorted((a, b) =>
-      a.least / a.most - b.least / b.most
-    )[0];
-    return {
-      v,
-      r,
-      rate: r.acquisitions / r.seconds,
-      sent: r.sent / r.acquisitions,
-      fairness: worst.least / worst.most,
-      worst,
-      p99: percentile(r.waits, 99),
-    };
-  });
+  const rows = contendedRows(SEMAPHORE_VARIANTS, semaphoreResults[i]);
   const peer = rows.find((r) => r.v.peer)!;
   out.push(
     `### ${5 + i}. Semaphore, limit ${LIMIT}: ${WORKERS} workers on one name, ${
