@@ -248,7 +248,7 @@ export const SEMAPHORE_VARIANTS: Variant[] = [
 
 /** The variant with this id; throws on an unknown id. */
 export function variant(id: string): Variant {
-  const found = VARIANTS.find((v) => v.id === id);
+  const found = [...VARIANTS, ...SEMAPHORE_VARIANTS].find((v) => v.id === id);
   if (!found) throw new RangeError(`Unknown variant '${id}'`);
   return found;
 }

@@ -23,6 +23,12 @@
  *    client, with a zero-work or a 1 ms critical section: critical sections
  *    per second, Redis commands per acquisition, acquisitions per worker
  *    (least/most) and the p99 wait.
+ * 5. and 6. The same for semaphores (limit 4).
+ * 7. Fairness across processes: 4 processes × 4 workers on one key, each
+ *    process with its own connection (`../_fairness.ts`), zero-work and 1 ms
+ *    sections, for deadbolt and the best-placed peer of the tables above
+ *    (redis-semaphore's Mutex): acquisitions least/most per process and per
+ *    worker.
  *
  * Library versions and retry policies are in `_libraries.ts`.
  *
@@ -35,6 +41,7 @@ import { fromIoredis } from "../../mod.ts";
 import { lockKeys } from "../../src/keys.ts";
 import { ACQUIRE, RELEASE } from "../../src/scripts.ts";
 import { runScript, toIntegers } from "../../src/_run_script.ts";
+import { fairnessRun, spread } from "../_fairness.ts";
 import {
   type Contender,
   LIMIT,
@@ -44,6 +51,7 @@ import {
   sleep,
   TTL,
   type Variant,
+  variant,
   VARIANTS,
 } from "./_libraries.ts";
 
@@ -469,6 +477,13 @@ const semaphoreResults = [
   new Map<string, Contended>(),
 ];
 const SECTIONS = [0, 1];
+// The fairness rows: the locks compared, and per section and lock the
+// rounds' sections/s and spreads.
+const FAIR_IDS = ["deadbolt", "semaphore"];
+const fairResults = new Map<
+  string,
+  { rate: number[]; perProcess: number[]; perWorker: number[]; waits: number[] }
+>();
 // Script calls per second on one client, one at a time and with WORKERS in
 // flight, measured each round between the uncontended and contended
 // workloads.
@@ -608,6 +623,31 @@ for (let round = 0; round < ROUNDS; round++) {
         `  semaphore (limit ${LIMIT}), ${WORKERS} workers, ${section} ms ${v.id}: ${
           integer(r.acquisitions / r.seconds)
         } cs/s, ${r.least}–${r.most} per worker`,
+      );
+    }
+  }
+  for (const section of SECTIONS) {
+    for (const id of rotate(FAIR_IDS, round)) {
+      const r = await fairnessRun(
+        server.port,
+        id,
+        `fair:${section}:${id}:${round}`,
+        section,
+        { ms: 2 * SECONDS * 1000 },
+      );
+      const key = `${id}\0${section}`;
+      const total = fairResults.get(key) ??
+        { rate: [], perProcess: [], perWorker: [], waits: [] };
+      const acquisitions = r.perWorker.reduce((a, b) => a + b, 0);
+      total.rate.push(acquisitions / (2 * SECONDS));
+      total.perProcess.push(spread(r.perProcess));
+      total.perWorker.push(spread(r.perWorker));
+      total.waits.push(...r.waits);
+      fairResults.set(key, total);
+      progress(
+        `  4 processes × 4 workers, ${section} ms ${id}: ${
+          integer(acquisitions / (2 * SECONDS))
+        } cs/s, per process ${r.perProcess.join("/")}`,
       );
     }
   }
@@ -837,6 +877,46 @@ for (const [i, section] of SECTIONS.entries()) {
         `${r.fairness.toFixed(2)} (${r.worst.least}–${r.worst.most})`,
         ms(r.p99),
         String(r.r.gaveUp),
+      ]),
+    ),
+    "",
+  );
+}
+{
+  const mean = (values: number[]) =>
+    values.reduce((a, b) => a + b, 0) / values.length;
+  const rows = SECTIONS.flatMap((section) =>
+    FAIR_IDS.map((id) => ({
+      section,
+      v: variant(id),
+      r: fairResults.get(`${id}\0${section}`)!,
+    }))
+  );
+  out.push(
+    `### 7. Fairness across processes: 4 processes × 4 workers on one lock, each process with its own connection (${
+      2 * SECONDS
+    } s per round)`,
+    "",
+    table(
+      [
+        "library",
+        "section",
+        "critical sections/s",
+        "least/most per process (worst round)",
+        "least/most per worker (worst round)",
+        "p99 wait",
+      ],
+      rows.map(({ section, v, r }) => [
+        name(v),
+        section === 0 ? "zero-work" : `${section} ms`,
+        integer(mean(r.rate)),
+        `${mean(r.perProcess).toFixed(2)} (${
+          Math.min(...r.perProcess).toFixed(2)
+        })`,
+        `${mean(r.perWorker).toFixed(2)} (${
+          Math.min(...r.perWorker).toFixed(2)
+        })`,
+        ms(percentile(r.waits, 99)),
       ]),
     ),
     "",
