@@ -16,13 +16,17 @@ import {
 import { now } from "./_timers.ts";
 
 /**
- * The local handover protocol: how a lock passes between handles of one
- * process that share a client. Its rules:
+ * The handover protocol: how a lock passes between waiters, in one process
+ * that shares a client and across processes. Its rules:
  *
  * 1. **First come, first served.** Waiters for one lock on one client line
  *    up in a {@linkcode LocalQueue}; only its head asks Redis, so N local
- *    waiters cost the server what one does. A one-off attempt
- *    (`tryAcquire`) does not line up: it may barge in.
+ *    waiters cost the server what one does. Across processes, the head asks
+ *    with its queue's seat, and a refused seat takes a place in the lock's
+ *    line in Redis (`LockKeys.line`), which it keeps while its process asks
+ *    again in time (a new head keeps its queue's place). A free lock goes to
+ *    the first seat in line (see `ACQUIRE`). A one-off attempt (`tryAcquire`)
+ *    takes no place, and gets a free lock only when nobody is in line.
  * 2. **Handover.** While the head sleeps between attempts it stands ready
  *    to be handed the lock. A release in this process then runs one script
  *    that moves the key from the holder's token to the head's (with a new
@@ -41,15 +45,19 @@ import { now } from "./_timers.ts";
  *    may await Redis's answer; past that, a handover waits for its answer.
  *    A chain of eager handovers runs in microtasks, and waiting for the
  *    network is what lets the event loop (timers, other I/O) take its turn.
- * 5. **Yielding to other processes.** After {@linkcode MAX_HANDOVERS}
- *    handovers in a row, if the last one found a waiter's mark (a waiter,
- *    in another process most likely, was turned away lately), the next
- *    release deletes the key instead, and wakes the local head only
- *    `YIELD_MS` later: waiters elsewhere, told at once by pub/sub, get to
- *    ask first. With nobody waiting elsewhere, yielding would only cost time.
+ * 5. **Taking turns with other processes.** After {@linkcode MAX_HANDOVERS}
+ *    handovers in a row, if the last one found other processes in line, the
+ *    next release deletes the key instead: the first process in line (woken
+ *    by pub/sub) gets it, and this process's head, which asks only
+ *    `YIELD_MS` later, takes a place at the back.
+ *    Processes that keep waiting thus take turns of up to
+ *    `MAX_HANDOVERS + 1` holds each. With nobody in line, handing over goes
+ *    on: yielding would only cost time.
  * 6. **Nothing is left behind.** A handover whose head has gone (aborted)
  *    meanwhile is deleted by token; one that failed makes the head retry
- *    with its token, which finds the key its own if the handover landed.
+ *    with its token, which finds the key its own if the handover landed. A
+ *    seat whose queue empties without the lock leaves the line; one whose
+ *    process died lapses (see `_contend.ts`).
  */
 
 /** How many releases in a row may hand the lock over locally (rule 5). */
@@ -58,9 +66,9 @@ export const MAX_HANDOVERS = 16;
 /** How many eager handovers may await Redis's answer (rule 4). */
 export const MAX_UNANSWERED = 8;
 
-// How long, after a yielding release, waiters elsewhere get to ask before
-// the local head does (they hear of the release by pub/sub within a round
-// trip).
+// How long, after a yielding release, the processes in line get to ask
+// before the local head does (they hear of the release by pub/sub within a
+// round trip; the first may not have waited the patience yet).
 const YIELD_MS = 2;
 
 /** What a release needs of the lock's store. */
@@ -96,8 +104,8 @@ export function releaseHold(
   return handOver(store, token, turn, queue, valid ? lease : undefined);
 }
 
-// Per queue: the run of handovers so far, whether the last one found a
-// waiter's mark, and the eager handovers awaiting Redis.
+// Per queue: the run of handovers so far, whether the last one found other
+// processes in line, and the eager handovers awaiting Redis.
 class Turns {
   handovers = 0;
   waitingElsewhere = false;
@@ -145,14 +153,14 @@ async function handOver(
       return await handOverEagerly(store, token, offer, queue, sent, from);
     }
   }
-  const { lock, fence, waiting } = store.keys;
+  const { lock, fence, line } = store.keys;
   let reply: HandoverReply;
   try {
     reply = readHandover(
       await store.settle(runScript(
         store.client,
         HANDOVER,
-        [lock, fence, waiting],
+        [lock, fence, line],
         [token, offer.token, String(offer.ttl), offer.fencing ? "1" : "0"],
       )),
     );
@@ -199,7 +207,7 @@ async function handOverEagerly(
     const reply = readHandover(
       await store.settle(store.client.eval(
         EAGER_HANDOVER.source,
-        [store.keys.lock, store.keys.waiting],
+        [store.keys.lock, store.keys.line],
         [token, offer.token, String(offer.ttl)],
       )),
     );
@@ -229,9 +237,9 @@ async function deleteKey(
   queue?: LocalQueue,
   quiet = 0,
 ): Promise<boolean> {
-  const { lock, released, waiting } = store.keys;
+  const { lock, released, line } = store.keys;
   const reply = await store.settle(
-    runScript(store.client, RELEASE, [lock, released, waiting], [token]),
+    runScript(store.client, RELEASE, [lock, released, line], [token]),
   );
   if (quiet > 0) queue?.wakeLater(quiet);
   else queue?.wake();

@@ -136,6 +136,13 @@ export function readPermitOwner(reply: unknown): Owner {
   );
 }
 
+/**
+ * The mark of a waiter turned away (a semaphore's, a writer's):
+ * `<prefix>{<name>}:waiting`, with a short expiry. A release publishes
+ * plainly as well when it stands; a writer's stops new readers.
+ */
+export const markKey = (keys: LockKeys): string => `${keys.lock}:waiting`;
+
 /** The most waiters of one process that ask Redis at once for one name. */
 export const MAX_PARALLEL = 16;
 
@@ -147,7 +154,8 @@ export function permitScripts(
   keys: LockKeys,
   { limit, ttl, fencing }: Pick<SemaphoreSettings, "limit" | "ttl" | "fencing">,
 ): HoldScripts {
-  const { lock, fence, released, waiting } = keys;
+  const { lock, fence, released } = keys;
+  const waiting = markKey(keys);
   return {
     kind: "semaphore",
     lineKey: lock,

@@ -3,6 +3,7 @@ import type { HoldScripts } from "./_scripted_store.ts";
 import {
   expireWithLast,
   EXTEND_PERMIT,
+  markKey,
   MAX_PARALLEL,
   NOW,
   prune,
@@ -92,7 +93,8 @@ export function readScripts(
   keys: LockKeys,
   { ttl }: Pick<ReadWriteLockSettings, "ttl">,
 ): HoldScripts {
-  const { lock, fence, released, waiting } = keys;
+  const { lock, fence, released } = keys;
+  const waiting = markKey(keys);
   const readers = readersKey(keys);
   return {
     kind: "read lock",
@@ -131,7 +133,8 @@ export function writeScripts(
   keys: LockKeys,
   { ttl, fencing }: Pick<ReadWriteLockSettings, "ttl" | "fencing">,
 ): HoldScripts {
-  const { lock, fence, released, waiting } = keys;
+  const { lock, fence, released } = keys;
+  const waiting = markKey(keys);
   const readers = readersKey(keys);
   return {
     kind: "write lock",

@@ -16,12 +16,19 @@ export interface LockKeys {
   /** The pub/sub channel a release publishes on: `<prefix>{<name>}:released`. */
   readonly released: string;
   /**
-   * Set (with a short expiry) when a waiter is turned away:
-   * `<prefix>{<name>}:waiting`. A holder handing the lock over within its
-   * process sees it and yields after a few handovers; without it, it keeps
-   * handing over.
+   * The processes waiting for the lock, in arrival order:
+   * `<prefix>{<name>}:line`, a sorted set of seats (one per process and
+   * client) scored by arrival. A free lock goes to the first seat; a holder
+   * handing the lock over within its process yields to it after a few
+   * handovers. It expires by itself once nobody waits.
    */
-  readonly waiting: string;
+  readonly line: string;
+  /**
+   * When each seat in {@linkcode line} lapses unless its process asks
+   * again: `<prefix>{<name>}:seats`, a sorted set scored by Redis' clock
+   * (ms), so that a process that died holds nobody up for long.
+   */
+  readonly seats: string;
 }
 
 /** Computes the keys of the lock `name` under `prefix`. */
@@ -33,7 +40,8 @@ export function lockKeys(prefix: string, name: string): LockKeys {
     lock: tag,
     fence: `${tag}:fence`,
     released: `${tag}:released`,
-    waiting: `${tag}:waiting`,
+    line: `${tag}:line`,
+    seats: `${tag}:seats`,
   };
 }
 

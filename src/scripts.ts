@@ -31,20 +31,74 @@ export const CHECK_FENCE = `if fencing then
 end`;
 
 /**
- * KEYS: lock, fence counter, and for a waiter the waiting marker. ARGV:
- * token, ttl in ms, "1" to issue a fence, and for a waiter how long (ms) the
- * marker should last: until its next attempt at the latest. Replies
- * {1, fence} granted (fence 0 unless fencing), {0, pttl} held by another
- * owner (the marker is then set), {2, 0} the lock key holds another type,
+ * Lua for the line of waiting processes, `KEYS[3]` (seats scored by arrival
+ * on Redis' clock, in µs) and `KEYS[4]` (seats scored by when they lapse, in
+ * ms): `first_seat(now)` is the first seat whose process still waits (ones
+ * that lapsed are dropped on the way), with when it lapses and when it
+ * arrived (ms); `join(seat, ms)`
+ * takes a place at the back, or keeps the one it has, and keeps it for `ms`.
+ * Either key of another type, or an ACL user without the line's commands
+ * (`EXISTS TIME ZADD ZRANGE ZSCORE ZREM`), disables the line (nobody waits
+ * in it): that costs fairness, never a lock.
+ */
+const LINE = `local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+local function first_seat(now)
+  for _ = 1, 32 do
+    local first = redis.pcall('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    if failed(first) or not first[1] then return nil end
+    local lapses = redis.pcall('ZSCORE', KEYS[4], first[1])
+    if type(lapses) == 'table' then return nil end
+    if lapses and tonumber(lapses) > now then
+      return first[1], tonumber(lapses), tonumber(first[2]) / 1000
+    end
+    if failed(redis.pcall('ZREM', KEYS[3], first[1])) then return nil end
+    if lapses then redis.pcall('ZREM', KEYS[4], first[1]) end
+  end
+  return nil
+end
+local function clock()
+  local t = redis.pcall('TIME')
+  if failed(t) then return nil end
+  return t, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function join(seat, ms)
+  local t, now = clock()
+  if not t then return end
+  local arrival = t[1] .. string.format('%06d', tonumber(t[2]))
+  if failed(redis.pcall('ZADD', KEYS[4], string.format('%d', now + ms), seat)) then
+    return
+  end
+  if failed(redis.pcall('ZADD', KEYS[3], 'NX', arrival, seat)) then
+    redis.pcall('ZREM', KEYS[4], seat)
+    return
+  end
+  for i = 3, 4 do
+    if redis.call('PTTL', KEYS[i]) < tonumber(ms) then
+      redis.call('PEXPIRE', KEYS[i], ms)
+    end
+  end
+end`;
+
+/**
+ * KEYS: lock, fence counter, and (for every `Lock`; Redlock passes neither)
+ * the line of waiting processes and when their seats lapse. ARGV: token, ttl
+ * in ms, "1" to issue a fence, the caller's seat ("" for one attempt, which
+ * does not take a place in line), how long (ms) a place in line lasts
+ * unless its process asks again, and the patience (ms): a free lock goes to
+ * anyone while the first seat in line has waited less than that, and then
+ * only to the first seat (its process's head asks with it).
+ * Replies {1, fence} granted (fence 0 unless fencing; the seat leaves the
+ * line), {0, ms} not granted (the seat then takes or keeps its place): held
+ * by another owner for `ms` more (-1: no expiry), or free but promised to
+ * the first seat for at most `ms`; {2, 0} the lock key holds another type,
  * {3, 0} the fence counter is not a safe integer.
  */
 export const ACQUIRE: LuaScript = {
   source: `local fencing = ARGV[3] == '1'
 ${CHECK_FENCE}
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if fencing then return {1, redis.call('INCR', KEYS[2])} end
-  return {1, 0}
-end
+${LINE}
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then return {2, 0} end
 if holder == ARGV[1] then
@@ -52,8 +106,40 @@ if holder == ARGV[1] then
   if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
   return {1, 0}
 end
-if KEYS[3] then redis.call('SET', KEYS[3], '1', 'PX', ARGV[4]) end
+local seat = ARGV[4]
+local promised = -1
+if holder == false then
+  local first, lapses, arrived, _, now
+  if KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1 then _, now = clock() end
+  if now then
+    first, lapses, arrived = first_seat(now)
+    if first and first ~= seat and now - arrived >= tonumber(ARGV[6]) then
+      promised = math.max(1, lapses - now)
+    end
+  end
+  if promised < 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    if first and seat ~= '' then
+      redis.pcall('ZREM', KEYS[3], seat)
+      redis.pcall('ZREM', KEYS[4], seat)
+    end
+    if fencing then return {1, redis.call('INCR', KEYS[2])} end
+    return {1, 0}
+  end
+end
+if seat and seat ~= '' then join(seat, ARGV[5]) end
+if holder == false then return {0, promised} end
 return {0, redis.call('PTTL', KEYS[1])}`,
+};
+
+/**
+ * KEYS: the line of waiting processes and when their seats lapse. ARGV: a
+ * seat. Takes the seat out of line (its process no longer waits). Replies 1.
+ */
+export const LEAVE: LuaScript = {
+  source: `redis.pcall('ZREM', KEYS[1], ARGV[1])
+redis.pcall('ZREM', KEYS[2], ARGV[1])
+return 1`,
 };
 
 /** {@linkcode ACQUIRE}'s reply. */
@@ -64,8 +150,9 @@ export type AcquireReply =
 
 /**
  * Reads {@linkcode ACQUIRE}'s reply: granted with its fence (0 without
- * fencing), held by another owner for `pttl` more ms (-1: the key has no
- * expiry), the key of `wrong type`, or a `bad fence` counter.
+ * fencing), held by another owner (or promised to the first in line) for
+ * `pttl` more ms (-1: the key has no expiry), the key of `wrong type`, or a
+ * `bad fence` counter.
  */
 export function readAcquire(reply: unknown): AcquireReply {
   const [code, value] = toIntegers(reply, 2);
@@ -81,10 +168,10 @@ const BAD_FENCE = { status: "bad fence" } as const;
 
 /**
  * Passes a lock from its holder straight to a waiter in the same process, in
- * one round trip: KEYS: lock, fence counter, waiting marker. ARGV: the
- * holder's token, the waiter's token, the waiter's ttl in ms, "1" to issue a
- * fence. Replies {1, fence, waiting} handed over, where waiting is 1 when
- * the marker says a waiter was turned away lately (in any process), {0, 0, 0}
+ * one round trip: KEYS: lock, fence counter, line of waiting processes.
+ * ARGV: the holder's token, the waiter's token, the waiter's ttl in ms, "1"
+ * to issue a fence. Replies {1, fence, waiting} handed over, where waiting
+ * is 1 when other processes wait in line, {0, 0, 0}
  * the key is gone, {-1, 0, 0} another owner holds it (both left alone),
  * {3, 0, 0} the fence counter is unusable (the holder's key is then deleted,
  * as a release would).
@@ -106,8 +193,8 @@ ${CHECK_FENCE}
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
--- GET, not EXISTS: the commands a least-privilege user needs stay few.
-local waiting = redis.call('GET', KEYS[3]) and 1 or 0
+local waiting = redis.pcall('EXISTS', KEYS[3])
+if waiting ~= 1 then waiting = 0 end
 if fencing then return {1, redis.call('INCR', KEYS[2]), waiting} end
 return {1, 0, waiting}`,
 };
@@ -115,7 +202,7 @@ return {1, 0, waiting}`,
 /**
  * {@linkcode HANDOVER} without fencing, small enough to send with `EVAL`
  * every time (an eager handover must never take a NOSCRIPT detour, see
- * `Lock`): KEYS: lock, waiting marker. ARGV: the holder's token, the
+ * `Lock`): KEYS: lock, line of waiting processes. ARGV: the holder's token, the
  * waiter's token, the waiter's ttl in ms. Replies {1, 0, waiting} handed
  * over, {0, 0, 0} the key is gone, {-1, 0, 0} another owner holds it.
  */
@@ -126,7 +213,7 @@ if holder ~= ARGV[1] then
   return {-1, 0, 0}
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return {1, 0, redis.call('GET', KEYS[2]) and 1 or 0}`,
+return {1, 0, redis.pcall('EXISTS', KEYS[2]) == 1 and 1 or 0}`,
 };
 
 /** {@linkcode HANDOVER}'s or {@linkcode EAGER_HANDOVER}'s reply. */
@@ -223,13 +310,13 @@ export function readAdopt(reply: unknown): AdoptReply {
 }
 
 /**
- * KEYS: lock, and optionally the channel that wakes waiters and the waiting
- * marker. ARGV: token. Replies 1 deleted our own key, 0 the key is gone, -1
+ * KEYS: lock, and optionally the channel that wakes waiters and the line of
+ * waiting processes. ARGV: token. Replies 1 deleted our own key, 0 the key is gone, -1
  * another owner (or a key of another type) holds it and was left alone.
  * The wake-up is sharded (`SPUBLISH`, Redis 7 and later: on a cluster it
  * reaches only the lock's shard); it is a plain `PUBLISH` where the server
  * does not know `SPUBLISH`, and also when the sharded message reached nobody
- * while the marker says someone waits (a client that can only `SUBSCRIBE`,
+ * while a process waits in line (a client that can only `SUBSCRIBE`,
  * such as `@db/redis`). Subscribers make the same choice (see
  * `_subscriber.ts`). All are `PCALL`s: a refused or lost message costs
  * waiters latency, never a release.
@@ -240,8 +327,8 @@ if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if KEYS[2] then
     local sent = redis.pcall('SPUBLISH', KEYS[2], '')
-    local waiting = KEYS[3] and redis.pcall('GET', KEYS[3])
-    if type(sent) == 'table' or (sent == 0 and type(waiting) == 'string') then
+    local waiting = KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1
+    if type(sent) == 'table' or (sent == 0 and waiting) then
       redis.pcall('PUBLISH', KEYS[2], '')
     end
   end

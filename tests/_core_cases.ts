@@ -190,7 +190,7 @@ const TIMERS_BACK_MS = 2_000;
 /**
  * Resolves once a waiter for `name` waits in Redis: subscribed to the
  * release channel where releases wake waiters, else turned away (its
- * waiting mark, which each refused attempt renews, is set).
+ * process has a place in the lock's line).
  */
 async function waiterWaits(
   under: ClientUnderTest,
@@ -206,9 +206,9 @@ async function waiterWaits(
     );
   } else {
     await until(
-      async () => Number(await side.command("EXISTS", keys.waiting)) === 1,
+      async () => Number(await side.command("EXISTS", keys.line)) === 1,
       5_000,
-      `the waiter is turned away (it marks ${keys.waiting})`,
+      `the waiter is turned away (it takes a place in ${keys.line})`,
     );
   }
 }
@@ -583,9 +583,11 @@ const LOCK_CASES: readonly CoreCase[] = [
           assert.deepEqual((items as unknown[]).map(String), ["not", "a lock"]);
           assert.equal(Number(await side.command("PTTL", keys.lock)), -1);
           assert.equal(
-            Number(await side.command("EXISTS", keys.fence, keys.waiting)),
+            Number(
+              await side.command("EXISTS", keys.fence, keys.line, keys.seats),
+            ),
             0,
-            "no fence issued, no waiting mark left",
+            "no fence issued, no place in line left",
           );
         } finally {
           await side.command("DEL", keys.lock);

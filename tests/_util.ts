@@ -15,6 +15,7 @@ import {
   EAGER_HANDOVER,
   EXTEND,
   HANDOVER,
+  LEAVE,
   type LuaScript,
   RELEASE,
 } from "../src/scripts.ts";
@@ -25,7 +26,8 @@ export type ScriptKind =
   | "extend"
   | "release"
   | "handover"
-  | "adopt";
+  | "adopt"
+  | "leave";
 
 const SCRIPTS: [ScriptKind, LuaScript][] = [
   ["acquire", ACQUIRE],
@@ -34,6 +36,7 @@ const SCRIPTS: [ScriptKind, LuaScript][] = [
   ["handover", HANDOVER],
   ["handover", EAGER_HANDOVER],
   ["adopt", ADOPT],
+  ["leave", LEAVE],
 ];
 
 /**

@@ -104,7 +104,8 @@ Deno.test("Lock.keys() names a lock's keys as a handle uses them, and checks the
     lock: "app:{a%7Db}",
     fence: "app:{a%7Db}:fence",
     released: "app:{a%7Db}:released",
-    waiting: "app:{a%7Db}:waiting",
+    line: "app:{a%7Db}:line",
+    seats: "app:{a%7Db}:seats",
   });
   assert.throws(() => Lock.keys(""), TypeError);
   assert.throws(() => Lock.keys("x", { prefix: "{bad}" }), TypeError);

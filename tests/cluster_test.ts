@@ -247,9 +247,12 @@ Deno.test("Lock on a Redis Cluster of 3 masters and 3 replicas", async (t) => {
       const keys: string[] = [];
       for (const name of names) {
         for (const prefix of prefixes) {
-          const { lock, fence, released, waiting } = lockKeys(prefix, name);
+          const { lock, fence, released, line, seats } = lockKeys(
+            prefix,
+            name,
+          );
           assert.equal(new Lock(dummy, name, { prefix }).key, lock);
-          keys.push(lock, fence, released, waiting);
+          keys.push(lock, fence, released, line, seats);
         }
       }
       const slots = await cluster.keyslots(keys);

@@ -42,6 +42,7 @@ class Recording implements ScriptClient {
     release: 0,
     handover: 0,
     adopt: 0,
+    leave: 0,
   };
   /** Renewals Redis confirmed (reply 1): when each was sent and answered. */
   readonly renewals: { sentAt: number; answeredAt: number }[] = [];

@@ -15,9 +15,11 @@ import { freePort, type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, type RespClient } from "./_resp.ts";
 import {
   abortedAt,
+  lineUp,
   type ScriptKind,
   scriptKind,
   sleep,
+  until,
   within,
 } from "./_util.ts";
 
@@ -1150,8 +1152,11 @@ Deno.test("100 000 names acquired and released leave no key behind, and fencing 
 
 // --- F35 -----------------------------------------------------------------------
 
-// What the scripts call, beside the script commands themselves.
-const SCRIPT_COMMANDS = "+get +set +pexpire +pttl +incr +del";
+// What the scripts call, beside the script commands themselves: the lock's
+// and the line's (processes waiting in arrival order).
+const LOCK_COMMANDS = "+get +set +pexpire +pttl +incr +del";
+const SCRIPT_COMMANDS =
+  `${LOCK_COMMANDS} +exists +time +zadd +zrange +zscore +zrem`;
 // Wake-on-release: the release script publishes, a waiter subscribes, both
 // with sharded pub/sub on Redis 7; the release also publishes plainly when a
 // waiter is known and the sharded message reached nobody (for clients that
@@ -1216,6 +1221,7 @@ Deno.test("least privilege: an ACL user with only the scripts' commands locks wi
     await addUser(side, "locker", `${SCRIPT_COMMANDS} ${WAKE_COMMANDS}`);
     await addUser(side, "noincr", SCRIPT_COMMANDS.replace(" +incr", ""));
     await addUser(side, "nowake", SCRIPT_COMMANDS);
+    await addUser(side, "noline", LOCK_COMMANDS);
     // enableReadyCheck runs INFO, which these users may not.
     const user = (username: string) =>
       openIoredis(server.port, {
@@ -1244,6 +1250,25 @@ Deno.test("least privilege: an ACL user with only the scripts' commands locks wi
               LockTimeoutError,
             );
             assert.equal(await lock.release(), true);
+          }
+          // A waiter of another process takes a place in line.
+          const held = await Lock.acquire(client, "acl");
+          const other = await user("locker");
+          try {
+            const waiter = Lock.acquire(other.client, "acl", {
+              timeout: 5_000,
+            });
+            await until(
+              async () =>
+                Number(await side.send("EXISTS", "deadbolt:{acl}:line")) === 1,
+              5_000,
+              "the waiter takes a place in line",
+            );
+            assert.equal(await held.release(), true);
+            const next = await within(waiter, 5_000, "the waiter's grant");
+            assert.equal(await next.release(), true);
+          } finally {
+            await other.close();
           }
           assert.equal(await side.send("EXISTS", "deadbolt:{acl}"), 0);
           assert.deepEqual(await side.send("ACL", "LOG"), [], "nothing denied");
@@ -1278,6 +1303,31 @@ Deno.test("least privilege: an ACL user with only the scripts' commands locks wi
               /^(s?publish|s?subscribe|deadbolt:)/.test(object)
             ),
             `denied: ${denied}`,
+          );
+        } finally {
+          await holder.close();
+          await waiter.close();
+        }
+      },
+    );
+
+    await t.step(
+      "without the line's commands, locking and waiting work (processes race instead of taking turns)",
+      async () => {
+        const holder = await user("noline");
+        const waiter = await user("noline");
+        try {
+          const lock = await Lock.acquire(holder.client, "noline");
+          const waiting = Lock.acquire(waiter.client, "noline", {
+            timeout: 5_000,
+          });
+          await lineUp(waiter.client, "noline", 1);
+          assert.equal(await lock.release(), true);
+          const next = await within(waiting, 5_000, "the waiter's grant");
+          assert.equal(await next.release(), true);
+          assert.equal(
+            Number(await side.send("EXISTS", "deadbolt:{noline}:line")),
+            0,
           );
         } finally {
           await holder.close();

@@ -96,7 +96,7 @@ function pipeline(
   return Promise.all(commands.map(([cmd, ...args]) => side.send(cmd, ...args)));
 }
 
-Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to deadbolt:{name}:fence, its channel to deadbolt:{name}:released and its waiting mark to deadbolt:{name}:waiting", async () => {
+Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to deadbolt:{name}:fence, its channel to deadbolt:{name}:released and its line of waiting processes to deadbolt:{name}:line and :seats", async () => {
   await using server = await startRedis();
   await using connection = await server.connect();
   await using side = await server.connect();
@@ -106,13 +106,15 @@ Deno.test("Lock maps an ordinary name to deadbolt:{name}, its fence counter to d
       lock: `deadbolt:{${name}}`,
       fence: `deadbolt:{${name}}:fence`,
       released: `deadbolt:{${name}}:released`,
-      waiting: `deadbolt:{${name}}:waiting`,
+      line: `deadbolt:{${name}}:line`,
+      seats: `deadbolt:{${name}}:seats`,
     });
     assert.deepEqual(lockKeys("app:", name), {
       lock: `app:{${name}}`,
       fence: `app:{${name}}:fence`,
       released: `app:{${name}}:released`,
-      waiting: `app:{${name}}:waiting`,
+      line: `app:{${name}}:line`,
+      seats: `app:{${name}}:seats`,
     });
     assert.equal(new Lock(client, name).key, `deadbolt:{${name}}`);
     assert.equal(new Lock(client, name, { prefix: "" }).key, `{${name}}`);

@@ -328,7 +328,11 @@ Deno.test("with nobody waiting in another process, local handovers go on without
   // 16 handovers would add a release and an acquire each time (about 25).
   const calls = env.redis.calls - before;
   assert.ok(calls <= turns + 6, `${calls} script calls for ${turns} turns`);
-  assert.equal(await env.side.send("EXISTS", "deadbolt:{alone}:waiting"), 0);
+  assert.equal(
+    await env.side.send("EXISTS", "deadbolt:{alone}:line"),
+    0,
+    "nobody took a place in line",
+  );
 });
 
 Deno.test("a waiter aborted while the lock is being handed to it leaves no key behind", async () => {

@@ -4,7 +4,7 @@ import { createClient } from "npm:redis@6";
 import { Lock, LockTimeoutError } from "../mod.ts";
 import { sharedSubscriber } from "../src/_subscriber.ts";
 import { freePort, startRedis } from "./_redis.ts";
-import { evalClient, until, within } from "./_util.ts";
+import { evalClient, lineUp, until, within } from "./_util.ts";
 
 // The wake-up connection's edges: one that never finishes opening, a wait
 // called off by release(), channels left and rejoined, stale readings.
@@ -187,13 +187,21 @@ Deno.test("a queued waiter that times out after the head took the lock reports t
   }
 });
 
-Deno.test("a waiting mark of another type never fails a release", async () => {
+Deno.test("a line of another type never fails an acquire, a wait or a release: nobody is in line", async () => {
   await using server = await startRedis();
   await using conn = await server.connect();
-  const lock = await Lock.acquire(evalClient(conn), "marked");
-  await conn.send("RPUSH", "deadbolt:{marked}:waiting", "x");
-  assert.equal(await lock.release(), true);
-  assert.equal(await conn.send("EXISTS", lock.key), 0);
+  const client = evalClient(conn);
+  for (const key of ["line", "seats"]) {
+    await conn.send("RPUSH", `deadbolt:{marked}:${key}`, "x");
+    const lock = await Lock.acquire(client, "marked");
+    const waiter = Lock.acquire(client, "marked", { timeout: 5_000 });
+    await lineUp(client, "marked", 1);
+    assert.equal(await lock.release(), true);
+    const next = await within(waiter, 5_000, "the waiter's grant");
+    assert.equal(await next.release(), true);
+    assert.equal(await conn.send("EXISTS", lock.key), 0);
+    assert.equal(await conn.send("DEL", `deadbolt:{marked}:${key}`), 1);
+  }
 });
 
 Deno.test("after its wake-up connection is killed, a waiter is woken by a later release once it has reconnected (ioredis)", async () => {

@@ -1,0 +1,179 @@
+import assert from "node:assert/strict";
+import { Redis } from "npm:ioredis@6";
+import { Lock } from "../mod.ts";
+import { startRedis } from "./_redis.ts";
+import type { RespClient } from "./_resp.ts";
+import { evalClient, lineUp, until, within } from "./_util.ts";
+
+// Across processes, waiters take places in the lock's line in Redis: once
+// the first process in line has waited the patience (30 ms), a free lock
+// is promised to it alone. Each client here stands for a process (its own
+// local queue, its own seat). A client with `eval` only backs off between
+// attempts; ioredis is woken by pub/sub at once, so without the line it
+// would win every race against a waiter that sleeps.
+
+/** The seats in line, first first, and how long (ms) the first has waited. */
+async function line(
+  side: RespClient,
+  name: string,
+): Promise<{ seats: string[]; waited: number }> {
+  const { line } = Lock.keys(name);
+  const reply = await side.send("ZRANGE", line, "0", "-1", "WITHSCORES");
+  const flat = (reply as unknown[]).map(String);
+  const [seconds, micros] = (await side.send("TIME") as unknown[]).map(Number);
+  const seats = flat.filter((_, i) => i % 2 === 0);
+  const waited = seats.length === 0
+    ? 0
+    : (seconds * 1e6 + micros - Number(flat[1])) / 1000;
+  return { seats, waited };
+}
+
+/** Resolves once `count` processes wait in line and the first has waited 40 ms. */
+function patientLine(side: RespClient, name: string, count: number) {
+  return until(
+    async () => {
+      const { seats, waited } = await line(side, name);
+      return seats.length === count && waited >= 40;
+    },
+    5_000,
+    `${count} process(es) in line for '${name}', the first for 40 ms`,
+  );
+}
+
+async function setup() {
+  const server = await startRedis();
+  const side = await server.connect();
+  const sleeper = await server.connect();
+  const other = await server.connect();
+  const woken = new Redis(server.port, "127.0.0.1");
+  return {
+    side,
+    // Backs off up to 200 ms between attempts: no wake-ups.
+    sleeper: evalClient(sleeper),
+    // Asks once, or backs off: a third process.
+    other: evalClient(other),
+    // Woken by pub/sub the moment a release happens.
+    woken,
+    async [Symbol.asyncDispose]() {
+      woken.disconnect();
+      for (const conn of [side, sleeper, other]) {
+        await conn[Symbol.asyncDispose]();
+      }
+      await server.stop();
+    },
+  };
+}
+
+const SLOW = { timeout: 10_000, retryDelay: 100, maxRetryDelay: 200 };
+
+Deno.test("across processes a free lock goes to the process first in line once it has waited 30 ms, though another process asks first", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.other, "order");
+  const grants: string[] = [];
+  const first = Lock.acquire(env.sleeper, "order", SLOW).then((lock) => {
+    grants.push("first in line");
+    return lock;
+  });
+  await patientLine(env.side, "order", 1);
+  const second = Lock.acquire(env.woken, "order", { timeout: 10_000 }).then(
+    (lock) => {
+      grants.push("second in line");
+      return lock;
+    },
+  );
+  await lineUp(env.woken, "order", 1);
+  await until(
+    async () => (await line(env.side, "order")).seats.length === 2,
+    5_000,
+    "the second process takes a place in line",
+  );
+  // The second's process hears of the release at once, and asks first.
+  assert.equal(await holder.release(), true);
+  const lock = await within(first, 5_000, "the first in line's grant");
+  assert.deepEqual(grants, ["first in line"]);
+  assert.equal(await lock.release(), true);
+  const next = await within(second, 5_000, "the second in line's grant");
+  assert.deepEqual(grants, ["first in line", "second in line"]);
+  assert.equal(await next.release(), true);
+  assert.deepEqual((await line(env.side, "order")).seats, []);
+});
+
+Deno.test("tryAcquire gets no free lock promised to a process that has waited in line 30 ms; the process gets it", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.other, "promised");
+  const waiter = Lock.acquire(env.sleeper, "promised", SLOW);
+  await patientLine(env.side, "promised", 1);
+  assert.equal(await holder.release(), true);
+  assert.equal(await Lock.tryAcquire(env.woken, "promised"), null);
+  const lock = await within(waiter, 5_000, "the waiter's grant");
+  assert.equal(await lock.release(), true);
+  // With nobody in line, a try gets a free lock.
+  const tried = await Lock.tryAcquire(env.woken, "promised");
+  assert.ok(tried);
+  assert.equal(await tried.release(), true);
+});
+
+Deno.test("a process that died in line holds a free lock up only until its place lapses", async () => {
+  await using env = await setup();
+  const { line: lineKey, seats } = Lock.keys("dead");
+  const holder = await Lock.acquire(env.other, "dead");
+  // A seat that arrived a second ago and lapses 400 ms from now: a process
+  // that asked and then died.
+  const [seconds, micros] = (await env.side.send("TIME") as unknown[]).map(
+    Number,
+  );
+  const now = seconds * 1000 + Math.floor(micros / 1000);
+  await env.side.send("ZADD", lineKey, String((now - 1000) * 1000), "dead");
+  await env.side.send("ZADD", seats, String(now + 400), "dead");
+  const started = performance.now();
+  const waiter = Lock.acquire(env.woken, "dead", { timeout: 10_000 });
+  await lineUp(env.woken, "dead", 1);
+  assert.equal(await holder.release(), true);
+  const lock = await within(waiter, 3_000, "the live waiter's grant");
+  const waited = performance.now() - started;
+  assert.ok(waited >= 300, `granted after ${waited} ms, before the lapse`);
+  assert.equal(await lock.release(), true);
+  assert.deepEqual(
+    (await line(env.side, "dead")).seats,
+    [],
+    "the dead seat is gone",
+  );
+});
+
+Deno.test("a waiter that gives up takes its process's place out of line at once, and a new head keeps it", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.other, "leave");
+  // Backs off 500–1000 ms: its place would last 600 ms or more.
+  const slow = { timeout: 10_000, retryDelay: 500, maxRetryDelay: 1_000 };
+  const gaveUp = new AbortController();
+  const first = Lock.acquire(env.sleeper, "leave", {
+    ...slow,
+    signal: gaveUp.signal,
+  });
+  first.catch(() => {});
+  const behind = new AbortController();
+  const second = Lock.acquire(env.sleeper, "leave", {
+    ...slow,
+    signal: behind.signal,
+  });
+  second.catch(() => {});
+  await lineUp(env.sleeper, "leave", 2);
+  const { seats } = await line(env.side, "leave");
+  assert.equal(seats.length, 1);
+  // The head gives up: the waiter behind it keeps the process's place.
+  gaveUp.abort();
+  await assert.rejects(within(first, 2_000, "the abort"));
+  assert.deepEqual((await line(env.side, "leave")).seats, seats);
+  behind.abort();
+  await assert.rejects(within(second, 2_000, "the abort"));
+  const left = performance.now();
+  await until(
+    async () =>
+      Number(await env.side.send("EXISTS", Lock.keys("leave").line)) === 0,
+    2_000,
+    "the place leaves the line",
+  );
+  const ms = performance.now() - left;
+  assert.ok(ms < 400, `the place left after ${ms} ms, as if it lapsed`);
+  assert.equal(await holder.release(), true);
+});
