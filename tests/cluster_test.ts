@@ -6,6 +6,7 @@ import {
   type LockHandle,
   LockLostError,
   LockReplicationError,
+  MultiLock,
   ReadWriteLock,
   type RedisClient,
   Semaphore,
@@ -967,7 +968,7 @@ Deno.test("Semaphore permits and read-write holds renew through ASK and MOVED wh
   }
 });
 
-Deno.test("Semaphore permits and write holds survive a coordinated failover of their master: renewed on the promoted replica, still exclusive, fences move on", async (t) => {
+Deno.test("Semaphore permits, read and write holds and multi-locks survive a coordinated failover of their master: renewed on the promoted replica, still exclusive, fences move on", async (t) => {
   await using cluster = await startCluster();
   let shard = 0;
   for (const connect of CONNECTS) {
@@ -988,11 +989,33 @@ Deno.test("Semaphore permits and write holds survive a coordinated failover of t
           limit: 1,
         });
         const writer = await ReadWriteLock.write(io.client, name, options);
+        // A reader, and a multi-lock of two names, on the same master.
+        const readName = await nameOn(cluster, master, `read-${name}`);
+        const reader = await ReadWriteLock.read(io.client, readName, options);
+        const names = [
+          await nameOn(cluster, master, `multi-a-${name}`),
+          await nameOn(cluster, master, `multi-b-${name}`),
+        ];
+        const set = await MultiLock.acquire(io.client, names, { ttl: 6_000 });
         await cluster.failover(replica);
         assert.equal(await cluster.masterFor(permit.key), replica);
         assert.equal(await cluster.masterFor(writer.key), replica);
-        assert.equal(await renewAfterFailover(permit), true);
-        assert.equal(await renewAfterFailover(writer), true);
+        for (const hold of [permit, writer, reader, set]) {
+          assert.equal(await renewAfterFailover(hold), true);
+        }
+        assert.equal(
+          await new ReadWriteLock(other.client, readName).writer()
+            .tryAcquire(),
+          false,
+          "a writer beside the reader",
+        );
+        for (const lockName of names) {
+          assert.equal(
+            await Lock.tryAcquire(other.client, lockName),
+            null,
+            "a lock of the set taken beside it",
+          );
+        }
         assert.equal(
           await Semaphore.tryAcquire(other.client, name, { limit: 1 }),
           null,
@@ -1001,10 +1024,10 @@ Deno.test("Semaphore permits and write holds survive a coordinated failover of t
           await new ReadWriteLock(other.client, name).reader().tryAcquire(),
           false,
         );
-        assert.equal(permit.signal.aborted, false);
-        assert.equal(writer.signal.aborted, false);
-        assert.equal(await permit.release(), true);
-        assert.equal(await writer.release(), true);
+        for (const hold of [permit, writer, reader, set]) {
+          assert.equal(hold.signal.aborted, false);
+          assert.equal(await hold.release(), true);
+        }
         await using next = await Semaphore.acquire(other.client, name, {
           limit: 1,
           fencing: true,
