@@ -207,48 +207,62 @@ export const VARIANTS: readonly Variant[] = [
 /** How many permits the semaphore rows allow. */
 export const LIMIT = 4;
 
-/** Semaphores (limit {@linkcode LIMIT}), for the semaphore rows. */
-export const SEMAPHORE_VARIANTS: Variant[] = [
-  {
-    id: "deadbolt-semaphore",
-    library: "deadbolt (Semaphore)",
-    policy: "defaults",
-    peer: false,
-    interval: 10,
-    open(redis) {
-      return (key) => ({
-        acquire: () =>
-          Semaphore.acquire(redis, key, { ttl: TTL, limit: LIMIT }),
-      });
-    },
-    gaveUp: (error) => error instanceof LockTimeoutError,
-  },
-  {
-    id: "peer-semaphore",
-    library: "redis-semaphore 5.8.0 (Semaphore)",
-    policy: "default = 10 ms retry, 10 s acquire timeout",
-    peer: true,
-    interval: 10,
-    open(redis) {
-      return (key) => {
-        const semaphore = new PeerSemaphore(redis, key, LIMIT, {
-          lockTimeout: TTL,
+/** deadbolt's and redis-semaphore's semaphores with `limit` permits, ids ending in `suffix`. */
+function semaphoreVariants(limit: number, suffix: string): Variant[] {
+  return [
+    {
+      id: `deadbolt-semaphore${suffix}`,
+      library: "deadbolt (Semaphore)",
+      policy: "defaults",
+      peer: false,
+      interval: 10,
+      open(redis) {
+        return (key) => ({
+          acquire: () => Semaphore.acquire(redis, key, { ttl: TTL, limit }),
         });
-        return {
-          async acquire() {
-            await semaphore.acquire();
-            return semaphore;
-          },
-        };
-      };
+      },
+      gaveUp: (error) => error instanceof LockTimeoutError,
     },
-    gaveUp: (error) => error instanceof SemaphoreTimeoutError,
-  },
-];
+    {
+      id: `peer-semaphore${suffix}`,
+      library: "redis-semaphore 5.8.0 (Semaphore)",
+      policy: "default = 10 ms retry, 10 s acquire timeout",
+      peer: true,
+      interval: 10,
+      open(redis) {
+        return (key) => {
+          const semaphore = new PeerSemaphore(redis, key, limit, {
+            lockTimeout: TTL,
+          });
+          return {
+            async acquire() {
+              await semaphore.acquire();
+              return semaphore;
+            },
+          };
+        };
+      },
+      gaveUp: (error) => error instanceof SemaphoreTimeoutError,
+    },
+  ];
+}
+
+/** Semaphores (limit {@linkcode LIMIT}), for the semaphore rows. */
+export const SEMAPHORE_VARIANTS: Variant[] = semaphoreVariants(LIMIT, "");
+
+/**
+ * Semaphores of one permit, for the semaphore handoff rows: a release frees
+ * the only permit, which a waiter in another process then gets.
+ */
+export const HANDOFF_SEMAPHORE_VARIANTS: Variant[] = semaphoreVariants(1, "-1");
 
 /** The variant with this id; throws on an unknown id. */
 export function variant(id: string): Variant {
-  const found = [...VARIANTS, ...SEMAPHORE_VARIANTS].find((v) => v.id === id);
+  const found = [
+    ...VARIANTS,
+    ...SEMAPHORE_VARIANTS,
+    ...HANDOFF_SEMAPHORE_VARIANTS,
+  ].find((v) => v.id === id);
   if (!found) throw new RangeError(`Unknown variant '${id}'`);
   return found;
 }

@@ -27,8 +27,9 @@
  * 7. Fairness across processes: 4 processes × 4 workers on one key, each
  *    process with its own connection (`../_fairness.ts`), zero-work and 1 ms
  *    sections, for deadbolt and the best-placed peer of the tables above
- *    (redis-semaphore's Mutex): acquisitions least/most per process and per
- *    worker.
+ *    (redis-semaphore's Mutex), and for both semaphores (limit 4):
+ *    acquisitions least/most per process and per worker.
+ * 8. Handoff across processes for both semaphores with one permit.
  *
  * Library versions and retry policies are in `_libraries.ts`.
  *
@@ -44,6 +45,7 @@ import { runScript, toIntegers } from "../../src/_run_script.ts";
 import { fairnessRun, spread } from "../_fairness.ts";
 import {
   type Contender,
+  HANDOFF_SEMAPHORE_VARIANTS,
   LIMIT,
   readLines,
   Redis,
@@ -479,7 +481,12 @@ const semaphoreResults = [
 const SECTIONS = [0, 1];
 // The fairness rows: the locks compared, and per section and lock the
 // rounds' sections/s and spreads.
-const FAIR_IDS = ["deadbolt", "semaphore"];
+const FAIR_IDS = [
+  "deadbolt",
+  "semaphore",
+  "deadbolt-semaphore",
+  "peer-semaphore",
+];
 const fairResults = new Map<
   string,
   { rate: number[]; perProcess: number[]; perWorker: number[]; waits: number[] }
@@ -571,7 +578,9 @@ for (let round = 0; round < ROUNDS; round++) {
   // a round loads its scripts and warms up, and is not counted.
   const perRound = Math.ceil(HANDOFFS / ROUNDS);
   for (let i = 0; i <= perRound; i++) {
-    for (const v of rotate(VARIANTS, round)) {
+    for (
+      const v of rotate([...VARIANTS, ...HANDOFF_SEMAPHORE_VARIANTS], round)
+    ) {
       const r = await handoff(holder, waiter, v, `handoff:${v.id}:${round}`);
       if (i === 0) continue;
       const total = handoffResults.get(v.id) ?? { latencies: [], gaveUp: 0 };
@@ -706,8 +715,9 @@ out.push(
   );
 }
 
-{
-  const rows = VARIANTS.map((v) => {
+/** A handoff table: latency from release in A to acquired in B. */
+function handoffTable(title: string, variants: readonly Variant[]): void {
+  const rows = variants.map((v) => {
     const r = handoffResults.get(v.id)!;
     return {
       v,
@@ -719,7 +729,7 @@ out.push(
   const best50 = bestPeer(rows.map((r) => ({ ...r, value: r.p50 })), false);
   const best99 = bestPeer(rows.map((r) => ({ ...r, value: r.p99 })), false);
   out.push(
-    `### 2. Handoff latency across processes (release in A → acquired in B)`,
+    title,
     "",
     table(
       [
@@ -748,6 +758,11 @@ out.push(
     "",
   );
 }
+
+handoffTable(
+  "### 2. Handoff latency across processes (release in A → acquired in B)",
+  VARIANTS,
+);
 
 /** A contended table's rows: each variant's totals, per acquisition. */
 function contendedRows(
@@ -893,7 +908,7 @@ for (const [i, section] of SECTIONS.entries()) {
     }))
   );
   out.push(
-    `### 7. Fairness across processes: 4 processes × 4 workers on one lock, each process with its own connection (${
+    `### 7. Fairness across processes: 4 processes × 4 workers on one lock (or one semaphore, limit ${LIMIT}), each process with its own connection (${
       2 * SECONDS
     } s per round)`,
     "",
@@ -922,6 +937,10 @@ for (const [i, section] of SECTIONS.entries()) {
     "",
   );
 }
+handoffTable(
+  "### 8. Semaphore handoff across processes, limit 1 (release in A → acquired in B)",
+  HANDOFF_SEMAPHORE_VARIANTS,
+);
 out.push(
   "Commands/acq.: commands the client sent (a script call counts 1) ÷ acquisitions in the window. Server calls/acq.: the `INFO commandstats` delta (calls + rejected calls, INFO excluded) ÷ acquisitions; it also counts the commands scripts run inside Redis. Waits run from wanting the lock to holding it, across retry policies giving up; a wait still open when the window closes counts up to the close. Gave up: times a retry policy gave up (a timeout or retry count) and the worker asked again.",
 );
