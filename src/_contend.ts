@@ -8,23 +8,7 @@ import type { RedisStore } from "./_redis_store.ts";
 import { runScript, toIntegers } from "./_run_script.ts";
 import { ACQUIRE, type AcquireReply, LEAVE, readAcquire } from "./scripts.ts";
 import { delay, now } from "./_timers.ts";
-
-// Added to how long a place in line lasts, so that it outlasts the head's
-// sleep and its next round trip, even on a busy event loop. A process that
-// died holds a free lock up for at most this much past its last backoff.
-const SEAT_MARGIN_MS = 100;
-
-/**
- * How long (ms, on Redis' clock) the first process in line may wait before
- * a free lock is promised to it alone. Until then a free lock goes to
- * whoever asks first, so that a process whose waiters keep coming back
- * (they ask again as soon as their release is answered) does not hand the
- * lock to another process at every turn: measured with `bench/fairness.ts`
- * (4 processes of 4 workers, zero-work sections), a strict line (0) costs a
- * third of the throughput; 30 ms keeps every process within 10% of the
- * others and each wait for a turn bounded.
- */
-const PATIENCE = "30";
+import { PATIENCE_MS, placeFor } from "./_seat.ts";
 
 const noop = (): void => {};
 
@@ -43,7 +27,7 @@ export async function contend(
   const { lock, fence, released, line, seats } = store.keys;
   const keys = [lock, fence, line, seats];
   // A waiter (not one attempt) takes a place in line when turned away.
-  const seat = queue ? queue.seat : "";
+  const seat = queue ? queue.seat.id : "";
   let leave: (() => void) | undefined;
   let token = crypto.randomUUID();
   const want = () => ({
@@ -70,16 +54,14 @@ export async function contend(
   for (let attempt = 0;; attempt++) {
     const sent = attempt === 0 ? firstSend : now();
     // The place lasts until this waiter's next attempt at the latest.
-    const place = Math.ceil(
-      Math.min(wait.maxRetryDelay, wait.retryDelay * 2 ** attempt),
-    ) + SEAT_MARGIN_MS;
+    const place = placeFor(wait, attempt);
     const call = runScript(store.client, ACQUIRE, keys, [
       token,
       String(ttl),
       fencing ? "1" : "0",
       seat,
       String(place),
-      PATIENCE,
+      String(PATIENCE_MS),
     ]);
     let reply: AcquireReply;
     try {
@@ -91,10 +73,11 @@ export async function contend(
       call.then(forget, forget);
       throw error;
     }
-    if (queue && (reply.status === "granted" || reply.status === "held")) {
+    if (queue && reply.status === "granted") queue.seat.granted();
+    if (queue && reply.status === "held") {
       leave ??= () =>
         runScript(store.client, LEAVE, [line, seats], [seat]).then(noop, noop);
-      queue.place(reply.status === "held", leave);
+      queue.seat.place(leave);
     }
     if (reply.status === "granted") {
       const lease = await adoptGrant(store, waiting, token, {

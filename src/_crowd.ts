@@ -4,6 +4,7 @@ import type { Subscribe } from "./_subscriber.ts";
 import { now } from "./_timers.ts";
 import { WaitLine } from "./_line.ts";
 import { WakeUps } from "./_wakeups.ts";
+import { Seat } from "./_seat.ts";
 
 /**
  * The waiters of this process for a hold that several may have at once (a
@@ -21,6 +22,7 @@ export class Crowd {
   #reading: { pttl: number; at: number } | undefined;
   #onEmpty: () => void;
   #wakeAll: boolean;
+  #seat: Seat | undefined;
 
   /**
    * Waiters of `client`, `capacity` at a time (see {@linkcode wake} for
@@ -44,9 +46,15 @@ export class Crowd {
   /** For its {@linkcode WaitLine}: the last waiter has left. */
   emptied(): void {
     this.#reading = undefined;
+    this.#seat?.vacate();
     this.#wakeUps?.stop();
     this.#wakeUps = undefined;
     this.#onEmpty();
+  }
+
+  /** The crowd's seat in the line in Redis, made on first use. */
+  get seat(): Seat {
+    return this.#seat ??= new Seat();
   }
 
   /** Joins the line (see {@linkcode WaitLine.join}). */

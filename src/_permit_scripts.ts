@@ -1,7 +1,14 @@
 import type { LockKeys } from "./keys.ts";
 import { toIntegers } from "./_run_script.ts";
 import type { GrantReply, HoldScripts } from "./_scripted_store.ts";
-import { CHECK_FENCE, type LuaScript, type Owner } from "./scripts.ts";
+import {
+  CHECK_FENCE,
+  LEAVE,
+  LINE,
+  type LuaScript,
+  type Owner,
+} from "./scripts.ts";
+import { PATIENCE_MS } from "./_seat.ts";
 import type { SemaphoreSettings } from "./options.ts";
 
 // A semaphore's permits are one sorted set: each holder's token, scored by
@@ -30,19 +37,24 @@ export const expireWithLast = (key: string): string =>
 if last[2] then redis.call('PEXPIREAT', ${key}, last[2]) end`;
 
 /**
- * KEYS: permits, fence counter, and for a waiter the waiting marker. ARGV:
- * token, ttl in ms, limit, "1" to issue a fence, and for a waiter how long
- * (ms) the marker should last. Grants a permit while fewer than `limit`
- * leases run. Replies {1, fence} granted (fence 0 unless fencing; a token
- * that holds a permit already renews it), {0, ms} all `limit` permits are
- * held and the first lease ends in `ms`, {2, 0} the key holds another type,
- * {3, 0} the fence counter is not a safe integer.
+ * KEYS: permits, fence counter, the line of waiting processes and when their
+ * seats lapse (as a lock's, see `LINE`). ARGV: token, ttl in ms, limit, "1"
+ * to issue a fence, the caller's seat ("" for one attempt), how long (ms) its
+ * place in line lasts, and the patience (ms). Grants a permit while fewer
+ * than `limit` leases run, but not one promised to a process ahead in line
+ * (each that has waited the patience is promised one of the free permits).
+ * Replies {1, fence} granted (fence 0 unless fencing; a token that holds a
+ * permit already renews it; the seat leaves the line), {0, ms} none free for
+ * this caller (the seat then takes or keeps its place): the first lease
+ * ends, or the first promise lapses, in `ms`; {2, 0} the key holds another
+ * type, {3, 0} the fence counter is not a safe integer.
  */
 export const ACQUIRE_PERMIT: LuaScript = {
   source: `local fencing = ARGV[4] == '1'
 ${CHECK_FENCE}
 ${NOW}
 ${prune("KEYS[1]")}
+${LINE}
 local ttl = tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
@@ -50,13 +62,25 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
   return {1, 0}
 end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  ${expireWithLast("KEYS[1]")}
-  if fencing then return {1, redis.call('INCR', KEYS[2])} end
-  return {1, 0}
+local seat = ARGV[5]
+local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
+local promised = -1
+if free > 0 then
+  local lined = redis.pcall('EXISTS', KEYS[3]) == 1
+  if lined then
+    local ahead, lapse = patient_ahead(seat, free, now, tonumber(ARGV[7]))
+    if ahead >= free then promised = math.max(1, lapse - now) end
+  end
+  if promised < 0 then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+    ${expireWithLast("KEYS[1]")}
+    if lined and seat ~= '' then leave_line(seat) end
+    if fencing then return {1, redis.call('INCR', KEYS[2])} end
+    return {1, 0}
+  end
 end
-if KEYS[3] then redis.call('SET', KEYS[3], '1', 'PX', ARGV[5]) end
+if seat ~= '' then join(seat, ARGV[6]) end
+if promised >= 0 then return {0, promised} end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(first[2]) - now}`,
 };
@@ -82,8 +106,9 @@ return 1`,
 };
 
 /**
- * KEYS: permits, the channel that wakes waiters, the waiting marker. ARGV:
- * token. Frees the token's permit and, if its lease was still running, tells
+ * KEYS: permits, the channel that wakes waiters, and a key that exists
+ * while someone waits (a semaphore's line, a writer's mark). ARGV: token.
+ * Frees the token's permit and, if its lease was still running, tells
  * waiters (as the lock's release does: sharded first, plainly when that
  * reached nobody while someone waits). Replies 1 freed a running permit, 0
  * there was none, -1 the key holds another type (left alone).
@@ -97,8 +122,8 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 if not ends or tonumber(ends) <= now then return 0 end
 if KEYS[2] then
   local sent = redis.pcall('SPUBLISH', KEYS[2], '')
-  local waiting = KEYS[3] and redis.pcall('GET', KEYS[3])
-  if type(sent) == 'table' or (sent == 0 and type(waiting) == 'string') then
+  local waiting = KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1
+  if type(sent) == 'table' or (sent == 0 and waiting) then
     redis.pcall('PUBLISH', KEYS[2], '')
   end
 end
@@ -154,8 +179,7 @@ export function permitScripts(
   keys: LockKeys,
   { limit, ttl, fencing }: Pick<SemaphoreSettings, "limit" | "ttl" | "fencing">,
 ): HoldScripts {
-  const { lock, fence, released } = keys;
-  const waiting = markKey(keys);
+  const { lock, fence, released, line, seats } = keys;
   return {
     kind: "semaphore",
     lineKey: lock,
@@ -164,17 +188,20 @@ export function permitScripts(
     wakeAll: false,
     channel: released,
     keys,
-    acquire: (token, mark) => ({
+    acquire: (token, place) => ({
       script: ACQUIRE_PERMIT,
-      keys: mark === undefined ? [lock, fence] : [lock, fence, waiting],
+      keys: [lock, fence, line, seats],
       args: [
         token,
         String(ttl),
         String(limit),
         fencing ? "1" : "0",
-        String(mark ?? 0),
+        place?.seat ?? "",
+        String(place?.ms ?? 0),
+        String(PATIENCE_MS),
       ],
     }),
+    leave: (seat) => ({ script: LEAVE, keys: [line, seats], args: [seat] }),
     readGrant: readPermit,
     extend: (token, ttl) => ({
       script: EXTEND_PERMIT,
@@ -183,7 +210,7 @@ export function permitScripts(
     }),
     release: (token, quiet) => ({
       script: RELEASE_PERMIT,
-      keys: quiet ? [lock] : [lock, released, waiting],
+      keys: quiet ? [lock] : [lock, released, line],
       args: [token],
     }),
     readOwner: readPermitOwner,

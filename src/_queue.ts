@@ -4,6 +4,7 @@ import type { Subscribe } from "./_subscriber.ts";
 import { now } from "./_timers.ts";
 import { WaitLine } from "./_line.ts";
 import { WakeUps } from "./_wakeups.ts";
+import { Seat } from "./_seat.ts";
 
 /**
  * The waiters in this process for one lock on one client: a
@@ -22,9 +23,7 @@ export class LocalQueue {
   #woken = false;
   #reading: { pttl: number; at: number } | undefined;
   #holder: Holder | undefined;
-  #seat: string | undefined;
-  #placed = false;
-  #leave: (() => void) | undefined;
+  #seat: Seat | undefined;
   #quietUntil = 0;
   #later: ReturnType<typeof setTimeout> | undefined;
   #onEmpty: () => void;
@@ -49,11 +48,7 @@ export class LocalQueue {
     clearTimeout(this.#later);
     this.#quietUntil = 0;
     this.#reading = undefined;
-    if (this.#placed) {
-      // Nobody here waits any more: the place goes to the next process.
-      this.#placed = false;
-      this.#leave?.();
-    }
+    this.#seat?.vacate();
     this.#wakeUps?.stop();
     if (!this.#holder) this.#onEmpty();
   }
@@ -67,26 +62,9 @@ export class LocalQueue {
     return this.#holder;
   }
 
-  /**
-   * The queue's seat in the lock's line in Redis: its heads ask with it, so
-   * a new head keeps the place of the one before.
-   */
-  get seat(): string {
-    return this.#seat ??= crypto.randomUUID();
-  }
-
-  /** Whether the seat has (as last heard from Redis) a place in line. */
-  get placed(): boolean {
-    return this.#placed;
-  }
-
-  /**
-   * Records what Redis said of the seat: it has a place in line (which
-   * `leave` gives up, once the queue empties), or not.
-   */
-  place(placed: boolean, leave?: () => void): void {
-    this.#placed = placed;
-    if (leave) this.#leave = leave;
+  /** The queue's seat in the lock's line in Redis, made on first use. */
+  get seat(): Seat {
+    return this.#seat ??= new Seat();
   }
 
   /** How many wait in line, the head included. */

@@ -14,10 +14,13 @@ import {
 import {
   CHECK_FENCE,
   EXTEND,
+  LEAVE,
+  LINE,
   type LuaScript,
   readOwner,
   RELEASE,
 } from "./scripts.ts";
+import { PATIENCE_MS } from "./_seat.ts";
 import type { ReadWriteLockSettings } from "./options.ts";
 
 // A read-write lock is a writer key (the writer's token, with its lease as
@@ -54,17 +57,22 @@ return {1, tonumber(fence)}`,
 };
 
 /**
- * KEYS: writer, fence counter, readers, and for a waiter the writer-waiting
- * mark. ARGV: token, ttl in ms, "1" to issue a fence, and for a waiter how
- * long (ms) the mark should last. Replies {1, fence} granted, {0, ms} held
- * (by a writer, or readers: ms until the first lease that is in the way
- * ends; the mark is then set), {2, 0} a key holds another type, {3, 0} the
- * fence counter is not a safe integer.
+ * KEYS: writer, fence counter, the line of waiting processes and when their
+ * seats lapse (as a lock's, see `LINE`), readers, and for a waiter the
+ * writer-waiting mark. ARGV: token, ttl in ms, "1" to issue a fence, for a
+ * waiter how long (ms) the mark and its place in line last, the caller's
+ * seat ("" for one attempt), and the patience (ms). Replies {1, fence}
+ * granted (the seat leaves the line), {0, ms} not granted (the mark is then
+ * set, the seat takes or keeps its place): held by a writer, or readers (ms
+ * until the first lease in the way ends), or free but promised to a writer
+ * first in line (ms until its place lapses); {2, 0} a key holds another
+ * type, {3, 0} the fence counter is not a safe integer.
  */
 export const ACQUIRE_WRITE: LuaScript = {
   source: `local fencing = ARGV[3] == '1'
 ${CHECK_FENCE}
 ${NOW}
+${LINE}
 local writer = redis.pcall('GET', KEYS[1])
 if type(writer) == 'table' then return {2, 0} end
 if writer == ARGV[1] then
@@ -72,17 +80,29 @@ if writer == ARGV[1] then
   if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
   return {1, 0}
 end
-${prune("KEYS[3]")}
-if writer or redis.call('ZCARD', KEYS[3]) > 0 then
-  if KEYS[4] then redis.call('SET', KEYS[4], '1', 'PX', ARGV[4]) end
-  if writer then return {0, redis.call('PTTL', KEYS[1])} end
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  return {0, tonumber(first[2]) - now}
+${prune("KEYS[5]")}
+local seat = ARGV[5]
+local promised = -1
+if not writer and redis.call('ZCARD', KEYS[5]) == 0 then
+  local lined = redis.pcall('EXISTS', KEYS[3]) == 1
+  if lined then
+    local ahead, lapse = patient_ahead(seat, 1, now, tonumber(ARGV[6]))
+    if ahead > 0 then promised = math.max(1, lapse - now) end
+  end
+  if promised < 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    if KEYS[6] then redis.call('DEL', KEYS[6]) end
+    if lined and seat ~= '' then leave_line(seat) end
+    if fencing then return {1, redis.call('INCR', KEYS[2])} end
+    return {1, 0}
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if KEYS[4] then redis.call('DEL', KEYS[4]) end
-if fencing then return {1, redis.call('INCR', KEYS[2])} end
-return {1, 0}`,
+if KEYS[6] then redis.call('SET', KEYS[6], '1', 'PX', ARGV[4]) end
+if seat ~= '' then join(seat, ARGV[4]) end
+if promised >= 0 then return {0, promised} end
+if writer then return {0, redis.call('PTTL', KEYS[1])} end
+local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now}`,
 };
 
 /** The readers' sorted set of the read-write lock whose keys are `keys`. */
@@ -133,7 +153,7 @@ export function writeScripts(
   keys: LockKeys,
   { ttl, fencing }: Pick<ReadWriteLockSettings, "ttl" | "fencing">,
 ): HoldScripts {
-  const { lock, fence, released } = keys;
+  const { lock, fence, released, line, seats } = keys;
   const waiting = markKey(keys);
   const readers = readersKey(keys);
   return {
@@ -143,13 +163,23 @@ export function writeScripts(
     wakeAll: false,
     channel: released,
     keys,
-    acquire: (token, mark) => ({
+    // A writer turned away marks the lock until its next attempt is due,
+    // and takes a place in line for its process.
+    acquire: (token, place) => ({
       script: ACQUIRE_WRITE,
-      keys: mark === undefined
-        ? [lock, fence, readers]
-        : [lock, fence, readers, waiting],
-      args: [token, String(ttl), fencing ? "1" : "0", String(mark ?? 0)],
+      keys: place === undefined
+        ? [lock, fence, line, seats, readers]
+        : [lock, fence, line, seats, readers, waiting],
+      args: [
+        token,
+        String(ttl),
+        fencing ? "1" : "0",
+        String(place?.ms ?? 0),
+        place?.seat ?? "",
+        String(PATIENCE_MS),
+      ],
     }),
+    leave: (seat) => ({ script: LEAVE, keys: [line, seats], args: [seat] }),
     readGrant: readPermit,
     extend: (token, ttl) => ({
       script: EXTEND,

@@ -14,10 +14,8 @@ import { unwatched } from "./_wakeups.ts";
 import { runScript } from "./_run_script.ts";
 import type { LuaScript, Owner } from "./scripts.ts";
 import { delay, now } from "./_timers.ts";
+import { placeFor } from "./_seat.ts";
 import type { WaitSettings } from "./options.ts";
-
-// Added to a waiting mark's lifetime, so it outlasts the waiter's sleep.
-const MARK_MARGIN_MS = 20;
 
 const noop = (): void => {};
 
@@ -52,10 +50,13 @@ export interface HoldScripts {
   /** The keys a foreign value is reported at (`LockKeyError`). */
   readonly keys: { readonly lock: string; readonly fence: string };
   /**
-   * One attempt for `token`; `mark` is how long (ms) a waiter's mark lasts,
-   * for a waiter (not one attempt).
+   * One attempt for `token`; for a waiter (not one attempt), `place` is its
+   * process's seat and how long (ms) a place in line (or a waiter's mark)
+   * lasts.
    */
-  acquire(token: string, mark: number | undefined): ScriptCall;
+  acquire(token: string, place: Place | undefined): ScriptCall;
+  /** Takes `seat` out of line, for kinds whose waiters take places in one. */
+  leave?(seat: string): ScriptCall;
   /** Reads the acquire script's reply. */
   readGrant(reply: unknown): GrantReply;
   /** Renews the hold of `token` to `ttl` ms. */
@@ -66,6 +67,12 @@ export interface HoldScripts {
   readOwner(reply: unknown): Owner;
   /** Why a hold is lost, by what `extend` found. */
   lost(owner: Exclude<Owner, "ours">): string;
+}
+
+/** A waiter's seat in line, and how long its place lasts (ms). */
+export interface Place {
+  readonly seat: string;
+  readonly ms: number;
 }
 
 /** The settings a scripted store uses. */
@@ -186,16 +193,15 @@ export class ScriptedStore implements Store {
     const { ttl, fencing } = this.#settings;
     const subscribe = this.#client.deadbolt?.subscribe;
     let token = crypto.randomUUID();
+    const leave = this.#scripts.leave;
     for (let attempt = 0;; attempt++) {
       const sent = now();
-      const mark = crowd
-        ? Math.ceil(
-          Math.min(wait.maxRetryDelay, wait.retryDelay * 2 ** attempt),
-        ) + MARK_MARGIN_MS
+      const place = crowd
+        ? { seat: crowd.seat.id, ms: placeFor(wait, attempt) }
         : undefined;
       // Wake-ups that come during the attempt cut the next sleep short.
       const seen = crowd?.wakes ?? 0;
-      const call = this.#run(this.#scripts.acquire(token, mark));
+      const call = this.#run(this.#scripts.acquire(token, place));
       let reply: GrantReply;
       try {
         reply = this.#scripts.readGrant(await this.#settle(call, signal));
@@ -205,6 +211,12 @@ export class ScriptedStore implements Store {
         const forget = () => this.#forget(token);
         call.then(forget, forget);
         throw error;
+      }
+      if (place && leave && reply.status === "busy") {
+        // Several of the crowd may ask at once: a grant to one does not
+        // tell whether another took a place since, so the place is given
+        // up whenever the crowd empties.
+        crowd!.seat.place(() => this.#run(leave(place.seat)).then(noop, noop));
       }
       if (reply.status === "granted") {
         if (Lease.fresh(sent, ttl)) {

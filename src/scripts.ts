@@ -33,30 +33,43 @@ end`;
 /**
  * Lua for the line of waiting processes, `KEYS[3]` (seats scored by arrival
  * on Redis' clock, in µs) and `KEYS[4]` (seats scored by when they lapse, in
- * ms): `first_seat(now)` is the first seat whose process still waits (ones
- * that lapsed are dropped on the way), with when it lapses and when it
- * arrived (ms); `join(seat, ms)`
- * takes a place at the back, or keeps the one it has, and keeps it for `ms`.
- * Either key of another type, or an ACL user without the line's commands
- * (`EXISTS TIME ZADD ZRANGE ZSCORE ZREM`), disables the line (nobody waits
- * in it): that costs fairness, never a lock.
+ * ms). `patient_ahead(seat, n, now, patience)` walks the first `n` seats
+ * whose process still waits (dropping the ones that lapsed), up to `seat`,
+ * and counts those that have waited `patience` ms or more: each is promised
+ * one of `n` free holds; it returns the count and the earliest lapse among
+ * them. `join(seat, ms)` takes a place at the back, or keeps the one it has,
+ * and keeps it for `ms`. Either key of another type, or an ACL user without
+ * the line's commands (`EXISTS TIME ZADD ZRANGE ZSCORE ZREM`), disables the
+ * line (nobody waits in it): that costs fairness, never a lock.
  */
-const LINE = `local function failed(reply)
+export const LINE = `local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
-local function first_seat(now)
-  for _ = 1, 32 do
-    local first = redis.pcall('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    if failed(first) or not first[1] then return nil end
-    local lapses = redis.pcall('ZSCORE', KEYS[4], first[1])
-    if type(lapses) == 'table' then return nil end
+local function patient_ahead(seat, n, now, patience)
+  local count, lapse, seen, i = 0, nil, 0, 0
+  for _ = 1, 32 + n do
+    if seen >= n then break end
+    local entry = redis.pcall('ZRANGE', KEYS[3], i, i, 'WITHSCORES')
+    if failed(entry) or not entry[1] or entry[1] == seat then break end
+    local lapses = redis.pcall('ZSCORE', KEYS[4], entry[1])
+    if failed(lapses) then return 0, nil end
     if lapses and tonumber(lapses) > now then
-      return first[1], tonumber(lapses), tonumber(first[2]) / 1000
+      seen = seen + 1
+      i = i + 1
+      if now - tonumber(entry[2]) / 1000 >= patience then
+        count = count + 1
+        if not lapse or tonumber(lapses) < lapse then lapse = tonumber(lapses) end
+      end
+    else
+      if failed(redis.pcall('ZREM', KEYS[3], entry[1])) then return 0, nil end
+      if lapses then redis.pcall('ZREM', KEYS[4], entry[1]) end
     end
-    if failed(redis.pcall('ZREM', KEYS[3], first[1])) then return nil end
-    if lapses then redis.pcall('ZREM', KEYS[4], first[1]) end
   end
-  return nil
+  return count, lapse
+end
+local function leave_line(seat)
+  redis.pcall('ZREM', KEYS[3], seat)
+  redis.pcall('ZREM', KEYS[4], seat)
 end
 local function clock()
   local t = redis.pcall('TIME')
@@ -109,20 +122,16 @@ end
 local seat = ARGV[4]
 local promised = -1
 if holder == false then
-  local first, lapses, arrived, _, now
+  local lined, _, now = false
   if KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1 then _, now = clock() end
   if now then
-    first, lapses, arrived = first_seat(now)
-    if first and first ~= seat and now - arrived >= tonumber(ARGV[6]) then
-      promised = math.max(1, lapses - now)
-    end
+    lined = true
+    local ahead, lapse = patient_ahead(seat, 1, now, tonumber(ARGV[6]))
+    if ahead > 0 then promised = math.max(1, lapse - now) end
   end
   if promised < 0 then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    if first and seat ~= '' then
-      redis.pcall('ZREM', KEYS[3], seat)
-      redis.pcall('ZREM', KEYS[4], seat)
-    end
+    if lined and seat ~= '' then leave_line(seat) end
     if fencing then return {1, redis.call('INCR', KEYS[2])} end
     return {1, 0}
   end

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
-import { Lock } from "../mod.ts";
+import { Lock, ReadWriteLock, Semaphore } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import type { RespClient } from "./_resp.ts";
 import { evalClient, lineUp, until, within } from "./_util.ts";
@@ -12,12 +12,16 @@ import { evalClient, lineUp, until, within } from "./_util.ts";
 // attempts; ioredis is woken by pub/sub at once, so without the line it
 // would win every race against a waiter that sleeps.
 
-/** The seats in line, first first, and how long (ms) the first has waited. */
+/**
+ * The seats in line for lock `name` (or `key`'s line), first first, and how
+ * long (ms) the first has waited.
+ */
 async function line(
   side: RespClient,
   name: string,
+  key = Lock.keys(name).lock,
 ): Promise<{ seats: string[]; waited: number }> {
-  const { line } = Lock.keys(name);
+  const line = `${key}:line`;
   const reply = await side.send("ZRANGE", line, "0", "-1", "WITHSCORES");
   const flat = (reply as unknown[]).map(String);
   const [seconds, micros] = (await side.send("TIME") as unknown[]).map(Number);
@@ -29,10 +33,15 @@ async function line(
 }
 
 /** Resolves once `count` processes wait in line and the first has waited 40 ms. */
-function patientLine(side: RespClient, name: string, count: number) {
+function patientLine(
+  side: RespClient,
+  name: string,
+  count: number,
+  key?: string,
+) {
   return until(
     async () => {
-      const { seats, waited } = await line(side, name);
+      const { seats, waited } = await line(side, name, key);
       return seats.length === count && waited >= 40;
     },
     5_000,
@@ -74,6 +83,8 @@ Deno.test("across processes a free lock goes to the process first in line once i
     grants.push("first in line");
     return lock;
   });
+  // A failed assertion must not leave them unhandled when the test ends.
+  first.catch(() => {});
   await patientLine(env.side, "order", 1);
   const second = Lock.acquire(env.woken, "order", { timeout: 10_000 }).then(
     (lock) => {
@@ -81,6 +92,7 @@ Deno.test("across processes a free lock goes to the process first in line once i
       return lock;
     },
   );
+  second.catch(() => {});
   await lineUp(env.woken, "order", 1);
   await until(
     async () => (await line(env.side, "order")).seats.length === 2,
@@ -176,4 +188,83 @@ Deno.test("a waiter that gives up takes its process's place out of line at once,
   const ms = performance.now() - left;
   assert.ok(ms < 400, `the place left after ${ms} ms, as if it lapsed`);
   assert.equal(await holder.release(), true);
+});
+
+Deno.test("a semaphore's free permit goes to the process first in line once it has waited 30 ms, though another process asks first; a try gets none", async () => {
+  await using env = await setup();
+  const limit = { limit: 2 };
+  const held = [
+    await Semaphore.acquire(env.other, "permits", limit),
+    await Semaphore.acquire(env.other, "permits", limit),
+  ];
+  const key = held[0].key;
+  const grants: string[] = [];
+  const first = Semaphore.acquire(env.sleeper, "permits", { ...limit, ...SLOW })
+    .then((permit) => {
+      grants.push("first in line");
+      return permit;
+    });
+  // A failed assertion must not leave them unhandled when the test ends.
+  first.catch(() => {});
+  await patientLine(env.side, "permits", 1, key);
+  const second = Semaphore.acquire(env.woken, "permits", {
+    ...limit,
+    timeout: 10_000,
+  }).then((permit) => {
+    grants.push("second in line");
+    return permit;
+  });
+  second.catch(() => {});
+  await lineUp(env.woken, "permits", 1, 5_000, key);
+  await until(
+    async () => (await line(env.side, "permits", key)).seats.length === 2,
+    5_000,
+    "the second process takes a place in line",
+  );
+  // One permit frees: the second's process hears of it at once and asks
+  // first, and so does a try.
+  assert.equal(await held[0].release(), true);
+  assert.equal(await Semaphore.tryAcquire(env.woken, "permits", limit), null);
+  const permit = await within(first, 5_000, "the first in line's permit");
+  assert.deepEqual(grants, ["first in line"]);
+  assert.equal(await held[1].release(), true);
+  const next = await within(second, 5_000, "the second in line's permit");
+  assert.deepEqual(grants, ["first in line", "second in line"]);
+  assert.equal(await permit.release(), true);
+  assert.equal(await next.release(), true);
+  assert.deepEqual((await line(env.side, "permits", key)).seats, []);
+});
+
+Deno.test("a free write lock goes to the writer process first in line once it has waited 30 ms, though another writer process asks first", async () => {
+  await using env = await setup();
+  const holder = await ReadWriteLock.write(env.other, "writers");
+  const key = holder.key;
+  const grants: string[] = [];
+  const first = ReadWriteLock.write(env.sleeper, "writers", SLOW).then(
+    (hold) => {
+      grants.push("first in line");
+      return hold;
+    },
+  );
+  first.catch(() => {});
+  await patientLine(env.side, "writers", 1, key);
+  const second = ReadWriteLock.write(env.woken, "writers", { timeout: 10_000 })
+    .then((hold) => {
+      grants.push("second in line");
+      return hold;
+    });
+  second.catch(() => {});
+  await until(
+    async () => (await line(env.side, "writers", key)).seats.length === 2,
+    5_000,
+    "the second process takes a place in line",
+  );
+  assert.equal(await holder.release(), true);
+  const hold = await within(first, 5_000, "the first in line's write hold");
+  assert.deepEqual(grants, ["first in line"]);
+  assert.equal(await hold.release(), true);
+  const next = await within(second, 5_000, "the second in line's write hold");
+  assert.deepEqual(grants, ["first in line", "second in line"]);
+  assert.equal(await next.release(), true);
+  assert.deepEqual((await line(env.side, "writers", key)).seats, []);
 });

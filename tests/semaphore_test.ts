@@ -227,12 +227,12 @@ Deno.test("up to `limit` waiters of one process ask Redis at once, never more", 
       () => Semaphore.acquire(other, "wide", { limit: 4 }),
     ),
   );
-  // Acquire calls in flight (the acquire script takes 5 arguments; a
+  // Acquire calls in flight (the acquire script takes 7 arguments; a
   // release takes 1).
   let inFlight = 0;
   let most = 0;
   const track = async (args: string[], call: () => Promise<unknown>) => {
-    const acquiring = args.length === 5;
+    const acquiring = args.length === 7;
     if (acquiring) most = Math.max(most, ++inFlight);
     try {
       return await call();
