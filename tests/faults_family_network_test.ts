@@ -240,18 +240,19 @@ async function holdUntilKilled(
   // Its socket keeps the process alive, and the hold renewed, until killed.
 }
 
-/** Checks every 10 ms until `until` (monotonic ms) that `token` still holds `key`. */
+/** Checks every 10 ms until `deadline` (monotonic ms) that `token` still holds `key`. */
 async function stillHeldUntil(
   side: RespClient,
   key: string,
   token: string,
-  until: number,
+  deadline: number,
 ): Promise<void> {
-  while (performance.now() < until) {
+  while (performance.now() < deadline) {
     const left = await leaseLeft(side, key, token);
+    // Answered before the deadline, so read on the server before it too.
     const at = performance.now();
-    if (at < until) {
-      assert.ok(left > 0, `gone ${until - at} ms before its lease ended`);
+    if (at < deadline) {
+      assert.ok(left > 0, `gone ${deadline - at} ms before its lease ended`);
     }
     await sleep(10);
   }
@@ -278,7 +279,8 @@ Deno.test("a permit, a read hold or a write hold of a process killed by SIGKILL 
         await using holder = await spawnHolder(kind, server.port, name);
         assert.ok(await leaseLeft(side, key, holder.token) > 0, "not held");
         assert.equal((await holder.kill()).signal, "SIGKILL");
-        // Its last renewal (if any) is in: this is when its lease ends.
+        // Its last renewal (if any) is in: its lease ends when it acquired
+        // or last renewed, plus ttl, on Redis' clock.
         const { left, end } = await leaseEnd(side, key, holder.token);
         assert.ok(
           left > 0 && left <= TTL,
@@ -420,14 +422,14 @@ Deno.test("while Redis is blackholed, a permit's, a read hold's and a write hold
       );
     }
     // One renewal each first, so validity comes from a renewal's send time.
-    for (const hold of holds) {
+    for (const [i, hold] of holds.entries()) {
       await until(
         () =>
           Promise.resolve(
             client.renewals(hold.token).some((call) => call.value === 1),
           ),
         TTL,
-        `a renewal of the ${hold.constructor.name}`,
+        `a renewal of the ${KINDS[i]} hold`,
       );
     }
     await sleep(0);
@@ -562,7 +564,8 @@ Deno.test("an acquire of a permit or of the write hold whose reply is lost on a 
       );
       assert.ok(!(error instanceof LockTimeoutError), String(error));
       assert.match(error.message, /closed/);
-      assert.ok(await leaseLeft(side, key, orphan) > 0, "no orphan left");
+      // Nothing could delete it: it is there until its lease ends.
+      assert.ok(await leaseLeft(side, key, orphan) > 0, "the orphan went");
 
       const next = await within(
         acquireHold(direct, kind, name, {
