@@ -129,10 +129,16 @@ export class Crowd {
     }
   }
 
-  /** Wakes the sleepers on every message to `channel` until the crowd empties. */
+  /**
+   * Wakes the sleepers on every message to `channel` that names the crowd's
+   * seat, or nobody, until the crowd empties.
+   */
   watch(subscribe: Subscribe, channel: string): void {
     this.#wakeUps ??= new WakeUps(this.#client);
-    this.#wakeUps.watch(subscribe, channel, () => this.wake());
+    // A message that names another process's seat is its turn, not ours.
+    this.#wakeUps.watch(subscribe, channel, (message) => {
+      if (!message || message === this.#seat?.id) this.wake();
+    });
   }
 
   /** Records how long until a hold in the way ends, as just read. */

@@ -14,6 +14,7 @@ import {
   RELEASE,
 } from "./scripts.ts";
 import { now } from "./_timers.ts";
+import { PATIENCE_MS } from "./_seat.ts";
 
 /**
  * The handover protocol: how a lock passes between waiters, in one process
@@ -237,9 +238,12 @@ async function deleteKey(
   queue?: LocalQueue,
   quiet = 0,
 ): Promise<boolean> {
-  const { lock, released, line } = store.keys;
+  const { lock, released, line, seats } = store.keys;
   const reply = await store.settle(
-    runScript(store.client, RELEASE, [lock, released, line], [token]),
+    runScript(store.client, RELEASE, [lock, released, line, seats], [
+      token,
+      String(PATIENCE_MS),
+    ]),
   );
   if (quiet > 0) queue?.wakeLater(quiet);
   else queue?.wake();

@@ -7,6 +7,7 @@ import {
   LINE,
   type LuaScript,
   type Owner,
+  PUBLISH_RELEASE,
 } from "./scripts.ts";
 import { PATIENCE_MS } from "./_seat.ts";
 import type { SemaphoreSettings } from "./options.ts";
@@ -106,27 +107,24 @@ return 1`,
 };
 
 /**
- * KEYS: permits, the channel that wakes waiters, and a key that exists
- * while someone waits (a semaphore's line, a writer's mark). ARGV: token.
- * Frees the token's permit and, if its lease was still running, tells
- * waiters (as the lock's release does: sharded first, plainly when that
- * reached nobody while someone waits). Replies 1 freed a running permit, 0
- * there was none, -1 the key holds another type (left alone).
+ * KEYS: permits, and optionally the channel that wakes waiters, a key that
+ * exists while someone waits (a semaphore's line, a writer's mark) and, for
+ * a semaphore, when the line's seats lapse. ARGV: token, and with the line
+ * the patience (ms). Frees the token's permit and, if its lease was still
+ * running, wakes waiters as a lock's release does (see `PUBLISH_RELEASE`).
+ * Replies 1 freed a running permit, 0 there was none, -1 the key holds
+ * another type (left alone).
  */
 export const RELEASE_PERMIT: LuaScript = {
   source: `${NOW}
+${LINE}
+${PUBLISH_RELEASE}
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'zset' and kind ~= 'none' then return -1 end
 local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 if not ends or tonumber(ends) <= now then return 0 end
-if KEYS[2] then
-  local sent = redis.pcall('SPUBLISH', KEYS[2], '')
-  local waiting = KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1
-  if type(sent) == 'table' or (sent == 0 and waiting) then
-    redis.pcall('PUBLISH', KEYS[2], '')
-  end
-end
+if KEYS[2] then publish_release() end
 return 1`,
 };
 
@@ -210,8 +208,8 @@ export function permitScripts(
     }),
     release: (token, quiet) => ({
       script: RELEASE_PERMIT,
-      keys: quiet ? [lock] : [lock, released, line],
-      args: [token],
+      keys: quiet ? [lock] : [lock, released, line, seats],
+      args: [token, String(PATIENCE_MS)],
     }),
     readOwner: readPermitOwner,
     lost: (owner) =>

@@ -202,10 +202,15 @@ export class LocalQueue {
     return sleeper.offer;
   }
 
-  /** Wakes the head on every message to `channel` until the queue empties. */
+  /**
+   * Wakes the head on every message to `channel` that names this queue's
+   * seat, or nobody, until the queue empties.
+   */
   watch(subscribe: Subscribe, channel: string): void {
     this.#wakeUps ??= new WakeUps(this.#client);
-    this.#wakeUps.watch(subscribe, channel, () => this.wake());
+    this.#wakeUps.watch(subscribe, channel, (message) => {
+      if (!message || message === this.#seat?.id) this.wake();
+    });
   }
 
   /**

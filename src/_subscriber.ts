@@ -15,8 +15,8 @@ export interface SubscriberConnection {
 
 /** What an adapter's {@linkcode OpenSubscriber} is given. */
 export interface SubscriberEvents {
-  /** Call with the channel of every message. */
-  deliver(channel: string): void;
+  /** Call with the channel of every message, and its payload. */
+  deliver(channel: string, message?: string): void;
   /**
    * Call with every error the connection reports (an `'error'` event): it
    * is reported, never thrown; waiters keep their backoff meanwhile.
@@ -44,9 +44,15 @@ export type OpenSubscriber = (
  */
 export type Subscribe = (
   channel: string,
-  listener: () => void,
+  listener: Listener,
   signal: AbortSignal,
 ) => Promise<() => Promise<void>>;
+
+/**
+ * Called with each message's payload: a release names the seat whose
+ * process it wakes, or nobody (empty, or no payload: every waiter wakes).
+ */
+export type Listener = (message?: string) => void;
 
 interface Opening {
   connection: Promise<SubscriberConnection>;
@@ -60,7 +66,7 @@ interface Opening {
  * process that no longer waits holds no extra connection, socket or timer.
  */
 export function sharedSubscriber(open: OpenSubscriber): Subscribe {
-  const listeners = new Map<string, Set<() => void>>();
+  const listeners = new Map<string, Set<Listener>>();
   // Each channel's SUBSCRIBE, once sent: settled when the server answered.
   const subscribed = new Map<string, Promise<unknown>>();
   // UNSUBSCRIBEs still on their way: a new SUBSCRIBE to the channel goes
@@ -71,8 +77,8 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
   const start = (): Opening => {
     const abort = new AbortController();
     const connection = open({
-      deliver: (channel) => {
-        for (const listener of listeners.get(channel) ?? []) listener();
+      deliver: (channel, message) => {
+        for (const listener of listeners.get(channel) ?? []) listener(message);
       },
       fail: (error) => reportSubscriberError(error),
       signal: abort.signal,

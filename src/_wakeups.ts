@@ -20,7 +20,11 @@ export class WakeUps {
   }
 
   /** Subscribes to `channel`, unless already subscribed. */
-  watch(subscribe: Subscribe, channel: string, onMessage: () => void): void {
+  watch(
+    subscribe: Subscribe,
+    channel: string,
+    onMessage: (message?: string) => void,
+  ): void {
     if (this.#unsubscribe) return;
     const watching = this.#watching = new AbortController();
     this.#unsubscribe = subscribe(channel, onMessage, watching.signal)

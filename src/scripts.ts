@@ -36,8 +36,8 @@ end`;
  * ms). `patient_ahead(seat, n, now, patience)` walks the first `n` seats
  * whose process still waits (dropping the ones that lapsed), up to `seat`,
  * and counts those that have waited `patience` ms or more: each is promised
- * one of `n` free holds; it returns the count and the earliest lapse among
- * them. `join(seat, ms)` takes a place at the back, or keeps the one it has,
+ * one of `n` free holds; it returns the count, the earliest lapse among
+ * them, and the first of them. `join(seat, ms)` takes a place at the back, or keeps the one it has,
  * and keeps it for `ms`. Either key of another type, or an ACL user without
  * the line's commands (`EXISTS TIME ZADD ZRANGE ZSCORE ZREM`), disables the
  * line (nobody waits in it): that costs fairness, never a lock.
@@ -46,26 +46,29 @@ export const LINE = `local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
 local function patient_ahead(seat, n, now, patience)
-  local count, lapse, seen, i = 0, nil, 0, 0
+  local count, lapse, first, seen, i = 0, nil, nil, 0, 0
   for _ = 1, 32 + n do
     if seen >= n then break end
     local entry = redis.pcall('ZRANGE', KEYS[3], i, i, 'WITHSCORES')
     if failed(entry) or not entry[1] or entry[1] == seat then break end
     local lapses = redis.pcall('ZSCORE', KEYS[4], entry[1])
-    if failed(lapses) then return 0, nil end
+    if failed(lapses) then return 0, nil, nil end
     if lapses and tonumber(lapses) > now then
       seen = seen + 1
       i = i + 1
       if now - tonumber(entry[2]) / 1000 >= patience then
         count = count + 1
+        first = first or entry[1]
         if not lapse or tonumber(lapses) < lapse then lapse = tonumber(lapses) end
       end
     else
-      if failed(redis.pcall('ZREM', KEYS[3], entry[1])) then return 0, nil end
+      if failed(redis.pcall('ZREM', KEYS[3], entry[1])) then
+        return 0, nil, nil
+      end
       if lapses then redis.pcall('ZREM', KEYS[4], entry[1]) end
     end
   end
-  return count, lapse
+  return count, lapse, first
 end
 local function leave_line(seat)
   redis.pcall('ZREM', KEYS[3], seat)
@@ -319,28 +322,51 @@ export function readAdopt(reply: unknown): AdoptReply {
 }
 
 /**
- * KEYS: lock, and optionally the channel that wakes waiters and the line of
- * waiting processes. ARGV: token. Replies 1 deleted our own key, 0 the key is gone, -1
- * another owner (or a key of another type) holds it and was left alone.
- * The wake-up is sharded (`SPUBLISH`, Redis 7 and later: on a cluster it
- * reaches only the lock's shard); it is a plain `PUBLISH` where the server
- * does not know `SPUBLISH`, and also when the sharded message reached nobody
- * while a process waits in line (a client that can only `SUBSCRIBE`,
- * such as `@db/redis`). Subscribers make the same choice (see
- * `_subscriber.ts`). All are `PCALL`s: a refused or lost message costs
- * waiters latency, never a release.
+ * Lua run by a release that freed a hold, to wake waiters: publishes on
+ * `KEYS[2]` with `SPUBLISH`, and also with `PUBLISH` where the server does
+ * not know `SPUBLISH`, or where the sharded message reached nobody while
+ * `KEYS[3]` exists (someone waits: a client that can only `SUBSCRIBE`, such
+ * as `@db/redis`, may be among them). With `KEYS[4]` (`KEYS[3]` is then a
+ * line, see {@linkcode LINE}) and a patience in `ARGV[2]`, the message names
+ * the seat that the freed hold is promised to, if any, and only that
+ * process's waiters wake; an empty message wakes every process's. Needs
+ * {@linkcode LINE}. All are `PCALL`s: a refused or lost message costs waiters
+ * latency, never a release.
  */
-export const RELEASE: LuaScript = {
-  source: `local holder = redis.pcall('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if KEYS[2] then
-    local sent = redis.pcall('SPUBLISH', KEYS[2], '')
-    local waiting = KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1
-    if type(sent) == 'table' or (sent == 0 and waiting) then
-      redis.pcall('PUBLISH', KEYS[2], '')
+export const PUBLISH_RELEASE = `local function publish_release()
+  local waiting, turn = false, ''
+  if KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1 then
+    waiting = true
+    if KEYS[4] then
+      local _, now = clock()
+      if now then
+        local _, _, first = patient_ahead('', 1, now, tonumber(ARGV[2]))
+        turn = first or ''
+      end
     end
   end
+  local sent = redis.pcall('SPUBLISH', KEYS[2], turn)
+  if type(sent) == 'table' or (sent == 0 and waiting) then
+    redis.pcall('PUBLISH', KEYS[2], turn)
+  end
+end`;
+
+/**
+ * KEYS: lock, and optionally the channel that wakes waiters, the line of
+ * waiting processes and when their seats lapse. ARGV: token, and with the
+ * line the patience (ms). Replies 1 deleted our own key (and woke waiters,
+ * see `PUBLISH_RELEASE`: the one the lock is promised to, or every
+ * process's), 0 the key is gone, -1 another owner (or a key of another
+ * type) holds it and was left alone. Subscribers pick the sharded or the
+ * plain channel the same way (see `_subscriber.ts`).
+ */
+export const RELEASE: LuaScript = {
+  source: `${LINE}
+${PUBLISH_RELEASE}
+local holder = redis.pcall('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if KEYS[2] then publish_release() end
   return 1
 end
 if holder == false then return 0 end

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
-import { Lock, ReadWriteLock, Semaphore } from "../mod.ts";
+import { fromIoredis, Lock, ReadWriteLock, Semaphore } from "../mod.ts";
+import { existingQueue } from "../src/_queue.ts";
+import { toScriptClient } from "../src/client.ts";
 import { startRedis } from "./_redis.ts";
 import type { RespClient } from "./_resp.ts";
-import { evalClient, lineUp, until, within } from "./_util.ts";
+import { evalClient, lineUp, sleep, until, within } from "./_util.ts";
 
 // Across processes, waiters take places in the lock's line in Redis: once
 // the first process in line has waited the patience (30 ms), a free lock
@@ -267,4 +269,57 @@ Deno.test("a free write lock goes to the writer process first in line once it ha
   assert.deepEqual(grants, ["first in line", "second in line"]);
   assert.equal(await next.release(), true);
   assert.deepEqual((await line(env.side, "writers", key)).seats, []);
+});
+
+Deno.test("a release wakes only the process the lock is promised to; the others in line sleep on", async () => {
+  await using env = await setup();
+  const behind = new Redis(env.woken.options.port!, "127.0.0.1");
+  try {
+    const first = fromIoredis(env.woken);
+    const second = fromIoredis(behind);
+    const holder = await Lock.acquire(env.other, "targeted");
+    const slow = { timeout: 10_000, retryDelay: 500, maxRetryDelay: 1_000 };
+    const firstWaits = Lock.acquire(first, "targeted", slow);
+    firstWaits.catch(() => {});
+    await patientLine(env.side, "targeted", 1);
+    const secondWaits = Lock.acquire(second, "targeted", slow);
+    secondWaits.catch(() => {});
+    await until(
+      async () => (await line(env.side, "targeted")).seats.length === 2,
+      5_000,
+      "the second process takes a place in line",
+    );
+    await lineUp(first, "targeted", 1);
+    await lineUp(second, "targeted", 1);
+    const { released } = Lock.keys("targeted");
+    await until(
+      async () => {
+        const reply = await env.side.send("PUBSUB", "SHARDNUMSUB", released);
+        return Number((reply as unknown[])[1]) === 2;
+      },
+      5_000,
+      "both processes listen for releases",
+    );
+    // Wake-ups of the second's queue (its backoff timer is not one).
+    const queue = existingQueue(
+      toScriptClient(second),
+      Lock.keys("targeted").lock,
+    )!;
+    let woken = 0;
+    const wake = queue.wake.bind(queue);
+    queue.wake = () => {
+      woken++;
+      wake();
+    };
+    assert.equal(await holder.release(), true);
+    const lock = await within(firstWaits, 2_000, "the first in line's grant");
+    // Long enough for the release's message to have reached both.
+    await sleep(100);
+    assert.equal(woken, 0, "the second process was woken too");
+    assert.equal(await lock.release(), true);
+    const next = await within(secondWaits, 5_000, "the second's grant");
+    assert.equal(await next.release(), true);
+  } finally {
+    behind.disconnect();
+  }
 });

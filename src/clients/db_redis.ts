@@ -28,7 +28,7 @@ export interface DbRedisSubscription {
   /** `UNSUBSCRIBE`. */
   unsubscribe(...channels: string[]): Promise<unknown>;
   /** The messages, until the connection closes. */
-  receive(): AsyncIterableIterator<{ channel: string }>;
+  receive(): AsyncIterableIterator<{ channel: string; message: string }>;
   /** Closes the connection. */
   close(): void;
 }
@@ -117,10 +117,12 @@ function openSubscriber(
     let subscription: Promise<DbRedisSubscription> | undefined;
     let reading: Promise<void> | undefined;
     const read = async (
-      messages: AsyncIterableIterator<{ channel: string }>,
+      messages: AsyncIterableIterator<{ channel: string; message: string }>,
     ) => {
       try {
-        for await (const { channel } of messages) deliver(channel);
+        for await (const { channel, message } of messages) {
+          deliver(channel, message);
+        }
       } catch (error) {
         if (!signal.aborted) fail(error);
       }

@@ -66,12 +66,12 @@ export interface IoredisSubscriber {
    * Listens for plain (`message`) and sharded (`smessage`) messages, for
    * errors (`error`), for each (re)connection being ready (`ready`) and for
    * the end of the connection (`end`). Typed as ioredis' overloads allow:
-   * the listener gets the channel for messages, the error for `error`,
-   * nothing for `ready` and `end`.
+   * the listener gets the channel and the payload for messages, the error
+   * for `error`, nothing for `ready` and `end`.
    */
   on(
     event: "message" | "smessage" | "error" | "ready" | "end",
-    listener: (channel: string) => void,
+    listener: (channel: string, message?: string) => void,
   ): unknown;
   /** Removes a listener added with `on`. */
   off(event: "end", listener: () => void): unknown;
@@ -146,9 +146,10 @@ function openSubscriber(
     // publishes on the prefixed channel) and on SSUBSCRIBE's channel, not on
     // SUBSCRIBE's; messages come with the prefixed name.
     const prefix = client.options?.keyPrefix ?? "";
-    const unprefixed = (channel: string) =>
+    const unprefixed = (channel: string, message?: unknown) =>
       deliver(
         channel.startsWith(prefix) ? channel.slice(prefix.length) : channel,
+        message === undefined ? undefined : String(message),
       );
     // Until connect() settles, its rejection says what went wrong.
     let connected = false;

@@ -36,13 +36,25 @@ export interface NodeRedisClient {
   /** A cluster's connection to one node. */
   nodeClient?(node: never): unknown;
   /** `SSUBSCRIBE` on a cluster. */
-  sSubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  sSubscribe?(
+    channel: string,
+    listener: (message: unknown) => void,
+  ): Promise<unknown>;
   /** `SUNSUBSCRIBE` on a cluster. */
-  sUnsubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  sUnsubscribe?(
+    channel: string,
+    listener: (message: unknown) => void,
+  ): Promise<unknown>;
   /** `SUBSCRIBE` on a cluster. */
-  subscribe?(channel: string, listener: () => void): Promise<unknown>;
+  subscribe?(
+    channel: string,
+    listener: (message: unknown) => void,
+  ): Promise<unknown>;
   /** `UNSUBSCRIBE` on a cluster. */
-  unsubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  unsubscribe?(
+    channel: string,
+    listener: (message: unknown) => void,
+  ): Promise<unknown>;
 }
 
 /** The part of a node-redis client (a duplicate) used to subscribe. */
@@ -52,11 +64,17 @@ export interface NodeRedisSubscriber {
   /** Listens for connection errors. */
   on(event: "error", listener: (error: unknown) => void): unknown;
   /** `SUBSCRIBE` with a listener. */
-  subscribe(channel: string, listener: () => void): Promise<unknown>;
+  subscribe(
+    channel: string,
+    listener: (message: unknown) => void,
+  ): Promise<unknown>;
   /** `UNSUBSCRIBE`. */
   unsubscribe(channel: string): Promise<unknown>;
   /** `SSUBSCRIBE` with a listener. */
-  sSubscribe?(channel: string, listener: () => void): Promise<unknown>;
+  sSubscribe?(
+    channel: string,
+    listener: (message: unknown) => void,
+  ): Promise<unknown>;
   /** `SUNSUBSCRIBE`. */
   sUnsubscribe?(channel: string): Promise<unknown>;
   /** Closes the socket at once (node-redis 5 and 6). */
@@ -170,12 +188,18 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
       ...shardedFirst(
         subscriber.sSubscribe && {
           subscribe: (channel) =>
-            subscriber.sSubscribe!(channel, () => deliver(channel)),
+            subscriber.sSubscribe!(
+              channel,
+              (message) => deliver(channel, text(message)),
+            ),
           unsubscribe: (channel) => subscriber.sUnsubscribe!(channel),
         },
         {
           subscribe: (channel) =>
-            subscriber.subscribe(channel, () => deliver(channel)),
+            subscriber.subscribe(
+              channel,
+              (message) => deliver(channel, text(message)),
+            ),
           unsubscribe: (channel) => subscriber.unsubscribe(channel),
         },
       ),
@@ -193,7 +217,10 @@ function cluster(
   wait(numreplicas: number, timeout: number, key: string): Promise<unknown>;
   subscribe?: ReturnType<typeof sharedSubscriber>;
 } {
-  type Commands = (channel: string, listener: () => void) => Promise<unknown>;
+  type Commands = (
+    channel: string,
+    listener: (message: unknown) => void,
+  ) => Promise<unknown>;
   const bound = (command: Commands | undefined) => command?.bind(cluster);
   const [sSubscribe, sUnsubscribe, subscribe, unsubscribe] = [
     bound(cluster.sSubscribe),
@@ -211,10 +238,15 @@ function cluster(
     },
     ...(subscribe && unsubscribe && {
       subscribe: sharedSubscriber(({ deliver }) => {
-        const listeners = new Map<string, () => void>();
+        const listeners = new Map<string, (message: unknown) => void>();
         const listener = (channel: string) => {
           let each = listeners.get(channel);
-          if (!each) listeners.set(channel, each = () => deliver(channel));
+          if (!each) {
+            listeners.set(
+              channel,
+              each = (message) => deliver(channel, text(message)),
+            );
+          }
           return each;
         };
         const forget = (run: Commands) => (channel: string) => {
@@ -248,3 +280,7 @@ function cluster(
     }),
   };
 }
+
+// A message's payload as text (node-redis gives a Buffer in buffer mode).
+const text = (message: unknown): string | undefined =>
+  message === undefined ? undefined : String(message);
