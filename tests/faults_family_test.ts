@@ -15,7 +15,8 @@ import { abortedAt, within } from "./_util.ts";
 // restarted without persistence, a server clock that jumps (emulated by
 // moving a lease's end to now), and a holder paused past its lease. In each,
 // every holder's loss is signalled before its validUntil, and the hold is
-// free afterwards. Killed holders and the chaos proxy are in the soak.
+// free afterwards. Killed holders, a blackholed connection and lost replies
+// are in faults_family_network_test.ts.
 
 const TTL = 1_500;
 
