@@ -14,7 +14,6 @@ import {
   RELEASE,
 } from "./scripts.ts";
 import { now } from "./_timers.ts";
-import { PATIENCE_MS } from "./_seat.ts";
 
 /**
  * The handover protocol: how a lock passes between waiters, in one process
@@ -240,10 +239,7 @@ async function deleteKey(
 ): Promise<boolean> {
   const { lock, released, line, seats } = store.keys;
   const reply = await store.settle(
-    runScript(store.client, RELEASE, [lock, released, line, seats], [
-      token,
-      String(PATIENCE_MS),
-    ]),
+    runScript(store.client, RELEASE, [lock, released, line, seats], [token]),
   );
   if (quiet > 0) queue?.wakeLater(quiet);
   else queue?.wake();

@@ -109,8 +109,7 @@ return 1`,
 /**
  * KEYS: permits, and optionally the channel that wakes waiters, a key that
  * exists while someone waits (a semaphore's line, a writer's mark) and, for
- * a semaphore, when the line's seats lapse. ARGV: token, and with the line
- * the patience (ms). Frees the token's permit and, if its lease was still
+ * a semaphore, when the line's seats lapse. ARGV: token. Frees the token's permit and, if its lease was still
  * running, wakes waiters as a lock's release does (see `PUBLISH_RELEASE`).
  * Replies 1 freed a running permit, 0 there was none, -1 the key holds
  * another type (left alone).
@@ -209,7 +208,7 @@ export function permitScripts(
     release: (token, quiet) => ({
       script: RELEASE_PERMIT,
       keys: quiet ? [lock] : [lock, released, line, seats],
-      args: [token, String(PATIENCE_MS)],
+      args: [token],
     }),
     readOwner: readPermitOwner,
     lost: (owner) =>

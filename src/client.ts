@@ -80,8 +80,9 @@ export interface ClientHooks {
    * (the wait ended first), undo what was started and reject. When
    * present, a waiter is woken as soon as the holder releases, instead of
    * at its next backoff attempt. Pass each message's payload to `listener`:
-   * a release names the seat of the process whose turn it is, so that only
-   * its waiters wake (a listener called without it wakes every waiter).
+   * a release names the seat of the process first in line, whose turn it
+   * is, so that only its waiters wake (a listener called without it wakes
+   * every waiter).
    */
   subscribe?(
     channel: string,

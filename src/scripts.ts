@@ -327,9 +327,12 @@ export function readAdopt(reply: unknown): AdoptReply {
  * not know `SPUBLISH`, or where the sharded message reached nobody while
  * `KEYS[3]` exists (someone waits: a client that can only `SUBSCRIBE`, such
  * as `@db/redis`, may be among them). With `KEYS[4]` (`KEYS[3]` is then a
- * line, see {@linkcode LINE}) and a patience in `ARGV[2]`, the message names
- * the seat that the freed hold is promised to, if any, and only that
- * process's waiters wake; an empty message wakes every process's. Needs
+ * line, see {@linkcode LINE}), the message names the first seat in line,
+ * and only that process's waiters wake: the freed hold is its turn (promised
+ * to it once it has waited the patience). Others in line sleep on, so a
+ * release costs one attempt, not one per waiting process; a process first in
+ * line that cannot hear messages takes its turn at its next backoff attempt.
+ * An empty message (nobody in line) wakes every process's waiters. Needs
  * {@linkcode LINE}. All are `PCALL`s: a refused or lost message costs waiters
  * latency, never a release.
  */
@@ -340,7 +343,7 @@ export const PUBLISH_RELEASE = `local function publish_release()
     if KEYS[4] then
       local _, now = clock()
       if now then
-        local _, _, first = patient_ahead('', 1, now, tonumber(ARGV[2]))
+        local _, _, first = patient_ahead('', 1, now, 0)
         turn = first or ''
       end
     end
@@ -353,10 +356,9 @@ end`;
 
 /**
  * KEYS: lock, and optionally the channel that wakes waiters, the line of
- * waiting processes and when their seats lapse. ARGV: token, and with the
- * line the patience (ms). Replies 1 deleted our own key (and woke waiters,
- * see `PUBLISH_RELEASE`: the one the lock is promised to, or every
- * process's), 0 the key is gone, -1 another owner (or a key of another
+ * waiting processes and when their seats lapse. ARGV: token. Replies 1
+ * deleted our own key (and woke waiters, see `PUBLISH_RELEASE`: the first
+ * process in line, or every process's), 0 the key is gone, -1 another owner (or a key of another
  * type) holds it and was left alone. Subscribers pick the sharded or the
  * plain channel the same way (see `_subscriber.ts`).
  */
