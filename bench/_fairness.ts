@@ -8,6 +8,7 @@
  */
 
 import { clock, readLines } from "./compare/_libraries.ts";
+import { spawnScript } from "./_runtime.ts";
 
 /** What one run of the scenario measured. */
 export interface FairnessRun {
@@ -36,23 +37,14 @@ export async function fairnessRun(
   const children = Array.from(
     { length: processes },
     () =>
-      new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          "--no-lock",
-          new URL("./_fairness_worker.ts", import.meta.url).href,
-          String(port),
-          id,
-          key,
-          String(workers),
-          String(section),
-          String(ms),
-        ],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn(),
+      spawnScript(new URL("./_fairness_worker.ts", import.meta.url), [
+        String(port),
+        id,
+        key,
+        String(workers),
+        String(section),
+        String(ms),
+      ]),
   );
   const lines = children.map((child) => readLines(child.stdout));
   const next = async (i: number, event: string) => {

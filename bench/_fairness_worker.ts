@@ -18,8 +18,9 @@ import {
   sleep,
   variant,
 } from "./compare/_libraries.ts";
+import { args, stdin } from "./_runtime.ts";
 
-const [port, id, key, workers, section, ms] = Deno.args;
+const [port, id, key, workers, section, ms] = args;
 const redis = new Redis(Number(port), "127.0.0.1");
 await new Promise((resolve) => redis.once("ready", resolve));
 const v = variant(id);
@@ -29,7 +30,7 @@ const waits: number[] = [];
 let gaveUp = 0;
 
 console.log(JSON.stringify({ event: "ready" }));
-const { value: start } = await readLines(Deno.stdin.readable).next();
+const { value: start } = await readLines(stdin()).next();
 const end = Number(start) + Number(ms);
 await sleep(Math.max(0, Number(start) - clock()));
 await Promise.all(counts.map(async (_, worker) => {

@@ -198,7 +198,8 @@ export class Lock extends LockHandle {
    * @param name The lock's name.
    * @param options The key prefix, `"deadbolt:"` by default.
    * @returns The lock key (the holder's token, with the lease as its
-   * expiry), the fence counter, the release channel and the waiting mark.
+   * expiry), the fence counter, the release channel, and the line of waiting
+   * processes with when their places lapse.
    * @throws {TypeError} when the name or prefix is not valid.
    */
   static keys(

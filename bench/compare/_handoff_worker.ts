@@ -1,6 +1,7 @@
 /**
  * One side of the handoff workload, as its own process:
- * `deno run -A bench/compare/_handoff_worker.ts <port>`. It reads one JSON
+ * `deno run -A bench/compare/_handoff_worker.ts <port>` (or under Node, see
+ * `../_runtime.ts`). It reads one JSON
  * command per line on stdin and answers with one JSON line on stdout:
  *
  * - `{ op: "hold", id, key }`: acquires `key` with variant `id`, then
@@ -28,13 +29,14 @@ import {
   sleep,
   variant,
 } from "./_libraries.ts";
+import { args, stdin } from "../_runtime.ts";
 
 type Command =
   | { op: "hold" | "wait"; id: string; key: string }
   | { op: "release"; after: number }
   | { op: "exit" };
 
-const redis = new Redis(Number(Deno.args[0]), "127.0.0.1");
+const redis = new Redis(Number(args[0]), "127.0.0.1");
 await new Promise((resolve) => redis.once("ready", resolve));
 
 const factories = new Map<string, (key: string) => Contender>();
@@ -57,7 +59,7 @@ function say(message: Record<string, unknown>): void {
 }
 
 say({ event: "ready" });
-for await (const line of readLines(Deno.stdin.readable)) {
+for await (const line of readLines(stdin())) {
   const command = JSON.parse(line) as Command;
   if (command.op === "hold") {
     held = await contender(command.id, command.key).acquire();

@@ -2,7 +2,7 @@
  * deadbolt side by side with the Redis locks people use from npm, on one
  * redis-server that this script starts and stops.
  *
- * Usage: `deno run -A bench/compare/compare.ts [--rounds N] [--seconds S] [--handoffs H]`
+ * Usage: `deno run -A bench/compare/compare.ts [--rounds N] [--seconds S] [--handoffs H] [--runtime node [--node PATH]]`
  *   --rounds N    rounds (default 3); each round runs every workload for
  *                 every library, in an order rotated by one each round, so
  *                 machine noise hits all alike (within a round, uncontended
@@ -10,6 +10,8 @@
  *   --seconds S   measuring window: S for uncontended, 2·S for each contended
  *                 workload (default 1)
  *   --handoffs H  handoffs per library over all rounds (default 60)
+ *   --runtime node  run the comparison under Node 24 instead (Deno still
+ *                 runs the redis-server; see `_under_node.ts`)
  * With the defaults a run takes about three minutes on 2 cores. It prints
  * Markdown tables on stdout and progress on stderr.
  *
@@ -37,7 +39,15 @@
  */
 
 import { parseArgs } from "node:util";
-import { startRedis } from "../../tests/_redis.ts";
+import {
+  args,
+  type Child,
+  isDeno,
+  platform,
+  readText,
+  runtimeLabel,
+  spawnScript,
+} from "../_runtime.ts";
 import { fromIoredis } from "../../mod.ts";
 import { lockKeys } from "../../src/keys.ts";
 import { ACQUIRE, RELEASE } from "../../src/scripts.ts";
@@ -58,13 +68,20 @@ import {
 } from "./_libraries.ts";
 
 const { values: flags } = parseArgs({
-  args: Deno.args,
+  args,
   options: {
     rounds: { type: "string", default: "3" },
     seconds: { type: "string", default: "1" },
     handoffs: { type: "string", default: "60" },
+    runtime: { type: "string", default: "deno" },
+    node: { type: "string" },
+    port: { type: "string" },
   },
 });
+if (isDeno && flags.runtime === "node") {
+  const { underNode } = await import("./_under_node.ts");
+  Deno.exit(await underNode(args));
+}
 const ROUNDS = positive("rounds", flags.rounds);
 const SECONDS = positive("seconds", flags.seconds);
 const HANDOFFS = positive("handoffs", flags.handoffs);
@@ -316,27 +333,17 @@ async function contended(
 
 /** A `_handoff_worker.ts` process, spoken to in JSON lines. */
 class Worker implements AsyncDisposable {
-  #child: Deno.ChildProcess;
+  #child: Child;
   #lines: AsyncGenerator<string>;
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
   #name: string;
 
   constructor(name: string, port: number) {
     this.#name = name;
-    this.#child = new Deno.Command(Deno.execPath(), {
-      // The parent has resolved and locked the same pinned packages already;
-      // the two children leave the lockfile alone rather than both write it.
-      args: [
-        "run",
-        "-A",
-        "--no-lock",
-        new URL("./_handoff_worker.ts", import.meta.url).href,
-        String(port),
-      ],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
+    this.#child = spawnScript(
+      new URL("./_handoff_worker.ts", import.meta.url),
+      [String(port)],
+    );
     this.#lines = readLines(this.#child.stdout);
     this.#stdin = this.#child.stdin.getWriter();
   }
@@ -444,10 +451,13 @@ const name = (v: Variant): string => v.peer ? v.library : `**${v.library}**`;
 
 // ---------------------------------------------------------------- main
 
-const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => ""))
+const cpu = (await readText("/proc/cpuinfo"))
   .match(/^model name\s*:\s*(.*)$/m)?.[1] ?? "unknown CPU";
 
-await using server = await startRedis();
+// Under Node, the Deno side (`--runtime node`) runs the server.
+await using server = flags.port
+  ? { port: Number(flags.port), [Symbol.asyncDispose]: async () => {} }
+  : await (await import("../../tests/_redis.ts")).startRedis();
 const side = await connect(server.port);
 const redisVersion =
   (await side.info("server")).match(/^redis_version:(\S+)/m)?.[1] ??
@@ -667,16 +677,17 @@ await waiter[Symbol.asyncDispose]();
 await side.quit();
 const elapsed = (now() - started) / 1000;
 
-const command = ["deno run -A bench/compare/compare.ts", ...Deno.args].join(
-  " ",
-);
+const command = [
+  "deno run -A bench/compare/compare.ts",
+  ...(isDeno ? args : ["--runtime", "node"]),
+].join(" ");
 const out: string[] = [];
 out.push(
   `## deadbolt and its peers, side by side`,
   "",
   `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, "Z")}`,
-  `- Machine: ${cpu}, ${navigator.hardwareConcurrency} cores, ${Deno.build.os} ${Deno.build.arch}`,
-  `- Deno ${Deno.version.deno} (V8 ${Deno.version.v8}); redis-server ${redisVersion} on loopback; ioredis 6 for every library`,
+  `- Machine: ${cpu}, ${navigator.hardwareConcurrency} cores, ${platform}`,
+  `- ${runtimeLabel}; redis-server ${redisVersion} on loopback; ioredis 6 for every library`,
   `- Command: \`${command}\` (${ROUNDS} round${
     ROUNDS === 1 ? "" : "s"
   }, library order rotated each round; ${elapsed.toFixed(0)} s)`,
