@@ -1,5 +1,5 @@
 import { toIntegers } from "./_run_script.ts";
-import type { LuaScript, Owner } from "./scripts.ts";
+import { LINE, type LuaScript, type Owner } from "./scripts.ts";
 
 // A multi-lock holds the keys of several locks under one token: each key
 // exactly as a Lock's (so Lock handles of the same names exclude it, and it
@@ -7,22 +7,36 @@ import type { LuaScript, Owner } from "./scripts.ts";
 // server, all of them): it takes every key or none.
 
 /**
- * KEYS: the locks' keys. ARGV: token, ttl in ms. Takes every key, or none
- * if any holds another owner's token. Replies {1, 0, 0} taken (a key that
- * holds this token already is renewed), {0, pttl, i} KEYS[i], the first key
- * found held by another owner, has `pttl` ms left, {2, 0, i} KEYS[i] holds
- * another type.
+ * KEYS: the locks' keys, then their lines of waiting processes, then when
+ * those lines' seats lapse (n of each). ARGV: token, ttl in ms, patience
+ * (ms). Takes every key, or none if any holds another owner's token or is
+ * free but promised to a process that has waited in its line the patience
+ * (see `LINE`; a set takes no place in line). Replies {1, 0, 0} taken (a
+ * key that holds this token already is renewed), {0, ms, i} KEYS[i], the
+ * first key found in the way, is held for `ms` more or promised for at most
+ * `ms`, {2, 0, i} KEYS[i] holds another type.
  */
 export const ACQUIRE_ALL: LuaScript = {
-  source: `for i, key in ipairs(KEYS) do
-  local holder = redis.pcall('GET', key)
+  source: `${LINE}
+local n = #KEYS / 3
+local _, now
+for i = 1, n do
+  local holder = redis.pcall('GET', KEYS[i])
   if type(holder) == 'table' then return {2, 0, i} end
   if holder and holder ~= ARGV[1] then
-    return {0, redis.call('PTTL', key), i}
+    return {0, redis.call('PTTL', KEYS[i]), i}
+  end
+  if not holder and redis.pcall('EXISTS', KEYS[n + i]) == 1 then
+    if not now then _, now = clock() end
+    if now then
+      line_key, seats_key = KEYS[n + i], KEYS[2 * n + i]
+      local ahead, lapse = patient_ahead('', 1, now, tonumber(ARGV[3]))
+      if ahead > 0 then return {0, math.max(1, lapse - now), i} end
+    end
   end
 end
-for _, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
 end
 return {1, 0, 0}`,
 };

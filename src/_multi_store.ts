@@ -22,6 +22,7 @@ import {
   RELEASE_ALL,
 } from "./_multi_scripts.ts";
 import { delay, now } from "./_timers.ts";
+import { PATIENCE_MS } from "./_seat.ts";
 import type { MultiLockSettings, WaitSettings } from "./options.ts";
 
 const noop = (): void => {};
@@ -30,6 +31,8 @@ const noop = (): void => {};
 interface Group {
   readonly keys: string[];
   readonly channels: string[];
+  /** The keys' lines of waiting processes, and when their seats lapse. */
+  readonly lines: string[];
 }
 
 /**
@@ -144,10 +147,12 @@ export class MultiStore implements Store {
       for (let i = 0; i < this.#groups.length && !busy; i++) {
         const group = this.#groups[i];
         const sent = now();
-        const call = runScript(this.#client, ACQUIRE_ALL, group.keys, [
-          token,
-          String(ttl),
-        ]);
+        const call = runScript(
+          this.#client,
+          ACQUIRE_ALL,
+          [...group.keys, ...group.lines],
+          [token, String(ttl), String(PATIENCE_MS)],
+        );
         let reply: AllReply;
         try {
           reply = readAll(await this.#settle(call, signal));
@@ -226,13 +231,18 @@ export class MultiStore implements Store {
 
 // One group per hash slot on a cluster, taken by slot; else one group.
 function groupBySlot(locks: LockKeys[], cluster: boolean): Group[] {
-  const bySlot = new Map<number, Group>();
-  for (const { lock, released } of locks) {
-    const slot = cluster ? keySlot(lock) : 0;
+  const bySlot = new Map<number, { locks: LockKeys[] }>();
+  for (const keys of locks) {
+    const slot = cluster ? keySlot(keys.lock) : 0;
     let group = bySlot.get(slot);
-    if (!group) bySlot.set(slot, group = { keys: [], channels: [] });
-    group.keys.push(lock);
-    group.channels.push(released);
+    if (!group) bySlot.set(slot, group = { locks: [] });
+    group.locks.push(keys);
   }
-  return [...bySlot.entries()].sort(([a], [b]) => a - b).map(([, g]) => g);
+  return [...bySlot.entries()].sort(([a], [b]) => a - b).map((
+    [, { locks }],
+  ) => ({
+    keys: locks.map((k) => k.lock),
+    channels: locks.map((k) => k.released),
+    lines: [...locks.map((k) => k.line), ...locks.map((k) => k.seats)],
+  }));
 }

@@ -31,27 +31,30 @@ export const CHECK_FENCE = `if fencing then
 end`;
 
 /**
- * Lua for the line of waiting processes, `KEYS[3]` (seats scored by arrival
- * on Redis' clock, in µs) and `KEYS[4]` (seats scored by when they lapse, in
- * ms). `patient_ahead(seat, n, now, patience)` walks the first `n` seats
+ * Lua for the line of waiting processes, `line_key` (seats scored by
+ * arrival on Redis' clock, in µs) and `seats_key` (seats scored by when they
+ * lapse, in ms): `KEYS[3]` and `KEYS[4]` unless a script points them at
+ * another lock's line. `patient_ahead(seat, n, now, patience)` walks the
+ * first `n` seats
  * whose process still waits (dropping the ones that lapsed), up to `seat`,
  * and counts those that have waited `patience` ms or more: each is promised
  * one of `n` free holds; it returns the count, the earliest lapse among
- * them, and the first of them. `join(seat, ms)` takes a place at the back, or keeps the one it has,
- * and keeps it for `ms`. Either key of another type, or an ACL user without
+ * them, and the first of them. `join(seat, ms)` takes a place at the back,
+ * or keeps the one it has, and keeps it for `ms`. Either key of another type, or an ACL user without
  * the line's commands (`EXISTS TIME ZADD ZRANGE ZSCORE ZREM`), disables the
  * line (nobody waits in it): that costs fairness, never a lock.
  */
-export const LINE = `local function failed(reply)
+export const LINE = `local line_key, seats_key = KEYS[3], KEYS[4]
+local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
 local function patient_ahead(seat, n, now, patience)
   local count, lapse, first, seen, i = 0, nil, nil, 0, 0
   for _ = 1, 32 + n do
     if seen >= n then break end
-    local entry = redis.pcall('ZRANGE', KEYS[3], i, i, 'WITHSCORES')
+    local entry = redis.pcall('ZRANGE', line_key, i, i, 'WITHSCORES')
     if failed(entry) or not entry[1] or entry[1] == seat then break end
-    local lapses = redis.pcall('ZSCORE', KEYS[4], entry[1])
+    local lapses = redis.pcall('ZSCORE', seats_key, entry[1])
     if failed(lapses) then return 0, nil, nil end
     if lapses and tonumber(lapses) > now then
       seen = seen + 1
@@ -62,17 +65,17 @@ local function patient_ahead(seat, n, now, patience)
         if not lapse or tonumber(lapses) < lapse then lapse = tonumber(lapses) end
       end
     else
-      if failed(redis.pcall('ZREM', KEYS[3], entry[1])) then
+      if failed(redis.pcall('ZREM', line_key, entry[1])) then
         return 0, nil, nil
       end
-      if lapses then redis.pcall('ZREM', KEYS[4], entry[1]) end
+      if lapses then redis.pcall('ZREM', seats_key, entry[1]) end
     end
   end
   return count, lapse, first
 end
 local function leave_line(seat)
-  redis.pcall('ZREM', KEYS[3], seat)
-  redis.pcall('ZREM', KEYS[4], seat)
+  redis.pcall('ZREM', line_key, seat)
+  redis.pcall('ZREM', seats_key, seat)
 end
 local function clock()
   local t = redis.pcall('TIME')
@@ -83,16 +86,16 @@ local function join(seat, ms)
   local t, now = clock()
   if not t then return end
   local arrival = t[1] .. string.format('%06d', tonumber(t[2]))
-  if failed(redis.pcall('ZADD', KEYS[4], string.format('%d', now + ms), seat)) then
+  if failed(redis.pcall('ZADD', seats_key, string.format('%d', now + ms), seat)) then
     return
   end
-  if failed(redis.pcall('ZADD', KEYS[3], 'NX', arrival, seat)) then
-    redis.pcall('ZREM', KEYS[4], seat)
+  if failed(redis.pcall('ZADD', line_key, 'NX', arrival, seat)) then
+    redis.pcall('ZREM', seats_key, seat)
     return
   end
-  for i = 3, 4 do
-    if redis.call('PTTL', KEYS[i]) < tonumber(ms) then
-      redis.call('PEXPIRE', KEYS[i], ms)
+  for _, key in ipairs({line_key, seats_key}) do
+    if redis.call('PTTL', key) < tonumber(ms) then
+      redis.call('PEXPIRE', key, ms)
     end
   end
 end`;

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
-import { fromIoredis, Lock, ReadWriteLock, Semaphore } from "../mod.ts";
+import {
+  fromIoredis,
+  Lock,
+  MultiLock,
+  ReadWriteLock,
+  Semaphore,
+} from "../mod.ts";
 import { existingQueue } from "../src/_queue.ts";
 import { toScriptClient } from "../src/client.ts";
 import { startRedis } from "./_redis.ts";
@@ -322,4 +328,24 @@ Deno.test("a release wakes only the process the lock is promised to; the others 
   } finally {
     behind.disconnect();
   }
+});
+
+Deno.test("a MultiLock gets no free lock promised to a process that has waited in line 30 ms, and takes the set once nobody is", async () => {
+  await using env = await setup();
+  const holder = await Lock.acquire(env.other, "set-a");
+  const waiter = Lock.acquire(env.sleeper, "set-a", SLOW);
+  waiter.catch(() => {});
+  await patientLine(env.side, "set-a", 1);
+  assert.equal(await holder.release(), true);
+  assert.equal(await MultiLock.tryAcquire(env.woken, ["set-a", "set-b"]), null);
+  assert.equal(
+    Number(await env.side.send("EXISTS", Lock.keys("set-b").lock)),
+    0,
+    "nothing of the set taken",
+  );
+  const lock = await within(waiter, 5_000, "the waiter's grant");
+  assert.equal(await lock.release(), true);
+  const set = await MultiLock.tryAcquire(env.woken, ["set-a", "set-b"]);
+  assert.ok(set, "the set once nobody waits");
+  assert.equal(await set.release(), true);
 });
