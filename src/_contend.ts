@@ -6,7 +6,8 @@ import type { Handed } from "./_queue.ts";
 import type { Waiting } from "./_waiting.ts";
 import type { RedisStore } from "./_redis_store.ts";
 import { runScript, toIntegers } from "./_run_script.ts";
-import { ACQUIRE, type AcquireReply, LEAVE, readAcquire } from "./scripts.ts";
+import { ACQUIRE, type AcquireReply, readAcquire } from "./scripts.ts";
+import { LEAVE } from "./_line_scripts.ts";
 import { delay, now } from "./_timers.ts";
 import { PATIENCE_MS, placeFor } from "./_seat.ts";
 

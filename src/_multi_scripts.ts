@@ -1,5 +1,6 @@
 import { toIntegers } from "./_run_script.ts";
-import { LINE, type LuaScript, type Owner } from "./scripts.ts";
+import type { LuaScript, Owner } from "./scripts.ts";
+import { LINE } from "./_line_scripts.ts";
 
 // A multi-lock holds the keys of several locks under one token: each key
 // exactly as a Lock's (so Lock handles of the same names exclude it, and it

@@ -14,12 +14,11 @@ import {
 import {
   CHECK_FENCE,
   EXTEND,
-  LEAVE,
-  LINE,
   type LuaScript,
   readOwner,
   RELEASE,
 } from "./scripts.ts";
+import { LEAVE, LINE } from "./_line_scripts.ts";
 import { PATIENCE_MS } from "./_seat.ts";
 import type { ReadWriteLockSettings } from "./options.ts";
 

@@ -15,10 +15,10 @@ import {
   EAGER_HANDOVER,
   EXTEND,
   HANDOVER,
-  LEAVE,
   type LuaScript,
   RELEASE,
 } from "../src/scripts.ts";
+import { LEAVE } from "../src/_line_scripts.ts";
 
 /** Which of deadbolt's scripts a call runs. */
 export type ScriptKind =
