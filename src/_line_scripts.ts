@@ -96,15 +96,16 @@ return 1`,
  * to it once it has waited the patience). Others in line sleep on, so a
  * release costs one attempt, not one per waiting process; a process first in
  * line that cannot hear messages takes its turn at its next backoff attempt.
- * An empty message (nobody in line) wakes every process's waiters. Needs
- * {@linkcode LINE}. All are `PCALL`s: a refused or lost message costs waiters
- * latency, never a release.
+ * An empty message (nobody in line) wakes every process's waiters. A block
+ * of its own: {@linkcode LINE} is defined in it only when someone waits, so
+ * a release nobody waits for does not pay for it.
  */
-export const PUBLISH_RELEASE = `local function publish_release()
+export const PUBLISH_RELEASE = `do
   local waiting, turn = false, ''
   if KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1 then
     waiting = true
     if KEYS[4] then
+${LINE}
       local _, now = clock()
       if now then
         local _, _, first = patient_ahead('', 1, now, 0)

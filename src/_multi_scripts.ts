@@ -18,9 +18,8 @@ import { LINE } from "./_line_scripts.ts";
  * `ms`, {2, 0, i} KEYS[i] holds another type.
  */
 export const ACQUIRE_ALL: LuaScript = {
-  source: `${LINE}
-local n = #KEYS / 3
-local _, now
+  source: `local n = #KEYS / 3
+local lined = {}
 for i = 1, n do
   local holder = redis.pcall('GET', KEYS[i])
   if type(holder) == 'table' then return {2, 0, i} end
@@ -28,8 +27,15 @@ for i = 1, n do
     return {0, redis.call('PTTL', KEYS[i]), i}
   end
   if not holder and redis.pcall('EXISTS', KEYS[n + i]) == 1 then
-    if not now then _, now = clock() end
-    if now then
+    lined[#lined + 1] = i
+  end
+end
+if #lined > 0 then
+  -- Some free name has processes in line: the line's Lua, only then.
+${LINE}
+  local _, now = clock()
+  if now then
+    for _, i in ipairs(lined) do
       line_key, seats_key = KEYS[n + i], KEYS[2 * n + i]
       local ahead, lapse = patient_ahead('', 1, now, tonumber(ARGV[3]))
       if ahead > 0 then return {0, math.max(1, lapse - now), i} end

@@ -49,7 +49,6 @@ export const ACQUIRE_PERMIT: LuaScript = {
 ${CHECK_FENCE}
 ${NOW}
 ${prune("KEYS[1]")}
-${LINE}
 local ttl = tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
@@ -59,17 +58,23 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
 end
 local seat = ARGV[5]
 local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
+local lined = redis.pcall('EXISTS', KEYS[3]) == 1
+if free > 0 and not lined then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  ${expireWithLast("KEYS[1]")}
+  if fencing then return {1, redis.call('INCR', KEYS[2])} end
+  return {1, 0}
+end
+-- Someone waits, or every permit is held: the line's Lua, from here on only.
+${LINE}
 local promised = -1
 if free > 0 then
-  local lined = redis.pcall('EXISTS', KEYS[3]) == 1
-  if lined then
-    local ahead, lapse = patient_ahead(seat, free, now, tonumber(ARGV[7]))
-    if ahead >= free then promised = math.max(1, lapse - now) end
-  end
+  local ahead, lapse = patient_ahead(seat, free, now, tonumber(ARGV[7]))
+  if ahead >= free then promised = math.max(1, lapse - now) end
   if promised < 0 then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
     ${expireWithLast("KEYS[1]")}
-    if lined and seat ~= '' then leave_line(seat) end
+    if seat ~= '' then leave_line(seat) end
     if fencing then return {1, redis.call('INCR', KEYS[2])} end
     return {1, 0}
   end
@@ -110,14 +115,14 @@ return 1`,
  */
 export const RELEASE_PERMIT: LuaScript = {
   source: `${NOW}
-${LINE}
-${PUBLISH_RELEASE}
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'zset' and kind ~= 'none' then return -1 end
 local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 if not ends or tonumber(ends) <= now then return 0 end
-if KEYS[2] then publish_release() end
+if KEYS[2] then
+${PUBLISH_RELEASE}
+end
 return 1`,
 };
 

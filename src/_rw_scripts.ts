@@ -71,7 +71,6 @@ export const ACQUIRE_WRITE: LuaScript = {
   source: `local fencing = ARGV[3] == '1'
 ${CHECK_FENCE}
 ${NOW}
-${LINE}
 local writer = redis.pcall('GET', KEYS[1])
 if type(writer) == 'table' then return {2, 0} end
 if writer == ARGV[1] then
@@ -81,17 +80,24 @@ if writer == ARGV[1] then
 end
 ${prune("KEYS[5]")}
 local seat = ARGV[5]
+local free = not writer and redis.call('ZCARD', KEYS[5]) == 0
+local lined = redis.pcall('EXISTS', KEYS[3]) == 1
+if free and not lined then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if KEYS[6] then redis.call('DEL', KEYS[6]) end
+  if fencing then return {1, redis.call('INCR', KEYS[2])} end
+  return {1, 0}
+end
+-- Someone waits, or the lock is held: the line's Lua, from here on only.
+${LINE}
 local promised = -1
-if not writer and redis.call('ZCARD', KEYS[5]) == 0 then
-  local lined = redis.pcall('EXISTS', KEYS[3]) == 1
-  if lined then
-    local ahead, lapse = patient_ahead(seat, 1, now, tonumber(ARGV[6]))
-    if ahead > 0 then promised = math.max(1, lapse - now) end
-  end
+if free then
+  local ahead, lapse = patient_ahead(seat, 1, now, tonumber(ARGV[6]))
+  if ahead > 0 then promised = math.max(1, lapse - now) end
   if promised < 0 then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
     if KEYS[6] then redis.call('DEL', KEYS[6]) end
-    if lined and seat ~= '' then leave_line(seat) end
+    if seat ~= '' then leave_line(seat) end
     if fencing then return {1, redis.call('INCR', KEYS[2])} end
     return {1, 0}
   end

@@ -48,7 +48,6 @@ end`;
 export const ACQUIRE: LuaScript = {
   source: `local fencing = ARGV[3] == '1'
 ${CHECK_FENCE}
-${LINE}
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then return {2, 0} end
 if holder == ARGV[1] then
@@ -56,24 +55,31 @@ if holder == ARGV[1] then
   if fencing then return {1, tonumber(redis.call('GET', KEYS[2]) or '0')} end
   return {1, 0}
 end
+local lined = KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1
+if holder == false and not lined then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if fencing then return {1, redis.call('INCR', KEYS[2])} end
+  return {1, 0}
+end
+if not KEYS[3] then return {0, redis.call('PTTL', KEYS[1])} end
+-- Someone waits, or the lock is held: the line's Lua, from here on only.
+${LINE}
 local seat = ARGV[4]
 local promised = -1
 if holder == false then
-  local lined, _, now = false
-  if KEYS[3] and redis.pcall('EXISTS', KEYS[3]) == 1 then _, now = clock() end
+  local _, now = clock()
   if now then
-    lined = true
     local ahead, lapse = patient_ahead(seat, 1, now, tonumber(ARGV[6]))
     if ahead > 0 then promised = math.max(1, lapse - now) end
   end
   if promised < 0 then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    if lined and seat ~= '' then leave_line(seat) end
+    if seat ~= '' then leave_line(seat) end
     if fencing then return {1, redis.call('INCR', KEYS[2])} end
     return {1, 0}
   end
 end
-if seat and seat ~= '' then join(seat, ARGV[5]) end
+if seat ~= '' then join(seat, ARGV[5]) end
 if holder == false then return {0, promised} end
 return {0, redis.call('PTTL', KEYS[1])}`,
 };
@@ -254,12 +260,12 @@ export function readAdopt(reply: unknown): AdoptReply {
  * plain channel the same way (see `_subscriber.ts`).
  */
 export const RELEASE: LuaScript = {
-  source: `${LINE}
-${PUBLISH_RELEASE}
-local holder = redis.pcall('GET', KEYS[1])
+  source: `local holder = redis.pcall('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  if KEYS[2] then publish_release() end
+  if KEYS[2] then
+${PUBLISH_RELEASE}
+  end
   return 1
 end
 if holder == false then return 0 end
