@@ -567,6 +567,38 @@ function addUp(
 const rotate = <T>(list: readonly T[], by: number): T[] =>
   list.slice(by % list.length).concat(list.slice(0, by % list.length));
 
+/**
+ * One round of the contended workload for `variants` (each section in
+ * turn), added to `results`; keys start with `prefix`, progress lines with
+ * `label`.
+ */
+async function contendedRuns(
+  variants: readonly Variant[],
+  results: Map<string, Contended>[],
+  prefix: string,
+  label: string,
+  round: number,
+): Promise<void> {
+  for (const [i, section] of SECTIONS.entries()) {
+    for (const v of rotate(variants, round)) {
+      const r = await contended(
+        server.port,
+        side,
+        v,
+        `${prefix}:${section}:${v.id}:${round}`,
+        2 * SECONDS * 1000,
+        section,
+      );
+      addUp(results[i], v.id, r);
+      progress(
+        `  ${label}${WORKERS} workers, ${section} ms ${v.id}: ${
+          integer(r.acquisitions / r.seconds)
+        } cs/s, ${r.least}–${r.most} per worker`,
+      );
+    }
+  }
+}
+
 for (let round = 0; round < ROUNDS; round++) {
   progress(`round ${round + 1}/${ROUNDS}`);
   const uncontendedRun = await uncontendedRound(
@@ -607,44 +639,14 @@ for (let round = 0; round < ROUNDS; round++) {
       integer(rate.pipelined)
     }/s with ${WORKERS} in flight`,
   );
-  for (const [i, section] of SECTIONS.entries()) {
-    for (const v of rotate(VARIANTS, round)) {
-      const key = `contended:${section}:${v.id}:${round}`;
-      const r = await contended(
-        server.port,
-        side,
-        v,
-        key,
-        2 * SECONDS * 1000,
-        section,
-      );
-      addUp(contendedResults[i], v.id, r);
-      progress(
-        `  ${WORKERS} workers, ${section} ms ${v.id}: ${
-          integer(r.acquisitions / r.seconds)
-        } cs/s, ${r.least}–${r.most} per worker`,
-      );
-    }
-  }
-  for (const [i, section] of SECTIONS.entries()) {
-    for (const v of rotate(SEMAPHORE_VARIANTS, round)) {
-      const key = `semaphore:${section}:${v.id}:${round}`;
-      const r = await contended(
-        server.port,
-        side,
-        v,
-        key,
-        2 * SECONDS * 1000,
-        section,
-      );
-      addUp(semaphoreResults[i], v.id, r);
-      progress(
-        `  semaphore (limit ${LIMIT}), ${WORKERS} workers, ${section} ms ${v.id}: ${
-          integer(r.acquisitions / r.seconds)
-        } cs/s, ${r.least}–${r.most} per worker`,
-      );
-    }
-  }
+  await contendedRuns(VARIANTS, contendedResults, "contended", "", round);
+  await contendedRuns(
+    SEMAPHORE_VARIANTS,
+    semaphoreResults,
+    "semaphore",
+    `semaphore (limit ${LIMIT}), `,
+    round,
+  );
   for (const section of SECTIONS) {
     for (const id of rotate(FAIR_IDS, round)) {
       const r = await fairnessRun(
