@@ -193,11 +193,16 @@ export class ScriptedStore implements Store {
     const { ttl, fencing } = this.#settings;
     const subscribe = this.#client.deadbolt?.subscribe;
     let token = crypto.randomUUID();
+    // For kinds with a line: gives the crowd's place up, once it empties.
     const leave = this.#scripts.leave;
+    const seat = crowd?.seat;
+    const leaveLine = seat && leave
+      ? () => this.#run(leave(seat.id)).then(noop, noop)
+      : undefined;
     for (let attempt = 0;; attempt++) {
       const sent = now();
-      const place = crowd
-        ? { seat: crowd.seat.id, ms: placeFor(wait, attempt) }
+      const place = seat
+        ? { seat: seat.id, ms: placeFor(wait, attempt) }
         : undefined;
       // Wake-ups that come during the attempt cut the next sleep short.
       const seen = crowd?.wakes ?? 0;
@@ -212,11 +217,11 @@ export class ScriptedStore implements Store {
         call.then(forget, forget);
         throw error;
       }
-      if (place && leave && reply.status === "busy") {
+      if (leaveLine && reply.status === "busy") {
         // Several of the crowd may ask at once: a grant to one does not
         // tell whether another took a place since, so the place is given
         // up whenever the crowd empties.
-        crowd!.seat.place(() => this.#run(leave(place.seat)).then(noop, noop));
+        seat!.place(leaveLine);
       }
       if (reply.status === "granted") {
         if (Lease.fresh(sent, ttl)) {

@@ -41,11 +41,6 @@ export class Seat {
   #placed = false;
   #leave: (() => void) | undefined;
 
-  /** Whether the seat has (as last heard from Redis) a place in line. */
-  get placed(): boolean {
-    return this.#placed;
-  }
-
   /** Redis turned a head away: the seat has a place, which `leave` gives up. */
   place(leave: () => void): void {
     this.#placed = true;
