@@ -166,3 +166,39 @@ export function evalClient(conn: RespClient): ScriptClient {
       conn.send("EVAL", script, keys.length, ...keys, ...args),
   };
 }
+
+/** One script call a recording test client saw, and how it settled. */
+export interface RecordedCall {
+  /** The call's first argument: the token, for every deadbolt script. */
+  token: string;
+  /** Monotonic time the call was handed to the client. */
+  at: number;
+  reply: Promise<unknown>;
+  settled: boolean;
+  settledAt?: number;
+  /** The reply's value; undefined when it rejected. */
+  value?: unknown;
+}
+
+/**
+ * Records a script call with arguments `args` whose reply is `reply`: the
+ * record says when it was sent and, once it settles, when and with what.
+ */
+export function recordCall(
+  args: string[],
+  reply: Promise<unknown>,
+): RecordedCall {
+  const call: RecordedCall = {
+    token: args[0],
+    at: performance.now(),
+    reply,
+    settled: false,
+  };
+  const settle = (value?: unknown) => {
+    call.settled = true;
+    call.settledAt = performance.now();
+    call.value = value;
+  };
+  reply.then(settle, () => settle());
+  return call;
+}

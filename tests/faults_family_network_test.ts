@@ -15,7 +15,14 @@ import { EXTEND } from "../src/scripts.ts";
 import { ChaosProxy } from "./_chaos.ts";
 import { startRedis } from "./_redis.ts";
 import type { RespClient } from "./_resp.ts";
-import { abortedAt, sleep, until, within } from "./_util.ts";
+import {
+  abortedAt,
+  recordCall,
+  type RecordedCall,
+  sleep,
+  until,
+  within,
+} from "./_util.ts";
 
 // The faults that processes_test.ts and faults_network_test.ts inject for
 // Lock, for the family's holds: a semaphore's permit, a read-write lock's
@@ -332,16 +339,9 @@ Deno.test("a permit, a read hold or a write hold of a process killed by SIGKILL 
 // ---- a blackholed connection ----
 
 /** One script call made through a {@linkcode Recorder}. */
-interface Call {
+interface Call extends RecordedCall {
   /** The script's source (`EVAL`) or SHA-1 (`EVALSHA`). */
   script: string;
-  token: string;
-  /** Monotonic time the call was handed to the client. */
-  at: number;
-  reply: Promise<unknown>;
-  settled: boolean;
-  settledAt?: number;
-  value?: unknown;
 }
 
 /** A client that forwards to `inner` and records every script call. */
@@ -385,19 +385,7 @@ class Recorder implements ScriptClient {
   }
 
   #record(script: string, args: string[], reply: Promise<unknown>) {
-    const call: Call = {
-      script,
-      token: args[0],
-      at: performance.now(),
-      reply,
-      settled: false,
-    };
-    const settle = (value?: unknown) => {
-      call.settled = true;
-      call.settledAt = performance.now();
-      call.value = value;
-    };
-    reply.then(settle, () => settle());
+    const call: Call = Object.assign(recordCall(args, reply), { script });
     this.calls.push(call);
     return reply;
   }

@@ -12,6 +12,8 @@ import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import {
   abortedAt,
+  recordCall,
+  type RecordedCall,
   type ScriptKind,
   scriptKind,
   sleep,
@@ -33,15 +35,8 @@ const DRIFT = (ttl: number) => ttl * 0.01 + 2;
 type Kind = ScriptKind;
 
 /** One script call deadbolt made, as the client saw it. */
-interface Call {
+interface Call extends RecordedCall {
   kind: Kind;
-  token: string;
-  /** Monotonic time the call was handed to the client. */
-  at: number;
-  reply: Promise<unknown>;
-  settled: boolean;
-  settledAt?: number;
-  value?: unknown;
 }
 
 type Recorder = ScriptClient & {
@@ -62,19 +57,9 @@ function recording(inner: ScriptClient): Recorder {
     args: string[],
     reply: Promise<unknown>,
   ) => {
-    const call: Call = {
+    const call: Call = Object.assign(recordCall(args, reply), {
       kind: scriptKind(script),
-      token: args[0],
-      at: performance.now(),
-      reply,
-      settled: false,
-    };
-    const settle = (value?: unknown) => {
-      call.settled = true;
-      call.settledAt = performance.now();
-      call.value = value;
-    };
-    reply.then(settle, () => settle());
+    });
     calls.push(call);
     for (const waiter of waiters.filter((w) => w.match(call))) {
       waiters.splice(waiters.indexOf(waiter), 1);
