@@ -9,6 +9,7 @@ import { toScriptClient } from "../src/client.ts";
 import { existingQueue } from "../src/_queue.ts";
 import { existingCrowd } from "../src/_crowd.ts";
 import type { RespClient } from "./_resp.ts";
+import type { Redis } from "npm:ioredis@6";
 import {
   ACQUIRE,
   ADOPT,
@@ -201,4 +202,23 @@ export function recordCall(
   };
   reply.then(settle, () => settle());
   return call;
+}
+
+/**
+ * Closes an ioredis client: one that a reset left reconnecting gets ready
+ * first (up to 2 s), since its QUIT would leave a 2 s disconnect timer
+ * behind; one that has ended is left alone, since disconnect() would leave
+ * a timer for a socket it no longer has.
+ */
+export async function quitIoredis(redis: Redis): Promise<void> {
+  if (redis.status !== "ready" && redis.status !== "end") {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    const timer = setTimeout(resolve, 2_000);
+    redis.once("ready", resolve);
+    await promise;
+    clearTimeout(timer);
+    redis.off("ready", resolve);
+  }
+  if (redis.status === "ready") await redis.quit();
+  else if (redis.status !== "end") redis.disconnect();
 }

@@ -17,6 +17,7 @@ import { startRedis } from "./_redis.ts";
 import type { RespClient } from "./_resp.ts";
 import {
   abortedAt,
+  quitIoredis,
   recordCall,
   type RecordedCall,
   sleep,
@@ -130,25 +131,9 @@ async function ioredis(
   // Without a listener ioredis logs every reset connection.
   redis.on("error", () => {});
   await within(redis.ping(), 5_000, "ioredis connecting");
-  return Object.assign(redis, { [Symbol.asyncDispose]: () => quit(redis) });
-}
-
-/**
- * Closes an ioredis client; one that a reset left reconnecting gets ready
- * first, since its QUIT would leave a 2 s disconnect timer behind.
- */
-async function quit(redis: Redis): Promise<void> {
-  if (redis.status === "connecting" || redis.status === "reconnecting") {
-    const { promise, resolve } = Promise.withResolvers<void>();
-    const timer = setTimeout(resolve, 2_000);
-    redis.once("ready", resolve);
-    await promise;
-    clearTimeout(timer);
-    redis.off("ready", resolve);
-  }
-  if (redis.status === "ready") await redis.quit();
-  // An ended client has no socket: disconnect() would leave a timer for it.
-  else if (redis.status !== "end") redis.disconnect();
+  return Object.assign(redis, {
+    [Symbol.asyncDispose]: () => quitIoredis(redis),
+  });
 }
 
 /** Loads the family's scripts on the server, so no EVALSHA waits on NOSCRIPT mid-fault. */

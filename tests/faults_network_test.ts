@@ -12,6 +12,7 @@ import { type RedisServer, startRedis } from "./_redis.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import {
   abortedAt,
+  quitIoredis,
   recordCall,
   type RecordedCall,
   type ScriptKind,
@@ -136,23 +137,6 @@ async function warm(client: ScriptClient): Promise<void> {
   );
 }
 
-/**
- * Closes an ioredis client; one that a reset left reconnecting gets ready
- * first, since its QUIT would leave a 2 s disconnect timer behind.
- */
-async function quit(redis: Redis): Promise<void> {
-  if (redis.status !== "ready" && redis.status !== "end") {
-    const { promise, resolve } = Promise.withResolvers<void>();
-    const timer = setTimeout(resolve, 2_000);
-    redis.once("ready", resolve);
-    await promise;
-    clearTimeout(timer);
-    redis.off("ready", resolve);
-  }
-  if (redis.status === "ready") await redis.quit();
-  else redis.disconnect();
-}
-
 interface Env extends AsyncDisposable {
   server: RedisServer;
   proxy: ChaosProxy;
@@ -232,7 +216,7 @@ async function setup(): Promise<Env> {
     async [Symbol.asyncDispose]() {
       proxy.set("pass");
       proxy.delay(0, 0);
-      for (const redis of ioredis) await quit(redis);
+      for (const redis of ioredis) await quitIoredis(redis);
       for (const conn of proxied) await conn[Symbol.asyncDispose]();
       await directConn[Symbol.asyncDispose]();
       await side[Symbol.asyncDispose]();
