@@ -10,6 +10,7 @@ import { ACQUIRE, type AcquireReply, readAcquire } from "./scripts.ts";
 import { LEAVE } from "./_line_scripts.ts";
 import { delay, now } from "./_timers.ts";
 import { PATIENCE_MS, placeFor } from "./_seat.ts";
+import type { Handover } from "./_telemetry.ts";
 
 const noop = (): void => {};
 
@@ -38,7 +39,10 @@ export async function contend(
     eager: !fencing && waitReplicas === 0,
   });
   const subscribe = store.client.deadbolt?.subscribe;
+  // Whether someone held the lock before: a grant then is a handover.
+  let refused = false;
   if (queue?.holder) {
+    refused = true;
     // A hold of this process: wait to be handed the lock, rather than ask
     // Redis now (its release would come while we asked). If its lease
     // ends without a release (lost, or run out), the queue wakes us.
@@ -46,7 +50,13 @@ export async function contend(
     const pause = Math.min(wait.maxRetryDelay, deadline - now());
     const handed = await queue.sleep(pause, signal, want());
     if (handed) {
-      const lease = await adoptGrant(store, waiting, token, handed);
+      const lease = await adoptGrant(
+        store,
+        waiting,
+        token,
+        handed,
+        handedBy(handed),
+      );
       if (lease) return lease;
       token = crypto.randomUUID();
     }
@@ -84,11 +94,12 @@ export async function contend(
       const lease = await adoptGrant(store, waiting, token, {
         sent,
         fence: reply.fence,
-      });
+      }, refused ? "remote" : undefined);
       if (lease) return lease;
       // The grant arrived with no validity left: retry afresh.
       token = crypto.randomUUID();
-    } else if (reply.status !== "held") {
+    } else if (reply.status === "held") refused = true;
+    else {
       throw foreignKeyError(
         `Cannot acquire lock ${JSON.stringify(store.name)}`,
         store.keys,
@@ -119,12 +130,22 @@ export async function contend(
       ? await queue.sleep(pause, signal, want())
       : await delay(pause, signal);
     if (handed) {
-      const lease = await adoptGrant(store, waiting, token, handed);
+      const lease = await adoptGrant(
+        store,
+        waiting,
+        token,
+        handed,
+        handedBy(handed),
+      );
       if (lease) return lease;
       token = crypto.randomUUID();
     }
   }
 }
+
+// A handover of this process: before Redis answered, or after.
+const handedBy = (handed: Handed): Handover =>
+  handed.confirmation ? "eager" : "local";
 
 /**
  * Starts the lease of a grant to `token`; `undefined` when it came with
@@ -135,6 +156,8 @@ async function adoptGrant(
   waiting: Waiting,
   token: string,
   handed: Handed,
+  // How it came: `undefined` when nobody held it before.
+  handover: Handover | undefined,
 ): Promise<Lease | undefined> {
   const { ttl, fencing, waitReplicas } = store.settings;
   if (waitReplicas > 0) await awaitReplicas(store, token, waiting.signal);
@@ -146,6 +169,7 @@ async function adoptGrant(
     token,
     handed.sent,
     fencing ? handed.fence : undefined,
+    handover,
   );
   const confirmation = handed.confirmation;
   if (confirmation) {

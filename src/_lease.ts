@@ -1,5 +1,6 @@
 import { backoff } from "./backoff.ts";
 import { now, setBackgroundTimeout, type Timer } from "./_timers.ts";
+import type { Loss, RenewalOutcome } from "./_telemetry.ts";
 
 const DRIFT_FACTOR = 0.01;
 
@@ -30,8 +31,13 @@ export interface LeaseOptions {
   commandTimeout: number;
   /** Renews the lease to `ttl` ms from now, giving up after `timeout` ms. */
   extend(ttl: number, timeout: number): Promise<Renewal>;
-  /** Called once, when ownership is lost. */
-  onLost(message: string, cause: unknown): void;
+  /**
+   * Told of each background renewal: `late` when it was sent with less
+   * than half the validity that a renewal on time has left.
+   */
+  onRenewal?(outcome: RenewalOutcome): void;
+  /** Called once, when ownership is lost: why, and whether it `expired` here. */
+  onLost(message: string, cause: unknown, loss: Loss): void;
 }
 
 /** A renewal's outcome: renewed, or lost and why. */
@@ -110,11 +116,14 @@ export class Lease {
     this.#stopTimer();
   }
 
-  /** Ends the lease as lost, telling the lock once. */
-  lose(message: string, cause?: unknown): void {
+  /**
+   * Ends the lease as lost, telling the lock once; `loss` says whether
+   * Redis said so (`revoked`) or the lease ran out here (`expired`).
+   */
+  lose(message: string, cause?: unknown, loss: Loss = "revoked"): void {
     if (!this.#active) return;
     this.end();
-    this.#options.onLost(message, cause);
+    this.#options.onLost(message, cause, loss);
   }
 
   #setValidity(sent: number, validUntil: number): void {
@@ -162,7 +171,14 @@ export class Lease {
   };
 
   async #renew(): Promise<void> {
-    const { ttl, commandTimeout, retryDelay, maxRetryDelay } = this.#options;
+    const {
+      ttl,
+      renewInterval,
+      commandTimeout,
+      retryDelay,
+      maxRetryDelay,
+      onRenewal,
+    } = this.#options;
     this.#renewing = true;
     const sent = now();
     const left = this.#validUntil - this.#margin - sent;
@@ -171,9 +187,16 @@ export class Lease {
         ttl,
         Math.max(1, Math.min(commandTimeout, left)),
       );
-      if (renewal.renewed) this.extended(sent, ttl);
-      else this.lose(renewal.lost);
+      if (renewal.renewed) {
+        onRenewal?.(
+          left < (validity(ttl) - renewInterval - this.#margin) / 2
+            ? "late"
+            : "on_time",
+        );
+        this.extended(sent, ttl);
+      } else this.lose(renewal.lost);
     } catch (error) {
+      onRenewal?.("failed");
       this.#error = error;
       this.#renewAt = now() +
         backoff(this.#failures++, retryDelay, maxRetryDelay);
@@ -196,6 +219,7 @@ export class Lease {
         ? "its lease ran out before a renewal succeeded"
         : "its lease ran out (autoExtend is off)",
       cause,
+      "expired",
     );
   }
 }

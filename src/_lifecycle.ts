@@ -3,6 +3,15 @@ import { Lease } from "./_lease.ts";
 import type { Grant, LifecycleSettings, Store } from "./_store.ts";
 import { now } from "./_timers.ts";
 import {
+  type Handover,
+  type HoldRecord,
+  type Outcome,
+  recordHold,
+  recording,
+  recordWait,
+  Subject,
+} from "./_telemetry.ts";
+import {
   checkInteger,
   checkOptionKeys,
   checkSignal,
@@ -42,8 +51,11 @@ export class Lifecycle {
 
   #store: Store;
   #settings: LifecycleSettings;
-  // The kind of lock, for messages.
-  #kind: string;
+  #kind: Kind;
+  // What telemetry says about this handle: built when first recorded.
+  #subject: Subject | undefined;
+  // The current hold's record, while a telemetry provider is registered.
+  #holdRecord: HoldRecord | undefined;
   #token: string = crypto.randomUUID();
   #fence: number | undefined;
   // The current or last acquisition's lease; ended once released or lost.
@@ -56,13 +68,13 @@ export class Lifecycle {
 
   /**
    * A handle on `name` whose Redis side is `store`; validated settings;
-   * `kind` names the kind of lock in messages.
+   * `kind` is the kind of lock, in messages and telemetry.
    */
   constructor(
     name: string,
     settings: LifecycleSettings,
     store: Store,
-    kind = "lock",
+    kind: Kind = "lock",
   ) {
     this.name = name;
     this.#kind = kind;
@@ -72,7 +84,16 @@ export class Lifecycle {
 
   // `lock "name"`, `semaphore "name"`: built only for a message.
   #what(): string {
-    return `${this.#kind} ${JSON.stringify(this.name)}`;
+    return `${NOUNS[this.#kind]} ${JSON.stringify(this.name)}`;
+  }
+
+  #telemetry(): Subject {
+    return this.#subject ??= new Subject(
+      NOUNS[this.#kind],
+      this.#kind,
+      this.#store.clientKind,
+      this.#settings.telemetryName,
+    );
   }
 
   /** The token of the current or last acquisition. */
@@ -162,6 +183,10 @@ export class Lifecycle {
     }
     signal?.throwIfAborted();
     const cancel = new AbortController();
+    // An adoption is no wait: only its hold is recorded.
+    const record = typeof how === "string" || !recording()
+      ? undefined
+      : recordWait(this.#telemetry(), how.timeout > 0);
     const attempt = (async () => {
       if (this.#acquired) await this.#release().catch(noop);
       const stop = signal
@@ -174,6 +199,10 @@ export class Lifecycle {
     this.#pending = { cancel, attempt };
     try {
       await attempt;
+      record?.end("acquired");
+    } catch (error) {
+      record?.end(outcomeOf(error, how, cancel.signal, signal), error);
+      throw error;
     } finally {
       this.#pending = undefined;
     }
@@ -234,6 +263,7 @@ export class Lifecycle {
     const lease = this.#lease!;
     this.#acquired = false;
     lease.end();
+    this.#holdRecord?.end("detached");
     this.#store.lost?.(lease);
     return this.#token;
   }
@@ -263,6 +293,7 @@ export class Lifecycle {
     // first noticed here (say, after a long block of the event loop).
     const valid = lease.isActive();
     lease.end();
+    this.#holdRecord?.end(valid ? "released" : "lost");
     try {
       return await this.#store.release(this.#token, lease, valid);
     } catch (error) {
@@ -272,7 +303,10 @@ export class Lifecycle {
     }
   }
 
-  #grant: Grant = (token, sent, fence) => {
+  #grant: Grant = (token, sent, fence, handover?: Handover) => {
+    const record = this.#holdRecord = recording()
+      ? recordHold(this.#telemetry(), handover, fence)
+      : undefined;
     this.#token = token;
     this.#fence = fence;
     this.#acquired = true;
@@ -297,7 +331,9 @@ export class Lifecycle {
       commandTimeout,
       extend: (ttl, timeout) =>
         this.#store.extend(token, ttl, { timeout, background: true }),
-      onLost: (message, cause) => {
+      onRenewal: record && ((outcome) => record.renewal(outcome)),
+      onLost: (message, cause, loss) => {
+        record?.lost(loss, message);
         this.#store.lost?.(lease);
         controller.abort(
           new LockLostError(
@@ -313,3 +349,37 @@ export class Lifecycle {
 }
 
 const noop = (): void => {};
+
+/**
+ * The kinds of lock, as telemetry's `deadbolt.lock.kind` names them; the
+ * handles' messages say {@linkcode NOUNS}.
+ */
+export type Kind =
+  | "lock"
+  | "redlock"
+  | "semaphore"
+  | "read"
+  | "write"
+  | "multi";
+
+const NOUNS: Record<Kind, string> = {
+  lock: "lock",
+  redlock: "lock",
+  semaphore: "semaphore",
+  read: "read lock",
+  write: "write lock",
+  multi: "locks",
+};
+
+// How a wait that failed with `error` ended, for telemetry.
+function outcomeOf(
+  error: unknown,
+  how: WaitSettings | string,
+  cancel: AbortSignal,
+  signal: AbortSignal | undefined,
+): Outcome {
+  if (error instanceof LockTimeoutError) {
+    return typeof how !== "string" && how.timeout === 0 ? "busy" : "timeout";
+  }
+  return cancel.aborted || signal?.aborted ? "cancelled" : "error";
+}

@@ -24,6 +24,7 @@ import {
 import { delay, now } from "./_timers.ts";
 import { PATIENCE_MS } from "./_seat.ts";
 import type { MultiLockSettings, WaitSettings } from "./options.ts";
+import { clientKind } from "./_client_kind.ts";
 
 const noop = (): void => {};
 
@@ -66,6 +67,10 @@ export class MultiStore implements Store {
       locks.map(({ lock }) => lock).join("\u0000")
     }`;
     this.#groups = groupBySlot(locks, client.deadbolt?.cluster === true);
+  }
+
+  get clientKind(): string {
+    return clientKind(this.#client);
   }
 
   acquire(
@@ -176,7 +181,14 @@ export class MultiStore implements Store {
       }
       if (!busy) {
         // Valid from the first group's send time: its keys expire first.
-        if (Lease.fresh(firstSent, ttl)) return grant(token, firstSent);
+        if (Lease.fresh(firstSent, ttl)) {
+          return grant(
+            token,
+            firstSent,
+            undefined,
+            attempt > 0 ? "remote" : undefined,
+          );
+        }
         this.#forget(token);
         continue;
       }

@@ -16,6 +16,7 @@ import {
 } from "./scripts.ts";
 import { delay, now } from "./_timers.ts";
 import type { LockSettings, WaitSettings } from "./options.ts";
+import { clientKind } from "./_client_kind.ts";
 
 const noop = (): void => {};
 const isGranted = (reply: AcquireReply) => reply.status === "granted";
@@ -48,6 +49,11 @@ export class QuorumStore implements Store {
     this.#settings = settings;
   }
 
+  // The masters' clients are usually of one kind: the first one's.
+  get clientKind(): string {
+    return clientKind(this.#clients[0]);
+  }
+
   async acquire(
     wait: WaitSettings,
     signal: AbortSignal,
@@ -77,7 +83,12 @@ export class QuorumStore implements Store {
         throw error;
       }
       if (tally.count(isGranted) >= this.quorum && Lease.fresh(sent, ttl)) {
-        this.#deleteLateGrants(grant(token, sent), token, calls, tally);
+        this.#deleteLateGrants(
+          grant(token, sent, undefined, attempt > 0 ? "remote" : undefined),
+          token,
+          calls,
+          tally,
+        );
         return;
       }
       // Awaited (within commandTimeout) so the next attempt meets a clean slate.

@@ -23,6 +23,7 @@ import {
 } from "./scripts.ts";
 import { now } from "./_timers.ts";
 import type { LockSettings, WaitSettings } from "./options.ts";
+import { clientKind } from "./_client_kind.ts";
 
 const noop = (): void => {};
 
@@ -59,6 +60,10 @@ export class RedisStore implements Store {
     this.name = name;
     this.keys = keys;
     this.settings = settings;
+  }
+
+  get clientKind(): string {
+    return clientKind(this.client);
   }
 
   acquire(

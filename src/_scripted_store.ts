@@ -16,6 +16,7 @@ import type { LuaScript, Owner } from "./scripts.ts";
 import { delay, now } from "./_timers.ts";
 import { placeFor } from "./_seat.ts";
 import type { WaitSettings } from "./options.ts";
+import { clientKind } from "./_client_kind.ts";
 
 const noop = (): void => {};
 
@@ -106,6 +107,10 @@ export class ScriptedStore implements Store {
     this.#name = name;
     this.#scripts = scripts;
     this.#settings = settings;
+  }
+
+  get clientKind(): string {
+    return clientKind(this.#client);
   }
 
   async acquire(
@@ -225,7 +230,12 @@ export class ScriptedStore implements Store {
       }
       if (reply.status === "granted") {
         if (Lease.fresh(sent, ttl)) {
-          return grant(token, sent, fencing ? reply.fence : undefined);
+          return grant(
+            token,
+            sent,
+            fencing ? reply.fence : undefined,
+            attempt > 0 ? "remote" : undefined,
+          );
         }
         // No validity left: free it and retry afresh.
         this.#forget(token);

@@ -3,6 +3,7 @@ import type { LockKeys } from "./keys.ts";
 import type { Lease, LeaseOptions, Renewal } from "./_lease.ts";
 import { settle } from "./_timers.ts";
 import type { WaitSettings } from "./options.ts";
+import type { Handover } from "./_telemetry.ts";
 
 /** A handle's validated settings: its lease's, and its default wait. */
 export type LifecycleSettings =
@@ -15,13 +16,23 @@ export type LifecycleSettings =
     | "maxRetryDelay"
     | "commandTimeout"
   >
-  & WaitSettings;
+  & WaitSettings
+  & {
+    /** The `deadbolt.lock.name` attribute of telemetry; `""` for none. */
+    telemetryName: string;
+  };
 
 /**
  * Starts the lease of a grant: the winning token, the send time of the
- * request that won it (monotonic ms), and the fence, if one was issued.
+ * request that won it (monotonic ms), the fence, if one was issued, and
+ * how it passed from a previous holder, if it did.
  */
-export type Grant = (token: string, sent: number, fence?: number) => Lease;
+export type Grant = (
+  token: string,
+  sent: number,
+  fence?: number,
+  handover?: Handover,
+) => Lease;
 
 /** How long a call may take. */
 export interface CallBounds {
@@ -33,6 +44,8 @@ export interface CallBounds {
 
 /** What a kind of lock does in Redis, for its `Lifecycle` (`_lifecycle.ts`). */
 export interface Store {
+  /** The kind of client, for telemetry's `deadbolt.client` (see `clientKind`). */
+  readonly clientKind: string;
   /**
    * Waits by `wait` for the lock; once it is granted, calls `grant` (before
    * resolving). Rejects with a `LockTimeoutError` when the wait

@@ -2,6 +2,7 @@ import { type BunRedisClient, fromBunRedis } from "./clients/bun.ts";
 import { fromGlide, type GlideClient } from "./clients/glide.ts";
 import { fromIoredis, type IoredisClient } from "./clients/ioredis.ts";
 import { fromNodeRedis, type NodeRedisClient } from "./clients/node_redis.ts";
+import { clientKind, withKind } from "./_client_kind.ts";
 
 /**
  * What deadbolt needs from a Redis client: run a Lua script with keys and
@@ -118,7 +119,8 @@ export function bindScriptClient(client: ScriptClient): ScriptClient {
     adapted.evalsha = (sha1, keys, args) => client.evalsha!(sha1, keys, args);
   }
   if (client.deadbolt !== undefined) adapted.deadbolt = client.deadbolt;
-  return adapted;
+  // An adapter's output passed in again keeps its kind.
+  return withKind(clientKind(client), adapted);
 }
 
 const adapted = new WeakMap<object, ScriptClient>();

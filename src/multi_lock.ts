@@ -74,7 +74,7 @@ export class MultiLock extends LockHandle {
         label,
         settings,
         new MultiStore(toScriptClient(client), label, locks, settings),
-        "locks",
+        "multi",
       ),
     );
     this.names = checked;

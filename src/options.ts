@@ -96,6 +96,17 @@ export interface LockOptions extends Omit<AcquireOptions, "signal"> {
    * @default {1000}
    */
   replicaTimeout?: number;
+  /**
+   * The `deadbolt.lock.name` attribute of this handle's OpenTelemetry
+   * metrics and spans: 1 to 256 characters. Unset, they carry no name, as
+   * lock names can be unbounded in number (one per job, per user) and each
+   * distinct value makes new time series. Give the name itself for a lock
+   * of a fixed name (`"nightly-report"`), or a group for locks named per
+   * item (`"job"` for `job:${id}`). See `docs/observing.md`.
+   *
+   * @default {""}
+   */
+  telemetryName?: string;
 }
 
 /** The shortest lease: 10 ms leaves 7.9 ms of validity after drift. */
@@ -114,6 +125,7 @@ export const LOCK_KEYS: readonly string[] = [
   "commandTimeout",
   "waitReplicas",
   "replicaTimeout",
+  "telemetryName",
 ];
 
 /** One wait's validated settings. */
@@ -141,6 +153,7 @@ export function lockSettings(
     commandTimeout = 5_000,
     waitReplicas = 0,
     replicaTimeout = 1_000,
+    telemetryName = "",
   } = options;
   return {
     ttl: checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS),
@@ -170,12 +183,30 @@ export function lockSettings(
       1,
       MAX_TIMER_MS,
     ),
+    telemetryName: checkTelemetryName(action, telemetryName),
     ...waitSettings(action, options, {
       timeout: 10_000,
       retryDelay: 5,
       maxRetryDelay: 1_000,
     }),
   };
+}
+
+// At most this many characters: an attribute value, not a payload.
+const MAX_TELEMETRY_NAME = 256;
+
+function checkTelemetryName(action: string, value: unknown): string {
+  if (typeof value !== "string") {
+    throw new TypeError(
+      `${action} as 'telemetryName' must be a string: current value is ${typeof value}`,
+    );
+  }
+  if (value.length > MAX_TELEMETRY_NAME) {
+    throw new RangeError(
+      `${action} as 'telemetryName' must be at most ${MAX_TELEMETRY_NAME} characters: current value has ${value.length}`,
+    );
+  }
+  return value;
 }
 
 /**

@@ -155,7 +155,7 @@ export class ReadWriteLock {
     return new ReadWriteHold(
       "read",
       `${this.#keys.lock}:readers`,
-      this.#life("read lock", readScripts(this.#keys, this.#settings)),
+      this.#life("read", readScripts(this.#keys, this.#settings)),
     );
   }
 
@@ -164,12 +164,12 @@ export class ReadWriteLock {
     return new ReadWriteHold(
       "write",
       this.#keys.lock,
-      this.#life("write lock", writeScripts(this.#keys, this.#settings)),
+      this.#life("write", writeScripts(this.#keys, this.#settings)),
     );
   }
 
   #life(
-    kind: string,
+    kind: "read" | "write",
     scripts: ReturnType<typeof readScripts>,
   ): Lifecycle {
     return new Lifecycle(

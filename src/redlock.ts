@@ -95,7 +95,7 @@ export class Redlock extends LockHandle {
       key,
       settings,
     );
-    super(new Lifecycle(name, settings, store));
+    super(new Lifecycle(name, settings, store, "redlock"));
     this.name = name;
     this.key = key;
     this.quorum = store.quorum;

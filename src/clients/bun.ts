@@ -1,4 +1,5 @@
 import type { ScriptClient } from "../client.ts";
+import { withKind } from "../_client_kind.ts";
 
 /** The part of Bun's built-in `RedisClient` (Bun ≥ 1.2.9) that deadbolt uses. */
 export interface BunRedisClient {
@@ -25,7 +26,7 @@ export interface BunRedisClient {
  * ```
  */
 export function fromBunRedis(client: BunRedisClient): ScriptClient {
-  return {
+  return withKind("bun", {
     eval: (script, keys, args) =>
       client.send("EVAL", [script, String(keys.length), ...keys, ...args]),
     evalsha: (sha1, keys, args) =>
@@ -35,5 +36,5 @@ export function fromBunRedis(client: BunRedisClient): ScriptClient {
       wait: (numreplicas, timeout) =>
         client.send("WAIT", [String(numreplicas), String(timeout)]),
     },
-  };
+  });
 }

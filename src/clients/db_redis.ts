@@ -2,6 +2,7 @@ import type { ScriptClient } from "../client.ts";
 import type { OpenSubscriber } from "../_subscriber.ts";
 import { sharedSubscriber } from "../_subscriber.ts";
 import { bindWait } from "./_shared.ts";
+import { withKind } from "../_client_kind.ts";
 
 /** The part of a `@db/redis` client that deadbolt uses. */
 export interface DbRedisClient {
@@ -80,14 +81,14 @@ export function fromDbRedis(
       `Cannot adapt the @db/redis client as 'connect' must be a function: current value is ${typeof connect}`,
     );
   }
-  return {
+  return withKind("db-redis", {
     eval: (script, keys, args) => client.eval(script, keys, args),
     evalsha: (sha1, keys, args) => client.evalsha(sha1, keys, args),
     deadbolt: {
       ...bindWait(client),
       ...(connect && { subscribe: sharedSubscriber(openSubscriber(connect)) }),
     },
-  };
+  });
 }
 
 // @db/redis has plain SUBSCRIBE only; the release script also publishes

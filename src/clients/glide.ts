@@ -1,4 +1,5 @@
 import type { ScriptClient } from "../client.ts";
+import { withKind } from "../_client_kind.ts";
 
 /** The part of a Valkey GLIDE client (`GlideClient`) that deadbolt uses. */
 export interface GlideClient {
@@ -32,12 +33,12 @@ export function fromGlide(client: GlideClient): ScriptClient {
     args: string[],
   ) =>
     client.customCommand([name, first, String(keys.length), ...keys, ...args]);
-  return {
+  return withKind("glide", {
     eval: (script, keys, args) => command("EVAL", script, keys, args),
     evalsha: (sha1, keys, args) => command("EVALSHA", sha1, keys, args),
     deadbolt: {
       wait: (numreplicas, timeout) =>
         client.customCommand(["WAIT", String(numreplicas), String(timeout)]),
     },
-  };
+  });
 }

@@ -6,6 +6,7 @@ import {
   sharedSubscriber,
 } from "../_subscriber.ts";
 import { bindWait, closeWithin, connectOrClose } from "./_shared.ts";
+import { withKind } from "../_client_kind.ts";
 
 /** The part of an ioredis 5 or 6 client (or `Cluster`) that deadbolt uses. */
 export interface IoredisClient {
@@ -102,7 +103,7 @@ export interface IoredisSubscriber {
  */
 export function fromIoredis(client: IoredisClient): ScriptClient {
   const cluster = client.isCluster === true;
-  return {
+  return withKind("ioredis", {
     eval: (script, keys, args) =>
       client.eval(script, keys.length, ...keys, ...args),
     evalsha: (sha1, keys, args) =>
@@ -116,7 +117,7 @@ export function fromIoredis(client: IoredisClient): ScriptClient {
         subscribe: sharedSubscriber(openSubscriber(client, cluster)),
       }),
     },
-  };
+  });
 }
 
 function openSubscriber(

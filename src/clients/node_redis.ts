@@ -6,6 +6,7 @@ import {
   sharedSubscriber,
 } from "../_subscriber.ts";
 import { bindWait, connectOrClose } from "./_shared.ts";
+import { withKind } from "../_client_kind.ts";
 
 /** The keys-and-arguments option of node-redis' `eval` and `evalSha`. */
 export interface NodeRedisEvalOptions {
@@ -120,7 +121,7 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
       deadbolt: { ordered: false, cluster: true, ...cluster(client) },
     };
   }
-  return {
+  return withKind("node-redis", {
     ...base,
     deadbolt: {
       ordered: true,
@@ -129,7 +130,7 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
         subscribe: sharedSubscriber(openSubscriber(client)),
       }),
     },
-  };
+  });
 }
 
 // Reconnection delays of the wake-up connection (ms): short, since waiters

@@ -1,4 +1,5 @@
 import type { ScriptClient } from "../client.ts";
+import { withKind } from "../_client_kind.ts";
 
 /** The part of an `@upstash/redis` client that deadbolt uses. */
 export interface UpstashClient {
@@ -29,8 +30,8 @@ export interface UpstashClient {
  * ```
  */
 export function fromUpstash(client: UpstashClient): ScriptClient {
-  return {
+  return withKind("upstash", {
     eval: (script, keys, args) => client.eval(script, keys, args),
     evalsha: (sha1, keys, args) => client.evalsha(sha1, keys, args),
-  };
+  });
 }
