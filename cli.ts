@@ -13,6 +13,9 @@
  *   sh -c 'migrate --fence "$DEADBOLT_FENCE"'
  *
  * deno run -A jsr:@deadbolt/deadbolt/cli status nightly-report
+ *
+ * # Every lock under the prefix, most contended first, refreshed every second:
+ * deno run -A jsr:@deadbolt/deadbolt/cli top
  * ```
  *
  * Exit codes: the command's own status (128 + n when signal n ended it);
@@ -30,6 +33,7 @@ import { ExitCode } from "./cli/exit_codes.ts";
 import { helpText } from "./cli/help.ts";
 import { runCommand } from "./cli/run.ts";
 import { releaseCommand, statusCommand } from "./cli/status.ts";
+import { topCommand } from "./cli/top.ts";
 
 /**
  * Runs `deadbolt` with `args` (the arguments after the program name) and
@@ -72,6 +76,8 @@ export async function main(args: string[]): Promise<number> {
         return await statusCommand(parsed);
       case "release":
         return await releaseCommand(parsed);
+      case "top":
+        return await topCommand(parsed);
     }
   } catch (error) {
     process.stderr.write(

@@ -58,26 +58,46 @@ export interface ReleaseArgs extends ConnectionArgs {
   token: string;
 }
 
+/** `deadbolt top`: the locks under a prefix, live. */
+export interface TopArgs {
+  kind: "top";
+  /** `redis://` or `rediss://` URL: one server, or any node of a Cluster. */
+  redis: string;
+  /** The lock keys' prefix. */
+  prefix: string;
+  /** Print one view and exit. */
+  once: boolean;
+  /** Print JSON (one document per view) instead of a table. */
+  json: boolean;
+  /** Time between views, in ms. */
+  interval: number;
+  /** The `COUNT` of each `SCAN` call. */
+  scanCount: number;
+  /** The most keys one view scans per server. */
+  maxKeys: number;
+}
+
 /** What the command line asks for. */
 export type Args =
   | RunArgs
   | StatusArgs
   | ReleaseArgs
+  | TopArgs
   | { kind: "help"; command?: CommandName }
   | { kind: "version" };
 
 /** The subcommands. */
-export type CommandName = "run" | "status" | "release";
+export type CommandName = "run" | "status" | "release" | "top";
 
-const COMMANDS: readonly CommandName[] = ["run", "status", "release"];
+const COMMANDS: readonly CommandName[] = ["run", "status", "release", "top"];
 
 /** The default `--redis` when `REDIS_URL` is not set. */
 export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
 
 // Each option: whether it takes a value, and the commands that accept it.
 const OPTIONS: Record<string, { value: boolean; commands: CommandName[] }> = {
-  "--redis": { value: true, commands: ["run", "status", "release"] },
-  "--prefix": { value: true, commands: ["run", "status", "release"] },
+  "--redis": { value: true, commands: ["run", "status", "release", "top"] },
+  "--prefix": { value: true, commands: ["run", "status", "release", "top"] },
   "--quiet": { value: false, commands: ["run", "status", "release"] },
   "--verbose": { value: false, commands: ["run", "status", "release"] },
   "--ttl": { value: true, commands: ["run"] },
@@ -89,6 +109,11 @@ const OPTIONS: Record<string, { value: boolean; commands: CommandName[] }> = {
   "--limit": { value: true, commands: ["run", "status"] },
   "--rw": { value: false, commands: ["status"] },
   "--token": { value: true, commands: ["release"] },
+  "--once": { value: false, commands: ["top"] },
+  "--json": { value: false, commands: ["top"] },
+  "--interval": { value: true, commands: ["top"] },
+  "--count": { value: true, commands: ["top"] },
+  "--max-keys": { value: true, commands: ["top"] },
 };
 const SHORT: Record<string, string> = {
   "-n": "--no-wait",
@@ -165,6 +190,77 @@ function checkRedisUrl(url: string, source: string): string {
     );
   }
   return url;
+}
+
+function redisUrl(
+  values: Map<string, string>,
+  env: Record<string, string | undefined>,
+): string {
+  return values.has("--redis")
+    ? checkRedisUrl(values.get("--redis")!, "--redis")
+    : env.REDIS_URL
+    ? checkRedisUrl(env.REDIS_URL, "REDIS_URL")
+    : DEFAULT_REDIS_URL;
+}
+
+// A whole number from `min` to `max`, for --count and --max-keys.
+function parseCount(
+  option: string,
+  text: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < min || value > max) {
+    throw new UsageError(
+      `${option} must be a whole number from ${min} to ${max}: current value is ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return value;
+}
+
+// `deadbolt top`: no name; a prefix, and how often and how much to scan.
+function topArgs(
+  name: string | undefined,
+  values: Map<string, string>,
+  flags: Set<string>,
+  env: Record<string, string | undefined>,
+): TopArgs {
+  if (name !== undefined) {
+    throw new UsageError(
+      `'top' takes no lock name (it shows every lock under --prefix): remove ${
+        JSON.stringify(name)
+      }`,
+    );
+  }
+  const prefix = values.get("--prefix") ?? "deadbolt:";
+  usage(() => Lock.keys("x", { prefix }));
+  const intervalText = values.get("--interval");
+  return {
+    kind: "top",
+    redis: redisUrl(values, env),
+    prefix,
+    once: flags.has("--once"),
+    json: flags.has("--json"),
+    interval: intervalText === undefined ? 1_000 : inRange(
+      "--interval",
+      parseDuration("--interval", intervalText),
+      100,
+      intervalText,
+    ),
+    scanCount: parseCount("--count", values.get("--count"), 500, 1, 100_000),
+    maxKeys: parseCount(
+      "--max-keys",
+      values.get("--max-keys"),
+      100_000,
+      1,
+      10_000_000,
+    ),
+  };
 }
 
 function usage<T>(check: () => T): T {
@@ -246,6 +342,7 @@ export function parseArgs(
       throw new UsageError(`${option} is not an option of '${kind}'`);
     }
   }
+  if (kind === "top") return topArgs(name, values, flags, env);
   if (name === undefined) {
     throw new UsageError(`missing the lock's name: deadbolt ${kind} <name>`);
   }
@@ -264,11 +361,7 @@ export function parseArgs(
     throw new UsageError("--quiet and --verbose exclude each other");
   }
 
-  const redis = values.has("--redis")
-    ? checkRedisUrl(values.get("--redis")!, "--redis")
-    : env.REDIS_URL
-    ? checkRedisUrl(env.REDIS_URL, "REDIS_URL")
-    : DEFAULT_REDIS_URL;
+  const redis = redisUrl(values, env);
   const prefix = values.get("--prefix") ?? "deadbolt:";
   // The library's own checks of the name and the prefix.
   usage(() => Lock.keys(name, { prefix }));

@@ -46,6 +46,20 @@ and wakes its waiters. Exits 0 when released, 1 when that token does not hold
 it (the lock is then left alone). A 'deadbolt run' that loses its lock this
 way stops its command and exits 79.`;
 
+const TOP =
+  `deadbolt top [--once] [--json] [--interval <duration>] [--redis <url>] [--prefix <prefix>]
+             [--count <n>] [--max-keys <n>]
+
+Shows the locks under the prefix that are held or waited for, most contended
+first: name, the holder's token (first 8 characters), the last fence issued,
+the lease left, the processes in the lock's line in Redis, and the
+connections subscribed to its releases (waiters to wake). Refreshes every
+--interval (default 1s) until Ctrl-C; --once prints one view, --json prints
+JSON (one document per view). On a Cluster, give any node: every master is
+scanned. Finds keys with SCAN (COUNT --count, default 500; never KEYS), at
+most --max-keys per server (default 100000), then reads each lock with six
+commands in one pipeline. Exits 0, or 69 when Redis fails.`;
+
 const EXIT_CODES = `Exit codes:
   0-255  the command's own status (128+n when signal n ended it)
   64     usage error (nothing was sent to Redis)
@@ -60,6 +74,7 @@ export function helpText(command?: CommandName): string {
   if (command === "run") return `Usage: ${RUN}\n\n${EXIT_CODES}\n`;
   if (command === "status") return `Usage: ${STATUS}\n`;
   if (command === "release") return `Usage: ${RELEASE}\n`;
+  if (command === "top") return `Usage: ${TOP}\n`;
   return `deadbolt: run a command while holding a distributed lock on Redis
 
 Usage: ${RUN}
@@ -67,6 +82,8 @@ Usage: ${RUN}
        ${STATUS}
 
        ${RELEASE}
+
+       ${TOP}
 
 Other: deadbolt --help, deadbolt <command> --help, deadbolt --version
 

@@ -1,0 +1,164 @@
+import assert from "node:assert/strict";
+import { Cluster, Redis } from "npm:ioredis@6";
+import { Lock } from "../mod.ts";
+import type { TopView } from "../cli/top.ts";
+import { cli, CliProcess } from "./_cli.ts";
+import { startCluster } from "./_cluster.ts";
+import { startRedis } from "./_redis.ts";
+import { DbRedisShape } from "./_resp.ts";
+import { quitIoredis, until, within } from "./_util.ts";
+
+// `deadbolt top` as a subprocess, against a real server with locks held,
+// waited for and expiring.
+
+const viewOf = (stdout: string): TopView => JSON.parse(stdout);
+
+Deno.test("deadbolt top --once --json shows held, waited-for and expiring locks, most contended first", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const conn = await server.connect();
+  const holderClient = new DbRedisShape(conn);
+  // The waiter is on a client of its own, as another process would be: it
+  // takes a place in the lock's line and subscribes to its releases.
+  const waiterClient = new Redis(server.port, "127.0.0.1");
+  try {
+    const busy = await Lock.acquire(holderClient, "busy", { fencing: true });
+    const quiet = await Lock.acquire(holderClient, "quiet");
+    const odd = await Lock.acquire(holderClient, "a}b%c");
+    await side.send(
+      "SET",
+      "deadbolt:{short}",
+      "token-of-a-short-hold",
+      "PX",
+      "400",
+    );
+    // A key of another application under another prefix stays out.
+    await side.send("SET", "other:{busy}", "x");
+    const waiter = Lock.acquire(waiterClient, "busy", { timeout: 10_000 });
+    await until(
+      async () => await side.send("ZCARD", "deadbolt:{busy}:line") === 1,
+      5_000,
+      "the waiter's place in line",
+    );
+
+    const once = await cli(["top", "--once", "--json", "--redis", server.url]);
+    assert.equal(once.code, 0, once.stderr);
+    const view = viewOf(once.stdout);
+    assert.equal(view.prefix, "deadbolt:");
+    assert.equal(view.servers, 1);
+    assert.equal(view.truncated, false);
+    assert.deepEqual(
+      view.locks.map((lock) => lock.name),
+      ["busy", "a}b%c", "quiet", "short"],
+    );
+    const [first] = view.locks;
+    assert.equal(first.token, busy.token.slice(0, 8));
+    assert.equal(first.fence, busy.fence);
+    assert.equal(first.line, 1);
+    assert.ok(first.subscribers >= 1, `${first.subscribers} subscribers`);
+    assert.ok(first.leaseMs! > 20_000 && first.leaseMs! <= 30_000);
+    const short = view.locks.find((lock) => lock.name === "short")!;
+    assert.ok(short.leaseMs! > 0 && short.leaseMs! <= 400, `${short.leaseMs}`);
+    assert.equal(short.fence, null);
+
+    const table = await cli(["top", "--once", "--redis", server.url]);
+    assert.equal(table.code, 0, table.stderr);
+    const lines = table.stdout.trimEnd().split("\n");
+    assert.match(lines[0], /^deadbolt top — 4 lock\(s\) under "deadbolt:"/);
+    assert.match(
+      lines[1],
+      /^NAME\s+TOKEN\s+FENCE\s+LEASE\s+LINE\s+SUBSCRIBED$/,
+    );
+    assert.match(
+      lines[2],
+      new RegExp(`^busy\\s+${busy.token.slice(0, 8)}\\s+${busy.fence}\\s+\\d`),
+    );
+    assert.doesNotMatch(table.stdout, new RegExp(busy.token));
+
+    // The short hold expires; the waiter gets "busy" once it is released.
+    await until(
+      async () => await side.send("EXISTS", "deadbolt:{short}") === 0,
+      5_000,
+      "the short hold's expiry",
+    );
+    await busy.release();
+    await (await within(waiter, 5_000, "the waiter's acquisition")).release();
+    await Promise.all([quiet.release(), odd.release()]);
+    const after = viewOf(
+      (await cli(["top", "--once", "--json", "--redis", server.url])).stdout,
+    );
+    assert.deepEqual(after.locks, []);
+  } finally {
+    holderClient.close();
+    await conn.closed;
+    await quitIoredis(waiterClient);
+  }
+});
+
+Deno.test("deadbolt top refreshes every --interval until SIGINT, then exits 0", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await side.send("SET", "deadbolt:{live}", "token", "PX", "60000");
+  await using top = CliProcess.start([
+    "top",
+    "--interval",
+    "200ms",
+    "--redis",
+    server.url,
+  ]);
+  const headings: string[] = [];
+  while (headings.length < 2) {
+    const line = await top.line(5_000);
+    if (line.includes("deadbolt top —")) headings.push(line);
+    else if (line.startsWith("live")) assert.match(line, /^live\s+token\s+-/);
+  }
+  top.kill("SIGINT");
+  const { code, stderr } = await top.exit(5_000);
+  assert.equal(code, 0, stderr);
+});
+
+Deno.test("deadbolt top scans every master of a Cluster from any one node", async () => {
+  await using cluster = await startCluster({ replicasPerMaster: 0 });
+  const client = new Cluster(cluster.startupNodes);
+  try {
+    const names = Array.from({ length: 12 }, (_, i) => `job-${i}`);
+    const locks = await Promise.all(
+      names.map((name) => Lock.acquire(client, name)),
+    );
+    const { code, stdout, stderr } = await cli([
+      "top",
+      "--once",
+      "--json",
+      "--redis",
+      `redis://127.0.0.1:${cluster.nodes[1].port}`,
+    ]);
+    assert.equal(code, 0, stderr);
+    const view = viewOf(stdout);
+    assert.equal(view.servers, 3);
+    assert.deepEqual(view.locks.map((lock) => lock.name).sort(), names.sort());
+    await Promise.all(locks.map((lock) => lock.release()));
+  } finally {
+    await quitIoredis(client as unknown as Redis);
+  }
+});
+
+Deno.test("deadbolt top refuses a name and bad numbers (exit 64) before any Redis I/O", async () => {
+  for (
+    const args of [
+      ["top", "report"],
+      ["top", "--interval", "5ms"],
+      ["top", "--count", "0"],
+      ["top", "--max-keys", "x"],
+      ["status", "report", "--once"],
+    ]
+  ) {
+    // Port 1 answers nothing: a 64 here was decided before connecting.
+    const { code, stderr } = await cli([
+      ...args,
+      "--redis",
+      "redis://127.0.0.1:1",
+    ]);
+    assert.equal(code, 64, `${args.join(" ")}: ${stderr}`);
+    assert.match(stderr, /^deadbolt: /);
+  }
+});
