@@ -50,13 +50,7 @@ export async function contend(
     const pause = Math.min(wait.maxRetryDelay, deadline - now());
     const handed = await queue.sleep(pause, signal, want());
     if (handed) {
-      const lease = await adoptGrant(
-        store,
-        waiting,
-        token,
-        handed,
-        handedBy(handed),
-      );
+      const lease = await adoptHanded(store, waiting, token, handed);
       if (lease) return lease;
       token = crypto.randomUUID();
     }
@@ -130,22 +124,27 @@ export async function contend(
       ? await queue.sleep(pause, signal, want())
       : await delay(pause, signal);
     if (handed) {
-      const lease = await adoptGrant(
-        store,
-        waiting,
-        token,
-        handed,
-        handedBy(handed),
-      );
+      const lease = await adoptHanded(store, waiting, token, handed);
       if (lease) return lease;
       token = crypto.randomUUID();
     }
   }
 }
 
-// A handover of this process: before Redis answered, or after.
-const handedBy = (handed: Handed): Handover =>
-  handed.confirmation ? "eager" : "local";
+// Adopts a handover of this process: made before Redis answered, or after.
+const adoptHanded = (
+  store: RedisStore,
+  waiting: Waiting,
+  token: string,
+  handed: Handed,
+): Promise<Lease | undefined> =>
+  adoptGrant(
+    store,
+    waiting,
+    token,
+    handed,
+    handed.confirmation ? "eager" : "local",
+  );
 
 /**
  * Starts the lease of a grant to `token`; `undefined` when it came with
