@@ -9,6 +9,8 @@
  *   that answers at once (no Redis): what it adds to the two round trips.
  * - `contended, zero-work` and `contended, 1 ms`: 2, 8 or 32 tasks in one
  *   process race for one lock; one iteration is every task getting it once.
+ * - `telemetry`: the uncontended cycle with OpenTelemetry's SDK registered
+ *   or not (see docs/observing.md).
  * - `handoff`: a holder on one connection releases, a waiter on another
  *   (standing for another process, woken by pub/sub) acquires.
  * At the end it prints the Redis commands per acquisition the contended
@@ -16,6 +18,15 @@
  * that records each grant in Redis can send).
  */
 
+import { metrics, trace } from "npm:@opentelemetry/api@1.9.1";
+import {
+  MeterProvider,
+  MetricReader,
+} from "npm:@opentelemetry/sdk-metrics@2.12.1";
+import {
+  BasicTracerProvider,
+  SimpleSpanProcessor,
+} from "npm:@opentelemetry/sdk-trace-base@2.12.1";
 import { Redis } from "npm:ioredis@6";
 import { createClient } from "npm:redis@6";
 import { fromIoredis, Lock, type ScriptClient } from "../mod.ts";
@@ -165,6 +176,48 @@ Deno.bench({
     await lock.release();
   },
 });
+
+// Telemetry: the same cycle with nothing registered, with the SDK's meter
+// provider, and with its tracer provider too, registered around the timed
+// part only (bench/telemetry.ts interleaves them for the ratios).
+class Collected extends MetricReader {
+  protected override onForceFlush = () => Promise.resolve();
+  protected override onShutdown = () => Promise.resolve();
+}
+const meterProvider = new MeterProvider({ readers: [new Collected()] });
+const tracerProvider = new BasicTracerProvider({
+  spanProcessors: [
+    new SimpleSpanProcessor({
+      export: (_spans, done) => done({ code: 0 }),
+      shutdown: () => Promise.resolve(),
+    }),
+  ],
+});
+for (
+  const [mode, register] of [
+    ["nothing registered", () => {}],
+    ["SDK metrics", () => metrics.setGlobalMeterProvider(meterProvider)],
+    ["SDK metrics and traces", () => {
+      metrics.setGlobalMeterProvider(meterProvider);
+      trace.setGlobalTracerProvider(tracerProvider);
+    }],
+  ] as const
+) {
+  Deno.bench({
+    name: `acquire + release, ${mode} (ioredis 6)`,
+    group: "telemetry",
+    baseline: mode === "nothing registered",
+    async fn(b) {
+      register();
+      b.start();
+      const lock = await Lock.acquire(ioredis, "telemetry");
+      await lock.release();
+      b.end();
+      metrics.disable();
+      trace.disable();
+    },
+  });
+}
 
 // Handoff: the waiter's client stands for another process (no local queue
 // is shared), so the release reaches it by pub/sub.

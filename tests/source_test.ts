@@ -253,3 +253,11 @@ Deno.test("the command is an application on the library: cli/ imports the librar
   }
   assert.deepEqual(found, []);
 });
+
+Deno.test("the version telemetry reports is deno.json's", async () => {
+  const { VERSION } = await import("../src/_version.ts");
+  const denoJson = JSON.parse(
+    await Deno.readTextFile(new URL("deno.json", root)),
+  );
+  assert.equal(VERSION, denoJson.version);
+});
