@@ -56,9 +56,11 @@ the lease left, the processes in the lock's line in Redis, and the
 connections subscribed to its releases (waiters to wake). Refreshes every
 --interval (default 1s) until Ctrl-C; --once prints one view, --json prints
 JSON (one document per view). On a Cluster, give any node: every master is
-scanned. Finds keys with SCAN (COUNT --count, default 500; never KEYS), at
-most --max-keys per server (default 100000), then reads each lock with six
-commands in one pipeline. Exits 0, or 69 when Redis fails.`;
+scanned. Finds keys with SCAN (COUNT --count, default 500; never KEYS),
+walking at most --max-keys keys per server and view (default 100000; the view
+then says it is partial), then reads each lock with six commands in one
+pipeline. A live view outlives Redis errors (it says so and tries again);
+--once exits 69 on one. Exits 0 otherwise.`;
 
 const EXIT_CODES = `Exit codes:
   0-255  the command's own status (128+n when signal n ended it)

@@ -6,6 +6,7 @@ import {
   closeRedis,
   connectRedis,
   describeError,
+  redactUrl,
   RedisUnavailableError,
 } from "./connect.ts";
 import { ExitCode } from "./exit_codes.ts";
@@ -36,7 +37,10 @@ export interface TopView {
   servers: number;
   /** Keys the scans returned. */
   scanned: number;
-  /** Whether a server had more keys than `--max-keys` (the view is partial). */
+  /**
+   * Whether the view is partial: a server had more keys than `--max-keys`
+   * walks, or a master of the Cluster could not be reached.
+   */
   truncated: boolean;
   /** Most contended first. */
   locks: LockRow[];
@@ -50,13 +54,32 @@ export interface TopView {
 export async function topCommand(args: TopArgs): Promise<number> {
   let servers: Redis[] = [];
   try {
-    servers = await openServers(args.redis);
-    const stop = stopSignal(args.once);
+    const opened = await openServers(args.redis);
+    servers = opened.servers;
+    const unreachable = opened.unreachable;
+    if (args.once) {
+      process.stdout.write(
+        render(await readView(servers, unreachable, args), args, true),
+      );
+      return ExitCode.OK;
+    }
+    const stop = stopSignal();
     try {
-      for (let first = true; first || !stop.signal.aborted; first = false) {
-        const view = await readView(servers, args);
-        process.stdout.write(render(view, args, first));
-        if (args.once) break;
+      for (let first = true; !stop.signal.aborted; first = false) {
+        // Ctrl-C ends the view even while a server does not answer.
+        const reading = readView(servers, unreachable, args).catch((error) =>
+          error instanceof Error ? error : new Error(String(error))
+        );
+        const view = await unlessAborted(reading, stop.signal);
+        if (!view) break;
+        if (view instanceof Error) {
+          // A failover or a resharding passes: try again at the next view.
+          process.stderr.write(
+            `deadbolt: Redis failed: ${describeError(view)} (trying again in ${
+              formatDuration(args.interval)
+            })\n`,
+          );
+        } else process.stdout.write(render(view, args, first));
         await sleep(args.interval, stop.signal);
       }
     } finally {
@@ -77,18 +100,32 @@ export async function topCommand(args: TopArgs): Promise<number> {
   }
 }
 
-// The server at `url`, or every master of the Cluster it belongs to.
-async function openServers(url: string): Promise<Redis[]> {
+// The server at `url`, or every reachable master of the Cluster it
+// belongs to; how many masters could not be reached.
+async function openServers(
+  url: string,
+): Promise<{ servers: Redis[]; unreachable: number }> {
   const first = await connectRedis(url);
   try {
     const info = String(await first.info("cluster"));
-    if (!/^cluster_enabled:1/m.test(info)) return [first];
-    const masters = mastersOf(String(await first.call("CLUSTER", "NODES")));
+    if (!/^cluster_enabled:1/m.test(info)) {
+      return { servers: [first], unreachable: 0 };
+    }
+    const seedHost = new URL(url).hostname;
+    const { masters, unreachable } = mastersOf(
+      String(await first.call("CLUSTER", "NODES")),
+      seedHost,
+    );
+    if (masters.length === 0) {
+      throw new RedisUnavailableError(
+        `the cluster at ${redactUrl(url)} lists no reachable master`,
+      );
+    }
     const servers: Redis[] = [];
     try {
       for (const { host, port } of masters) {
         const at = new URL(url);
-        at.hostname = host;
+        at.hostname = host.includes(":") ? `[${host}]` : host;
         at.port = String(port);
         servers.push(await connectRedis(at.href));
       }
@@ -97,27 +134,48 @@ async function openServers(url: string): Promise<Redis[]> {
       throw error;
     }
     await closeRedis(first);
-    return servers;
+    return { servers, unreachable };
   } catch (error) {
     await closeRedis(first);
     throw error;
   }
 }
 
-/** The connected masters in `CLUSTER NODES` output. */
-export function mastersOf(nodes: string): { host: string; port: number }[] {
+/**
+ * The masters in `CLUSTER NODES` output that can be reached (neither
+ * failed nor disconnected), and how many others there are. A node's
+ * announced hostname (Redis 7) is preferred to its IP; a node that does not
+ * know its own IP yet is at `seedHost`.
+ */
+export function mastersOf(
+  nodes: string,
+  seedHost: string,
+): { masters: { host: string; port: number }[]; unreachable: number } {
   const masters = [];
+  let unreachable = 0;
   for (const line of nodes.split("\n")) {
     const [, address, flags, , , , , state] = line.split(" ");
-    if (!address || !flags?.split(",").includes("master")) continue;
-    if (flags.includes("fail") || state !== "connected") continue;
-    const match = /^(.*):(\d+)@/.exec(address);
-    if (match) masters.push({ host: match[1], port: Number(match[2]) });
+    const flagList = flags?.split(",") ?? [];
+    if (!address || !flagList.includes("master")) continue;
+    const match = /^(.*):(\d+)@\d+(?:,(.*))?$/.exec(address);
+    if (
+      !match || flagList.includes("fail") || flagList.includes("noaddr") ||
+      state !== "connected"
+    ) {
+      unreachable++;
+      continue;
+    }
+    const host = match[3] || match[1] || seedHost;
+    masters.push({ host, port: Number(match[2]) });
   }
-  return masters;
+  return { masters, unreachable };
 }
 
-async function readView(servers: Redis[], args: TopArgs): Promise<TopView> {
+async function readView(
+  servers: Redis[],
+  unreachable: number,
+  args: TopArgs,
+): Promise<TopView> {
   const reads = await Promise.all(
     servers.map((redis) => readServer(redis, args)),
   );
@@ -127,7 +185,7 @@ async function readView(servers: Redis[], args: TopArgs): Promise<TopView> {
     prefix: args.prefix,
     servers: servers.length,
     scanned: reads.reduce((sum, read) => sum + read.scanned, 0),
-    truncated: reads.some((read) => read.truncated),
+    truncated: unreachable > 0 || reads.some((read) => read.truncated),
     locks,
   };
 }
@@ -158,7 +216,10 @@ async function readServer(
   const tags = new Set<string>();
   let cursor = "0";
   let scanned = 0;
-  do {
+  // SCAN walks about COUNT keys per call, matching or not: the calls, not
+  // the matches, bound what a view costs the server.
+  const calls = Math.ceil(args.maxKeys / args.scanCount);
+  for (let call = 0; call < calls; call++) {
     const [next, keys] = await redis.scan(
       cursor,
       "MATCH",
@@ -176,7 +237,8 @@ async function readServer(
         tags.add(key.slice(head.length, close));
       }
     }
-  } while (cursor !== "0" && scanned < args.maxKeys);
+    if (cursor === "0") break;
+  }
   const names = [...tags];
   const pipeline = redis.pipeline();
   for (const tag of names) {
@@ -186,9 +248,13 @@ async function readServer(
       .call("PUBSUB", "SHARDNUMSUB", `${lock}:released`);
   }
   const replies = names.length > 0 ? (await pipeline.exec()) ?? [] : [];
-  const locks = names.map((tag, i) => {
+  const locks: LockRow[] = [];
+  names.forEach((tag, i) => {
+    const results = replies.slice(i * 6, i * 6 + 6);
+    // A key of another type under the prefix is not deadbolt's: skipped.
+    if (results.some(([error]) => /^WRONGTYPE/.test(messageOf(error)))) return;
     const reply = (n: number) => {
-      const [error, value] = replies[i * 6 + n] ?? [null, null];
+      const [error, value] = results[n] ?? [null, null];
       // SHARDNUMSUB is unknown before Redis 7: no sharded subscribers.
       if (error && n === 5) return ["", 0];
       if (error) throw error;
@@ -198,17 +264,23 @@ async function readServer(
     const pttl = Number(reply(1));
     const fence = reply(2) as string | null;
     const numsub = (n: number) => Number((reply(n) as unknown[])[1] ?? 0);
-    return {
+    // The commands are not atomic: a key that expired between GET and
+    // PTTL (or was taken between them) shows as free, not half held.
+    const held = token !== null && pttl !== -2;
+    locks.push({
       name: decodeName(tag),
-      token: token === null ? null : token.slice(0, 8),
+      token: held ? token.slice(0, 8) : null,
       fence: fence === null ? null : Number(fence),
-      leaseMs: pttl === -2 ? null : pttl,
+      leaseMs: held ? pttl : null,
       line: Number(reply(3)),
       subscribers: numsub(4) + numsub(5),
-    };
+    });
   });
   return { locks, scanned, truncated: cursor !== "0" };
 }
+
+const messageOf = (error: unknown): string =>
+  error instanceof Error ? error.message : "";
 
 const COLUMNS = ["NAME", "TOKEN", "FENCE", "LEASE", "LINE", "SUBSCRIBED"];
 
@@ -234,7 +306,9 @@ function render(view: TopView, args: TopArgs, first: boolean): string {
   const heading = `deadbolt top — ${view.locks.length} lock(s) under ${
     JSON.stringify(view.prefix)
   } on ${view.servers} server(s), ${view.at}${
-    view.truncated ? " (partial: --max-keys reached)" : ""
+    view.truncated
+      ? " (partial: --max-keys reached, or a master unreachable)"
+      : ""
   }`;
   // On a terminal each view replaces the last; in a pipe they follow.
   const clear = !args.once && process.stdout.isTTY ? "\x1b[H\x1b[2J" : "";
@@ -245,10 +319,10 @@ function render(view: TopView, args: TopArgs, first: boolean): string {
 }
 
 // Aborts on SIGINT or SIGTERM, which end a live view with exit code 0.
-function stopSignal(once: boolean) {
+function stopSignal() {
   const controller = new AbortController();
   const stop = () => controller.abort();
-  const signals = once ? [] : ["SIGINT", "SIGTERM"] as const;
+  const signals = ["SIGINT", "SIGTERM"] as const;
   for (const name of signals) process.on(name, stop);
   return {
     signal: controller.signal,
@@ -256,6 +330,21 @@ function stopSignal(once: boolean) {
       for (const name of signals) process.off(name, stop);
     },
   };
+}
+
+// Settles as `promise` does, or with `undefined` as soon as `signal` aborts.
+function unlessAborted<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+): Promise<T | undefined> {
+  if (signal.aborted) return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => resolve(undefined);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() =>
+      signal.removeEventListener("abort", onAbort)
+    );
+  });
 }
 
 // Resolves after `ms`, or at once when `signal` aborts.

@@ -106,7 +106,7 @@ export class Crowd {
         stop();
         reject(signal.reason);
       };
-      const timer = setTimeout(end, ms);
+      const timer = setTimeout(end, Math.max(0, ms));
       this.#sleepers.add(end);
       signal.addEventListener("abort", onAbort, { once: true });
     });

@@ -63,6 +63,8 @@ export class Lease {
   #timer: Timer | undefined;
   #timerAt = Infinity;
   #renewAt = 0;
+  // When the current renewal was first due (retries move #renewAt on).
+  #dueAt = 0;
   #renewing = false;
   #failures = 0;
   #error: unknown;
@@ -131,7 +133,7 @@ export class Lease {
     // Renew `renewInterval` into a normal lease (when that much less than a
     // normal lease remains, after an extension to another ttl).
     const normal = validity(this.#options.ttl);
-    this.#renewAt = Math.max(
+    this.#renewAt = this.#dueAt = Math.max(
       sent,
       validUntil - (normal - this.#options.renewInterval),
     );
@@ -173,7 +175,6 @@ export class Lease {
   async #renew(): Promise<void> {
     const {
       ttl,
-      renewInterval,
       commandTimeout,
       retryDelay,
       maxRetryDelay,
@@ -182,17 +183,16 @@ export class Lease {
     this.#renewing = true;
     const sent = now();
     const left = this.#validUntil - this.#margin - sent;
+    // Late: more than half the time between its due time and the loss
+    // deadline had gone when it was sent.
+    const late = left < (this.#validUntil - this.#margin - this.#dueAt) / 2;
     try {
       const renewal = await this.#options.extend(
         ttl,
         Math.max(1, Math.min(commandTimeout, left)),
       );
       if (renewal.renewed) {
-        onRenewal?.(
-          left < (validity(ttl) - renewInterval - this.#margin) / 2
-            ? "late"
-            : "on_time",
-        );
+        onRenewal?.(late ? "late" : "on_time");
         this.extended(sent, ttl);
       } else this.lose(renewal.lost);
     } catch (error) {

@@ -187,6 +187,7 @@ export class Lifecycle {
     const record = typeof how === "string" || !recording()
       ? undefined
       : recordWait(this.#telemetry(), how.timeout > 0);
+    const started = record ? now() : 0;
     const attempt = (async () => {
       if (this.#acquired) await this.#release().catch(noop);
       const stop = signal
@@ -201,7 +202,7 @@ export class Lifecycle {
       await attempt;
       record?.end("acquired");
     } catch (error) {
-      record?.end(outcomeOf(error, how, cancel.signal, signal), error);
+      record?.end(outcomeOf(error, how, cancel.signal, signal, started), error);
       throw error;
     } finally {
       this.#pending = undefined;
@@ -293,9 +294,17 @@ export class Lifecycle {
     // first noticed here (say, after a long block of the event loop).
     const valid = lease.isActive();
     lease.end();
-    this.#holdRecord?.end(valid ? "released" : "lost");
+    const record = this.#holdRecord;
     try {
-      return await this.#store.release(this.#token, lease, valid);
+      const released = await this.#store.release(this.#token, lease, valid);
+      // A valid hold whose key was gone or another's at its release was
+      // lost all the same, only noticed now. (One already lost has ended.)
+      if (released) record?.end("released");
+      else {record?.lost(
+          "revoked",
+          "its key was gone or another owner's at its release",
+        );}
+      return released;
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
       if (this.#lease === lease) this.#acquired = true;
@@ -333,7 +342,6 @@ export class Lifecycle {
         this.#store.extend(token, ttl, { timeout, background: true }),
       onRenewal: record && ((outcome) => record.renewal(outcome)),
       onLost: (message, cause, loss) => {
-        record?.lost(loss, message);
         this.#store.lost?.(lease);
         controller.abort(
           new LockLostError(
@@ -342,6 +350,7 @@ export class Lifecycle {
             cause === undefined ? undefined : { cause },
           ),
         );
+        record?.lost(loss, message);
       },
     });
     return this.#lease = lease;
@@ -377,9 +386,17 @@ function outcomeOf(
   how: WaitSettings | string,
   cancel: AbortSignal,
   signal: AbortSignal | undefined,
+  started: number,
 ): Outcome {
+  if (cancel.aborted || signal?.aborted) return "cancelled";
+  if (typeof how === "string") return "error";
   if (error instanceof LockTimeoutError) {
-    return typeof how !== "string" && how.timeout === 0 ? "busy" : "timeout";
+    return how.timeout === 0 ? "busy" : "timeout";
   }
-  return cancel.aborted || signal?.aborted ? "cancelled" : "error";
+  // A grant that came too late to leave any lease, or a call that Redis
+  // left unanswered, once the wait's time has run out: the wait ran out.
+  const late = error instanceof DOMException && error.name === "TimeoutError";
+  return late && how.timeout > 0 && now() - started >= how.timeout
+    ? "timeout"
+    : "error";
 }

@@ -71,7 +71,7 @@ export class WaitLine {
       const left = deadline - now();
       timer = left > MAX_TIMER_MS ? setTimeout(arm, MAX_TIMER_MS) : setTimeout(
         () => now() < deadline ? arm() : gaveUp.resolve("late"),
-        left,
+        Math.max(0, left),
       );
     };
     if (deadline !== Infinity) arm();

@@ -145,6 +145,8 @@ export class MultiStore implements Store {
   ): Promise<Lease> {
     const { ttl } = this.#settings;
     const subscribe = this.#client.deadbolt?.subscribe;
+    // Whether a name was held at an attempt: a grant then is a handover.
+    let refused = false;
     for (let attempt = 0;; attempt++) {
       const token = crypto.randomUUID();
       let firstSent = 0;
@@ -169,6 +171,7 @@ export class MultiStore implements Store {
         }
         if (i === 0) firstSent = sent;
         if (reply.status === "held") {
+          refused = true;
           busy = { pttl: reply.pttl, channel: group.channels[reply.index] };
         } else if (reply.status === "wrong type") {
           this.#forget(token);
@@ -186,7 +189,7 @@ export class MultiStore implements Store {
             token,
             firstSent,
             undefined,
-            attempt > 0 ? "remote" : undefined,
+            refused ? "remote" : undefined,
           );
         }
         this.#forget(token);

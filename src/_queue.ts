@@ -174,7 +174,7 @@ export class LocalQueue {
       };
       // Once a holder has taken the offer, only its answer (or an abort)
       // ends the sleep: a retry now would race the handover.
-      const timer = setTimeout(() => sleeper.taken || end(), ms);
+      const timer = setTimeout(() => sleeper.taken || end(), Math.max(0, ms));
       this.#sleeper = sleeper;
       signal.addEventListener("abort", onAbort, { once: true });
     });

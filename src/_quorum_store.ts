@@ -63,6 +63,8 @@ export class QuorumStore implements Store {
     const servers = this.#clients.length;
     const started = now();
     const deadline = started + wait.timeout;
+    // Whether another owner held it at an attempt: a grant then is a handover.
+    let refused = false;
     for (let attempt = 0;; attempt++) {
       // A new token per attempt: a late delete of the last attempt's keys
       // must not hit this one's.
@@ -84,7 +86,7 @@ export class QuorumStore implements Store {
       }
       if (tally.count(isGranted) >= this.quorum && Lease.fresh(sent, ttl)) {
         this.#deleteLateGrants(
-          grant(token, sent, undefined, attempt > 0 ? "remote" : undefined),
+          grant(token, sent, undefined, refused ? "remote" : undefined),
           token,
           calls,
           tally,
@@ -107,6 +109,7 @@ export class QuorumStore implements Store {
       const held = tally.replies.flatMap((reply) =>
         reply?.status === "held" ? [reply.pttl] : []
       );
+      if (held.length > 0) refused = true;
       const left = deadline - now();
       if (left <= 0) {
         if (held.length > 0) {

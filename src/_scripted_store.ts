@@ -204,6 +204,8 @@ export class ScriptedStore implements Store {
     const leaveLine = seat && leave
       ? () => this.#run(leave(seat.id)).then(noop, noop)
       : undefined;
+    // Whether the hold was busy at an attempt: a grant then is a handover.
+    let refused = false;
     for (let attempt = 0;; attempt++) {
       const sent = now();
       const place = seat
@@ -222,6 +224,7 @@ export class ScriptedStore implements Store {
         call.then(forget, forget);
         throw error;
       }
+      if (reply.status === "busy") refused = true;
       if (leaveLine && reply.status === "busy") {
         // Several of the crowd may ask at once: a grant to one does not
         // tell whether another took a place since, so the place is given
@@ -234,7 +237,7 @@ export class ScriptedStore implements Store {
             token,
             sent,
             fencing ? reply.fence : undefined,
-            attempt > 0 ? "remote" : undefined,
+            refused ? "remote" : undefined,
           );
         }
         // No validity left: free it and retry afresh.

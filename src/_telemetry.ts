@@ -4,9 +4,10 @@
  * dependency. Every copy of `@opentelemetry/api` 1.x keeps the registered
  * providers in one global slot, `globalThis[Symbol.for("opentelemetry.js.api.1")]`,
  * so that libraries bundling different copies of the API share them, and
- * Deno fills that slot at startup under `OTEL_DENO=true`. deadbolt reads the
- * slot once per acquisition: with nothing registered that is the whole cost,
- * and an SDK started after deadbolt was loaded counts from then on.
+ * Deno fills that slot at startup under `OTEL_DENO=true`. deadbolt looks in
+ * the slot at each acquisition and grant: with nothing registered that is
+ * the whole cost, and an SDK started after deadbolt was loaded counts from
+ * then on. What the implementation throws is swallowed (see `guarded`).
  *
  * The names and units are listed in `docs/observing.md`.
  */
@@ -199,8 +200,9 @@ interface Shared {
 // gauge reads 0 rather than vanishing.
 const waiting = new Map<string, Shared>();
 
-const instrumentsOf = new WeakMap<MeterProvider, Instruments>();
-const tracerOf = new WeakMap<TracerProvider, Tracer>();
+// Per provider; `null` for one that failed to make them (asked once).
+const instrumentsOf = new WeakMap<MeterProvider, Instruments | null>();
+const tracerOf = new WeakMap<TracerProvider, Tracer | null>();
 
 function registered(): Registered | undefined {
   return (globalThis as Record<symbol, Registered | undefined>)[API_SLOT];
@@ -211,27 +213,50 @@ function registered(): Registered | undefined {
  * before building what a record needs, so that none costs nothing more.
  */
 export function recording(): boolean {
-  return registered() !== undefined;
+  const api = registered();
+  // The API's disable() deletes the providers and keeps the slot.
+  return api !== undefined &&
+    (api.metrics !== undefined || api.trace !== undefined);
+}
+
+/**
+ * Runs `record`, swallowing what it throws: a failing OpenTelemetry
+ * implementation must never change what a lock does.
+ */
+function guarded(record: () => void): void {
+  try {
+    record();
+  } catch {
+    // Telemetry is lost; the lock is not.
+  }
 }
 
 function instruments(provider: MeterProvider | undefined) {
   if (!provider) return undefined;
   let found = instrumentsOf.get(provider);
-  if (!found) {
-    found = new Instruments(provider.getMeter(SCOPE, VERSION));
+  if (found === undefined) {
+    try {
+      found = new Instruments(provider.getMeter(SCOPE, VERSION));
+    } catch {
+      found = null;
+    }
     instrumentsOf.set(provider, found);
   }
-  return found;
+  return found ?? undefined;
 }
 
 function tracer(provider: TracerProvider | undefined) {
   if (!provider) return undefined;
   let found = tracerOf.get(provider);
-  if (!found) {
-    found = provider.getTracer(SCOPE, VERSION);
+  if (found === undefined) {
+    try {
+      found = provider.getTracer(SCOPE, VERSION);
+    } catch {
+      found = null;
+    }
     tracerOf.set(provider, found);
   }
-  return found;
+  return found ?? undefined;
 }
 
 /** What telemetry says about one handle: its kind, client and (opt-in) name. */
@@ -290,6 +315,7 @@ export class WaitRecord {
   #span: Span | undefined;
   #started = performance.now();
   #waiting: boolean;
+  #ended = false;
 
   constructor(
     subject: Subject,
@@ -304,15 +330,21 @@ export class WaitRecord {
     if (waiting) subject.waiters.count++;
   }
 
-  /** Records the wait's outcome; `error` is what it failed with. */
+  /** Records the wait's outcome, once; `error` is what it failed with. */
   end(outcome: Outcome, error?: unknown): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    if (this.#waiting) this.#subject.waiters.count--;
+    guarded(() => this.#record(outcome, error));
+  }
+
+  #record(outcome: Outcome, error: unknown): void {
     const attributes = outcome === "error"
       ? this.#subject.with({
         "deadbolt.acquire.outcome": outcome,
         "error.type": errorType(error),
       })
       : this.#subject.and("deadbolt.acquire.outcome", outcome);
-    if (this.#waiting) this.#subject.waiters.count--;
     const found = this.#instruments;
     if (found) {
       found.wait.record((performance.now() - this.#started) / 1000, attributes);
@@ -351,26 +383,31 @@ export class HoldRecord {
     this.#span = span;
   }
 
-  /** Counts a background renewal of the hold's lease. */
+  /** Counts a background renewal of the hold's lease, while it lasts. */
   renewal(outcome: RenewalOutcome): void {
-    this.#instruments?.renewals.add(
-      1,
-      this.#subject.and("deadbolt.renewal.outcome", outcome),
+    if (this.#ended) return;
+    guarded(() =>
+      this.#instruments?.renewals.add(
+        1,
+        this.#subject.and("deadbolt.renewal.outcome", outcome),
+      )
     );
   }
 
   /** Ends the hold as lost: the loss counter, and an event on its span. */
   lost(loss: Loss, message: string): void {
     if (this.#ended) return;
-    this.#instruments?.losses.add(
-      1,
-      this.#subject.and("deadbolt.loss.reason", loss),
-    );
-    this.#span?.addEvent("deadbolt.lock.lost", {
-      "deadbolt.loss.reason": loss,
-      "deadbolt.loss.message": message,
+    guarded(() => {
+      this.#instruments?.losses.add(
+        1,
+        this.#subject.and("deadbolt.loss.reason", loss),
+      );
+      this.#span?.addEvent("deadbolt.lock.lost", {
+        "deadbolt.loss.reason": loss,
+        "deadbolt.loss.message": message,
+      });
+      this.#span?.setStatus({ code: ERROR, message: `lost: ${message}` });
     });
-    this.#span?.setStatus({ code: ERROR, message: `lost: ${message}` });
     this.end("lost");
   }
 
@@ -378,12 +415,14 @@ export class HoldRecord {
   end(how: HoldEnd): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#instruments?.hold.record(
-      (performance.now() - this.#started) / 1000,
-      this.#subject.and("deadbolt.hold.end", how),
-    );
-    this.#span?.setAttribute("deadbolt.hold.end", how);
-    this.#span?.end();
+    guarded(() => {
+      this.#instruments?.hold.record(
+        (performance.now() - this.#started) / 1000,
+        this.#subject.and("deadbolt.hold.end", how),
+      );
+      this.#span?.setAttribute("deadbolt.hold.end", how);
+      this.#span?.end();
+    });
   }
 }
 
@@ -397,12 +436,16 @@ export function recordWait(
 ): WaitRecord | undefined {
   const api = registered();
   if (!api) return undefined;
-  const found = instruments(api.metrics);
-  const span = tracer(api.trace)?.startSpan(`acquire ${subject.noun}`, {
-    attributes: subject.with(),
-  });
-  if (!found && !span) return undefined;
-  return new WaitRecord(subject, found, span, waiting);
+  try {
+    const found = instruments(api.metrics);
+    const span = tracer(api.trace)?.startSpan(`acquire ${subject.noun}`, {
+      attributes: subject.with(),
+    });
+    if (!found && !span) return undefined;
+    return new WaitRecord(subject, found, span, waiting);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -416,26 +459,27 @@ export function recordHold(
 ): HoldRecord | undefined {
   const api = registered();
   if (!api) return undefined;
-  const found = instruments(api.metrics);
-  const attributes = subject.with(
-    fence === undefined ? undefined : { "deadbolt.lock.fence": fence },
-  );
-  const span = tracer(api.trace)?.startSpan(`hold ${subject.noun}`, {
-    attributes: handover
-      ? { ...attributes, "deadbolt.handover.type": handover }
-      : attributes,
-  });
-  if (!found && !span) return undefined;
-  if (found) {
-    found.acquisitions.add(1, subject.with());
-    if (handover) {
-      found.handovers.add(
-        1,
-        subject.and("deadbolt.handover.type", handover),
-      );
+  try {
+    const found = instruments(api.metrics);
+    const attributes = subject.with(
+      fence === undefined ? undefined : { "deadbolt.lock.fence": fence },
+    );
+    const span = tracer(api.trace)?.startSpan(`hold ${subject.noun}`, {
+      attributes: handover
+        ? { ...attributes, "deadbolt.handover.type": handover }
+        : attributes,
+    });
+    if (!found && !span) return undefined;
+    if (found) {
+      found.acquisitions.add(1, subject.with());
+      if (handover) {
+        found.handovers.add(1, subject.and("deadbolt.handover.type", handover));
+      }
     }
+    return new HoldRecord(subject, found, span);
+  } catch {
+    return undefined;
   }
-  return new HoldRecord(subject, found, span);
 }
 
 function errorType(error: unknown): string {

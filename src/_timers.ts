@@ -34,10 +34,11 @@ export function delay(ms: number, signal: AbortSignal): Promise<void> {
       clearTimeout(timer);
       reject(signal.reason);
     };
+    // A deadline already past is "now": Node warns of a negative delay.
     const timer = setTimeout(() => {
       signal.removeEventListener("abort", onAbort);
       resolve();
-    }, ms);
+    }, Math.max(0, ms));
     signal.addEventListener("abort", onAbort, { once: true });
   });
 }

@@ -98,7 +98,8 @@ export interface LockOptions extends Omit<AcquireOptions, "signal"> {
   replicaTimeout?: number;
   /**
    * The `deadbolt.lock.name` attribute of this handle's OpenTelemetry
-   * metrics and spans: 1 to 256 characters. Unset, they carry no name, as
+   * metrics and spans: at most 256 UTF-16 code units (`""`, the default, is
+   * none). Unset, they carry no name, as
    * lock names can be unbounded in number (one per job, per user) and each
    * distinct value makes new time series. Give the name itself for a lock
    * of a fixed name (`"nightly-report"`), or a group for locks named per

@@ -8,7 +8,16 @@
  */
 
 import assert from "node:assert/strict";
-import { Lock, LockLostError, LockTimeoutError, Semaphore } from "../mod.ts";
+import {
+  Lock,
+  LockKeyError,
+  LockLostError,
+  LockTimeoutError,
+  MultiLock,
+  ReadWriteLock,
+  Redlock,
+  Semaphore,
+} from "../mod.ts";
 import type { Connection } from "./_core_cases.ts";
 import { type Otel, total } from "./_otel.ts";
 import { abortedAt, lineUp, sleep, within } from "./_util.ts";
@@ -26,7 +35,13 @@ export interface TelemetryUnderTest {
 /** One behaviour, run with a fresh connection and SDK. */
 export interface TelemetryCase {
   readonly name: string;
-  run(connection: Connection, otel: Otel, clientKind: string): Promise<void>;
+  /** `under` opens more connections, as other processes would have. */
+  run(
+    connection: Connection,
+    otel: Otel,
+    clientKind: string,
+    under: TelemetryUnderTest,
+  ): Promise<void>;
 }
 
 /** Runs `kase` under `under`: connects, registers, and cleans up after. */
@@ -38,7 +53,7 @@ export async function runTelemetryCase(
   try {
     const otel = under.register();
     try {
-      await kase.run(connection, otel, under.clientKind);
+      await kase.run(connection, otel, under.clientKind, under);
     } finally {
       await otel[Symbol.asyncDispose]();
     }
@@ -136,8 +151,9 @@ export const TELEMETRY_CASES: readonly TelemetryCase[] = [
     },
   },
   {
-    name: "a timeout, a busy try and a cancelled wait each have their outcome",
-    async run({ client }, otel) {
+    name:
+      "a timeout, a busy try, a cancelled wait and an error each have their outcome",
+    async run({ client, command }, otel) {
       const holder = await Lock.acquire(client, "busy");
       try {
         await assert.rejects(
@@ -151,14 +167,25 @@ export const TELEMETRY_CASES: readonly TelemetryCase[] = [
         });
         await lineUp(client, "busy", 1);
         controller.abort();
-        await assert.rejects(within(cancelled, 5_000, "the cancelled wait"));
+        await assert.rejects(within(cancelled, 5_000, "the cancelled wait"), {
+          name: "AbortError",
+        });
+        // A foreign key at a lock's name: an error, with its type.
+        await command("HSET", "deadbolt:{foreign}", "field", "value");
+        await assert.rejects(Lock.acquire(client, "foreign"), LockKeyError);
       } finally {
         await released(holder);
       }
+      const waiters = (await otel.points("deadbolt.lock.waiters")).points;
+      assert.equal(total(waiters), 0, "no waiter left counted");
       const wait = (await otel.points("deadbolt.lock.wait.duration")).points;
       assert.equal(total(wait, { [OUTCOME]: "timeout" }), 1);
       assert.equal(total(wait, { [OUTCOME]: "busy" }), 1);
       assert.equal(total(wait, { [OUTCOME]: "cancelled" }), 1);
+      assert.equal(
+        total(wait, { [OUTCOME]: "error", "error.type": "LockKeyError" }),
+        1,
+      );
       // A refused try is no timeout.
       const timeouts = await otel.points("deadbolt.lock.timeouts");
       assert.equal(total(timeouts.points), 1);
@@ -172,7 +199,7 @@ export const TELEMETRY_CASES: readonly TelemetryCase[] = [
   },
   {
     name:
-      "a lost hold counts the loss, ends its span as an error, and says whether Redis revoked it or it expired",
+      "a lost hold counts the loss, ends its span as an error, and says whether Redis revoked it (at a renewal or the release) or it expired",
     async run({ client, command }, otel) {
       const revoked = await Lock.acquire(client, "revoked", {
         ttl: 2_000,
@@ -188,15 +215,19 @@ export const TELEMETRY_CASES: readonly TelemetryCase[] = [
       });
       await abortedAt(expired.signal);
       await released(expired);
+      // Taken behind its back and first noticed at the release.
+      const taken = await Lock.acquire(client, "taken");
+      await command("SET", taken.key, "another-owner", "PX", "60000");
+      assert.equal(await taken.release(), false);
 
       const losses = (await otel.points("deadbolt.lock.losses")).points;
-      assert.equal(total(losses, { "deadbolt.loss.reason": "revoked" }), 1);
+      assert.equal(total(losses, { "deadbolt.loss.reason": "revoked" }), 2);
       assert.equal(total(losses, { "deadbolt.loss.reason": "expired" }), 1);
       const hold = (await otel.points("deadbolt.lock.hold.duration")).points;
-      assert.equal(total(hold, { "deadbolt.hold.end": "lost" }), 2);
+      assert.equal(total(hold, { "deadbolt.hold.end": "lost" }), 3);
       assert.equal(total(hold, { "deadbolt.hold.end": "released" }), 0);
       const lost = otel.spans().filter((s) => s.name === "hold lock");
-      assert.equal(lost.length, 2);
+      assert.equal(lost.length, 3);
       for (const span of lost) {
         assert.equal(span.status.code, 2);
         const event = span.events.find((e) => e.name === "deadbolt.lock.lost");
@@ -234,7 +265,8 @@ export const TELEMETRY_CASES: readonly TelemetryCase[] = [
         while (await renewals("late") < 1 && performance.now() < deadline) {
           await sleep(20);
         }
-        assert.equal(await renewals("late"), 1);
+        assert.ok(await renewals("late") >= 1, "a late renewal");
+        assert.equal(await renewals("failed"), 0);
         assert.equal(lock.held, true);
       } finally {
         await released(lock);
@@ -272,6 +304,105 @@ export const TELEMETRY_CASES: readonly TelemetryCase[] = [
       assert.deepEqual(
         otel.spans().map((s) => s.name).sort(),
         ["acquire lock", "acquire semaphore", "hold lock", "hold semaphore"],
+      );
+    },
+  },
+  {
+    name:
+      "a handover is counted by its type: local within a process, remote across connections",
+    async run({ client }, otel, _clientKind, under) {
+      // Fenced, so that the handover waits for Redis (never eager).
+      const local = { telemetryName: "local", fencing: true, timeout: 5_000 };
+      const holder = await Lock.acquire(client, "local", local);
+      const waiter = Lock.acquire(client, "local", local);
+      await lineUp(client, "local", 1);
+      await released(holder);
+      const handed = await within(waiter, 5_000, "the local handover");
+      assert.equal(handed.fence, holder.fence! + 1);
+      await released(handed);
+
+      const other = await under.connect();
+      try {
+        const remote = { telemetryName: "remote", timeout: 5_000 };
+        const first = await Lock.acquire(client, "remote", remote);
+        const second = Lock.acquire(other.client, "remote", remote);
+        await lineUp(other.client, "remote", 1);
+        await released(first);
+        await released(await within(second, 5_000, "the remote grant"));
+      } finally {
+        await other.close();
+      }
+      const handovers = (await otel.points("deadbolt.lock.handovers")).points;
+      const of = (name: string, type: string) =>
+        total(handovers, {
+          "deadbolt.lock.name": name,
+          "deadbolt.handover.type": type,
+        });
+      assert.deepEqual(
+        [of("local", "local"), of("local", "eager"), of("local", "remote")],
+        [1, 0, 0],
+      );
+      assert.deepEqual(
+        [of("remote", "remote"), of("remote", "local"), of("remote", "eager")],
+        [1, 0, 0],
+      );
+      const holds = otel.spans().filter((s) => s.name === "hold lock");
+      const fenced = holds.filter((s) => "deadbolt.lock.fence" in s.attributes);
+      assert.deepEqual(
+        fenced.map((s) => s.attributes["deadbolt.lock.fence"]),
+        [holder.fence, handed.fence],
+      );
+      assert.equal(
+        fenced[1].attributes["deadbolt.handover.type"],
+        "local",
+      );
+    },
+  },
+  {
+    name:
+      "a detached hold ends as detached, and its adoption is a hold without a wait",
+    async run({ client }, otel) {
+      const lock = await Lock.acquire(client, "passed-on");
+      const token = lock.detach();
+      const adopted = await Lock.adopt(client, "passed-on", token);
+      assert.ok(adopted, "adopted");
+      await released(adopted);
+      const hold = (await otel.points("deadbolt.lock.hold.duration")).points;
+      assert.equal(total(hold, { "deadbolt.hold.end": "detached" }), 1);
+      assert.equal(total(hold, { "deadbolt.hold.end": "released" }), 1);
+      const acquisitions = await otel.points("deadbolt.lock.acquisitions");
+      assert.equal(total(acquisitions.points), 2);
+      const wait = await otel.points("deadbolt.lock.wait.duration");
+      assert.equal(total(wait.points), 1);
+    },
+  },
+  {
+    name:
+      "Redlock, MultiLock and a ReadWriteLock's holds are named by kind, in metrics and spans",
+    async run({ client }, otel) {
+      const redlock = await Redlock.acquire([client], "quorum");
+      await redlock.release();
+      const multi = await MultiLock.acquire(client, ["left", "right"]);
+      await multi.release();
+      const reader = await ReadWriteLock.read(client, "table");
+      await reader.release();
+      const writer = await ReadWriteLock.write(client, "table");
+      await writer.release();
+      const acquisitions = (await otel.points("deadbolt.lock.acquisitions"))
+        .points;
+      for (const kind of ["redlock", "multi", "read", "write"]) {
+        assert.equal(total(acquisitions, { [KIND]: kind }), 1, kind);
+      }
+      assert.deepEqual(
+        otel.spans().filter((s) => s.name.startsWith("acquire ")).map((s) =>
+          s.name
+        ),
+        [
+          "acquire lock",
+          "acquire locks",
+          "acquire read lock",
+          "acquire write lock",
+        ],
       );
     },
   },

@@ -142,6 +142,79 @@ Deno.test("deadbolt top scans every master of a Cluster from any one node", asyn
   }
 });
 
+Deno.test("deadbolt top bounds its scan with --max-keys, skips keys of other types, and takes a prefix with glob characters literally", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  for (let i = 0; i < 40; i++) {
+    await side.send("SET", `deadbolt:{n${i}}`, `token-${i}`, "PX", "60000");
+  }
+  await side.send("HSET", "deadbolt:{a-hash}", "field", "value");
+  await side.send("SET", "j*b:{literal}", "token", "PX", "60000");
+  await side.send("SET", "jXb:{glob}", "token", "PX", "60000");
+  const view = async (...args: string[]) => {
+    const { code, stdout, stderr } = await cli([
+      "top",
+      "--once",
+      "--json",
+      "--redis",
+      server.url,
+      ...args,
+    ]);
+    assert.equal(code, 0, stderr);
+    return viewOf(stdout);
+  };
+  const all = await view();
+  assert.equal(all.truncated, false);
+  assert.equal(all.locks.length, 40, "the hash is skipped");
+  // 43 keys, 5 walked per call, at most 2 calls: a partial view.
+  const partial = await view("--count", "5", "--max-keys", "10");
+  assert.equal(partial.truncated, true);
+  assert.ok(partial.scanned <= 20, `${partial.scanned} keys scanned`);
+  const literal = await view("--prefix", "j*b:");
+  assert.deepEqual(literal.locks.map((lock) => lock.name), ["literal"]);
+});
+
+Deno.test("deadbolt top ends on SIGINT even while its server does not answer", async () => {
+  await using server = await startRedis();
+  await using top = CliProcess.start([
+    "top",
+    "--interval",
+    "100ms",
+    "--redis",
+    server.url,
+  ]);
+  assert.match(await top.line(5_000), /^deadbolt top — 0 lock/);
+  Deno.kill(server.pid, "SIGSTOP");
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    top.kill("SIGINT");
+    const { code, stderr } = await top.exit(5_000);
+    assert.equal(code, 0, stderr);
+  } finally {
+    Deno.kill(server.pid, "SIGCONT");
+  }
+});
+
+Deno.test("a live deadbolt top outlives its server's death: it says so, tries again, and still ends on SIGINT", async () => {
+  await using server = await startRedis();
+  await using top = CliProcess.start([
+    "top",
+    "--interval",
+    "100ms",
+    "--redis",
+    server.url,
+  ]);
+  assert.match(await top.line(5_000), /^deadbolt top — 0 lock/);
+  await server.stop();
+  assert.match(
+    await top.stderrLine(/Redis failed/, 5_000),
+    /^deadbolt: Redis failed: .* \(trying again in 100 ms\)$/,
+  );
+  top.kill("SIGINT");
+  const { code } = await top.exit(5_000);
+  assert.equal(code, 0);
+});
+
 Deno.test("deadbolt top refuses a name and bad numbers (exit 64) before any Redis I/O", async () => {
   for (
     const args of [

@@ -2,11 +2,12 @@ import assert from "node:assert/strict";
 import * as api from "npm:@opentelemetry/api@1.9.1";
 import * as metrics from "npm:@opentelemetry/sdk-metrics@2.12.1";
 import * as trace from "npm:@opentelemetry/sdk-trace-base@2.12.1";
-import { Lock } from "../mod.ts";
+import { Lock, LockLostError, LockTimeoutError } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape } from "./_resp.ts";
 import { registerOtel, total } from "./_otel.ts";
 import { runTelemetryCase, TELEMETRY_CASES } from "./_telemetry_cases.ts";
+import { abortedAt, until } from "./_util.ts";
 
 // The telemetry cases under Deno, with the @db/redis shape over a Deno
 // socket (so the sanitizers see the connection): "custom" to deadbolt.
@@ -35,7 +36,7 @@ for (const kase of TELEMETRY_CASES) {
   });
 }
 
-Deno.test("telemetry: an SDK registered after the handle was made counts from then on, and nothing after it is gone", async () => {
+Deno.test("telemetry: an SDK registered after the handle was made counts from then on, and nothing once it is unregistered", async () => {
   await using server = await startRedis();
   const conn = await server.connect();
   const redis = new DbRedisShape(conn);
@@ -43,20 +44,93 @@ Deno.test("telemetry: an SDK registered after the handle was made counts from th
     const lock = new Lock(redis, "late");
     await lock.acquire();
     await lock.release();
+    let calls = 0;
     {
       await using otel = registerOtel(SDK);
+      // Counts what deadbolt asks of the registered provider.
+      const provider = api.metrics.getMeterProvider();
+      const getMeter = provider.getMeter.bind(provider);
+      provider.getMeter = (...args) => (calls++, getMeter(...args));
       await lock.acquire();
       await lock.release();
       const { points } = await otel.points("deadbolt.lock.acquisitions");
       assert.equal(total(points), 1);
+      assert.equal(calls, 1, "one meter, made once");
     }
-    // Unregistered: nothing to record to, and nothing fails.
+    // disable() leaves the API's slot with no provider in it: nothing is
+    // asked of anyone, and nothing fails.
+    assert.ok(Symbol.for("opentelemetry.js.api.1") in globalThis);
     await lock.acquire();
     assert.equal(await lock.release(), true);
+    assert.equal(calls, 1);
   } finally {
     redis.close();
     await conn.closed;
   }
+});
+
+Deno.test("telemetry: a registered implementation that throws everywhere changes nothing a lock does", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const conn = await server.connect();
+  const redis = new DbRedisShape(conn);
+  const slot = Symbol.for("opentelemetry.js.api.1");
+  const fail = () => {
+    throw new Error("a broken telemetry implementation");
+  };
+  const instrument = { add: fail, record: fail, addCallback: fail };
+  const span = {
+    setAttribute: fail,
+    addEvent: fail,
+    setStatus: fail,
+    end: fail,
+  };
+  const slots = globalThis as unknown as Record<symbol, unknown>;
+  const before = slots[slot];
+  for (
+    const broken of [
+      { metrics: { getMeter: fail }, trace: { getTracer: fail } },
+      {
+        metrics: {
+          getMeter: () => ({
+            createHistogram: () => instrument,
+            createCounter: () => instrument,
+            createObservableUpDownCounter: () => instrument,
+          }),
+        },
+        trace: { getTracer: () => ({ startSpan: () => span }) },
+      },
+    ]
+  ) {
+    slots[slot] = { version: "1.9.1", ...broken };
+    try {
+      // Acquire, renew, wait, time out, lose, and release.
+      const lock = await Lock.acquire(redis, "sturdy", {
+        ttl: 1_000,
+        renewInterval: 20,
+      });
+      await until(
+        async () => Number(await side.send("PTTL", lock.key)) > 980,
+        5_000,
+        "a renewal",
+      );
+      await assert.rejects(
+        Lock.acquire(redis, "sturdy", { timeout: 30 }),
+        LockTimeoutError,
+      );
+      await side.send("DEL", lock.key);
+      await abortedAt(lock.signal);
+      assert.ok(lock.signal.reason instanceof LockLostError);
+      assert.equal(await lock.release(), false);
+      const again = await Lock.acquire(redis, "sturdy");
+      assert.equal(await again.release(), true);
+    } finally {
+      if (before === undefined) delete slots[slot];
+      else slots[slot] = before;
+    }
+  }
+  redis.close();
+  await conn.closed;
 });
 
 Deno.test("telemetryName: a wrong type or length is refused before any Redis command", () => {

@@ -116,10 +116,10 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
   };
   if (typeof client.getSlotMaster === "function") {
     // A cluster may resend a redirected call after later ones.
-    return {
+    return withKind("node-redis", {
       ...base,
       deadbolt: { ordered: false, cluster: true, ...cluster(client) },
-    };
+    });
   }
   return withKind("node-redis", {
     ...base,
