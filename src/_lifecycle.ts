@@ -5,7 +5,7 @@ import { now } from "./_timers.ts";
 import {
   type Handover,
   type HoldRecord,
-  type Outcome,
+  outcomeOf,
   recordHold,
   recording,
   recordWait,
@@ -202,7 +202,14 @@ export class Lifecycle {
       await attempt;
       record?.end("acquired");
     } catch (error) {
-      record?.end(outcomeOf(error, how, cancel.signal, signal, started), error);
+      if (record) {
+        const { timeout } = how as WaitSettings;
+        const cancelled = cancel.signal.aborted || signal?.aborted === true;
+        record.end(
+          outcomeOf(error, timeout, cancelled, now() - started),
+          error,
+        );
+      }
       throw error;
     } finally {
       this.#pending = undefined;
@@ -379,24 +386,3 @@ const NOUNS: Record<Kind, string> = {
   write: "write lock",
   multi: "locks",
 };
-
-// How a wait that failed with `error` ended, for telemetry.
-function outcomeOf(
-  error: unknown,
-  how: WaitSettings | string,
-  cancel: AbortSignal,
-  signal: AbortSignal | undefined,
-  started: number,
-): Outcome {
-  if (cancel.aborted || signal?.aborted) return "cancelled";
-  if (typeof how === "string") return "error";
-  if (error instanceof LockTimeoutError) {
-    return how.timeout === 0 ? "busy" : "timeout";
-  }
-  // A grant that came too late to leave any lease, or a call that Redis
-  // left unanswered, once the wait's time has run out: the wait ran out.
-  const late = error instanceof DOMException && error.name === "TimeoutError";
-  return late && how.timeout > 0 && now() - started >= how.timeout
-    ? "timeout"
-    : "error";
-}

@@ -1,76 +1,30 @@
 /**
- * deadbolt's OpenTelemetry metrics and spans, sent through whatever
- * OpenTelemetry implementation the process has registered, with no
- * dependency. Every copy of `@opentelemetry/api` 1.x keeps the registered
- * providers in one global slot, `globalThis[Symbol.for("opentelemetry.js.api.1")]`,
- * so that libraries bundling different copies of the API share them, and
- * Deno fills that slot at startup under `OTEL_DENO=true`. deadbolt looks in
- * the slot at each acquisition and grant: with nothing registered that is
- * the whole cost, and an SDK started after deadbolt was loaded counts from
- * then on. What the implementation throws is swallowed (see `guarded`).
+ * What deadbolt records of a handle's life, for `Lifecycle`: a wait (its
+ * outcome, its time, the waiters gauge, an `acquire` span) and a hold (its
+ * time, how it ended, renewals, a loss, a `hold` span). Records exist only
+ * while an OpenTelemetry implementation is registered (`_otel_api.ts` says
+ * how deadbolt finds it): with none, the whole cost is a look at the API's
+ * global slot at each acquisition and grant, and an SDK started later
+ * counts from then on.
  *
- * The names and units are listed in `docs/observing.md`.
+ * The names, units and attributes are listed in `docs/observing.md`.
  */
 
-import { VERSION } from "./_version.ts";
+import { LockTimeoutError } from "./errors.ts";
+import {
+  type Attributes,
+  ERROR,
+  guarded,
+  type Instruments,
+  instruments,
+  registered,
+  type Shared,
+  type Span,
+  tracer,
+  waiting,
+} from "./_otel_api.ts";
 
-/** The API's global slot, named by its major version. */
-const API_SLOT = Symbol.for("opentelemetry.js.api.1");
-const SCOPE = "@deadbolt/deadbolt";
-
-/** Attribute values, as the API takes them. */
-export type Attributes = Record<string, string | number | boolean>;
-
-// What deadbolt uses of the API's interfaces, structurally.
-interface MeterProvider {
-  getMeter(name: string, version?: string): Meter;
-}
-interface InstrumentOptions {
-  description?: string;
-  unit?: string;
-  advice?: { explicitBucketBoundaries?: number[] };
-}
-interface Meter {
-  createHistogram(name: string, options?: InstrumentOptions): Histogram;
-  createCounter(name: string, options?: InstrumentOptions): Counter;
-  createObservableUpDownCounter(
-    name: string,
-    options?: InstrumentOptions,
-  ): Observable;
-}
-interface Observable {
-  addCallback(
-    callback: (result: {
-      observe(value: number, attributes?: Attributes): void;
-    }) => void,
-  ): void;
-}
-interface Histogram {
-  record(value: number, attributes?: Attributes): void;
-}
-interface Counter {
-  add(value: number, attributes?: Attributes): void;
-}
-interface TracerProvider {
-  getTracer(name: string, version?: string): Tracer;
-}
-interface Tracer {
-  startSpan(name: string, options?: { attributes?: Attributes }): Span;
-}
-/** A span, as the API defines it (the part deadbolt uses). */
-export interface Span {
-  setAttribute(key: string, value: string | number | boolean): unknown;
-  addEvent(name: string, attributes?: Attributes): unknown;
-  setStatus(status: { code: number; message?: string }): unknown;
-  end(): void;
-}
-interface Registered {
-  metrics?: MeterProvider;
-  trace?: TracerProvider;
-}
-
-/** The span status code for an error (`SpanStatusCode.ERROR`). */
-const ERROR = 2;
+export { recording } from "./_otel_api.ts";
 
 /** What a wait ended with: the `deadbolt.acquire.outcome` attribute. */
 export type Outcome = "acquired" | "timeout" | "busy" | "cancelled" | "error";
@@ -91,173 +45,6 @@ export type RenewalOutcome = "on_time" | "late" | "failed";
 
 /** How a hold ended. */
 export type HoldEnd = "released" | "lost" | "detached";
-
-// Wait-time buckets in seconds: an uncontended acquisition takes a round
-// trip (well under a millisecond on a LAN), a contended one up to `timeout`.
-const WAIT_BUCKETS = [
-  0.0005,
-  0.001,
-  0.0025,
-  0.005,
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-  10,
-  30,
-  60,
-];
-// Hold-time buckets in seconds: from a quick critical section to a job.
-const HOLD_BUCKETS = [
-  0.001,
-  0.005,
-  0.01,
-  0.05,
-  0.1,
-  0.5,
-  1,
-  5,
-  10,
-  30,
-  60,
-  300,
-  900,
-  3600,
-];
-
-/** deadbolt's instruments on one meter provider. */
-class Instruments {
-  readonly wait: Histogram;
-  readonly hold: Histogram;
-  readonly acquisitions: Counter;
-  readonly timeouts: Counter;
-  readonly losses: Counter;
-  readonly renewals: Counter;
-  readonly handovers: Counter;
-
-  constructor(meter: Meter) {
-    this.wait = meter.createHistogram("deadbolt.lock.wait.duration", {
-      description:
-        "How long acquire() took, from the call to its outcome, by outcome.",
-      unit: "s",
-      advice: { explicitBucketBoundaries: WAIT_BUCKETS },
-    });
-    this.hold = meter.createHistogram("deadbolt.lock.hold.duration", {
-      description: "How long holds lasted, from the grant to their end.",
-      unit: "s",
-      advice: { explicitBucketBoundaries: HOLD_BUCKETS },
-    });
-    this.acquisitions = meter.createCounter("deadbolt.lock.acquisitions", {
-      description: "Holds granted.",
-      unit: "{acquisition}",
-    });
-    this.timeouts = meter.createCounter("deadbolt.lock.timeouts", {
-      description: "Waits that gave up when their timeout ran out.",
-      unit: "{timeout}",
-    });
-    this.losses = meter.createCounter("deadbolt.lock.losses", {
-      description: "Holds whose ownership was lost before their release.",
-      unit: "{loss}",
-    });
-    this.renewals = meter.createCounter("deadbolt.lock.renewals", {
-      description: "Background renewals of held leases, by outcome.",
-      unit: "{renewal}",
-    });
-    this.handovers = meter.createCounter("deadbolt.lock.handovers", {
-      description: "Holds that passed from a holder to a waiter, by type.",
-      unit: "{handover}",
-    });
-    // Observed when the SDK collects: a wait costs two additions to a
-    // number, not two recordings.
-    meter.createObservableUpDownCounter("deadbolt.lock.waiters", {
-      description: "acquire() calls waiting now.",
-      unit: "{waiter}",
-    }).addCallback((result) => {
-      for (const { attributes, count } of waiting.values()) {
-        result.observe(count, attributes);
-      }
-    });
-  }
-}
-
-/**
- * What handles of one set of attributes share: the acquire() calls of
- * theirs waiting now, and the attribute sets recorded with one more
- * attribute (an outcome, a reason), built once each.
- */
-interface Shared {
-  readonly attributes: Attributes;
-  count: number;
-  readonly variants: Map<string, Attributes>;
-}
-
-// Per set of handle attributes. Entries stay (at 0) once seen, so that the
-// gauge reads 0 rather than vanishing.
-const waiting = new Map<string, Shared>();
-
-// Per provider; `null` for one that failed to make them (asked once).
-const instrumentsOf = new WeakMap<MeterProvider, Instruments | null>();
-const tracerOf = new WeakMap<TracerProvider, Tracer | null>();
-
-function registered(): Registered | undefined {
-  return (globalThis as Record<symbol, Registered | undefined>)[API_SLOT];
-}
-
-/**
- * Whether an OpenTelemetry implementation is registered: callers check it
- * before building what a record needs, so that none costs nothing more.
- */
-export function recording(): boolean {
-  const api = registered();
-  // The API's disable() deletes the providers and keeps the slot.
-  return api !== undefined &&
-    (api.metrics !== undefined || api.trace !== undefined);
-}
-
-/**
- * Runs `record`, swallowing what it throws: a failing OpenTelemetry
- * implementation must never change what a lock does.
- */
-function guarded(record: () => void): void {
-  try {
-    record();
-  } catch {
-    // Telemetry is lost; the lock is not.
-  }
-}
-
-function instruments(provider: MeterProvider | undefined) {
-  if (!provider) return undefined;
-  let found = instrumentsOf.get(provider);
-  if (found === undefined) {
-    try {
-      found = new Instruments(provider.getMeter(SCOPE, VERSION));
-    } catch {
-      found = null;
-    }
-    instrumentsOf.set(provider, found);
-  }
-  return found ?? undefined;
-}
-
-function tracer(provider: TracerProvider | undefined) {
-  if (!provider) return undefined;
-  let found = tracerOf.get(provider);
-  if (found === undefined) {
-    try {
-      found = provider.getTracer(SCOPE, VERSION);
-    } catch {
-      found = null;
-    }
-    tracerOf.set(provider, found);
-  }
-  return found ?? undefined;
-}
 
 /** What telemetry says about one handle: its kind, client and (opt-in) name. */
 export class Subject {
@@ -480,6 +267,26 @@ export function recordHold(
   } catch {
     return undefined;
   }
+}
+
+/**
+ * How a wait with `timeout` that failed with `error` after `waited` ms
+ * ended; `cancelled` when its signal or a `release()` called it off.
+ */
+export function outcomeOf(
+  error: unknown,
+  timeout: number,
+  cancelled: boolean,
+  waited: number,
+): Outcome {
+  if (cancelled) return "cancelled";
+  if (error instanceof LockTimeoutError) {
+    return timeout === 0 ? "busy" : "timeout";
+  }
+  // A grant that came too late to leave any lease, or a call that Redis
+  // left unanswered, once the wait's time has run out: the wait ran out.
+  const late = error instanceof DOMException && error.name === "TimeoutError";
+  return late && timeout > 0 && waited >= timeout ? "timeout" : "error";
 }
 
 function errorType(error: unknown): string {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Cluster, Redis } from "npm:ioredis@6";
 import { Lock } from "../mod.ts";
-import type { TopView } from "../cli/top.ts";
+import type { TopView } from "../cli/top_view.ts";
 import { cli, CliProcess } from "./_cli.ts";
 import { startCluster } from "./_cluster.ts";
 import { startRedis } from "./_redis.ts";
