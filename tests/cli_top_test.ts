@@ -13,6 +13,18 @@ import { quitIoredis, until, within } from "./_util.ts";
 
 const viewOf = (stdout: string): TopView => JSON.parse(stdout);
 
+/** A live `top` on `url`, every 100 ms, once it has shown its first view. */
+async function liveTop(url: string): Promise<CliProcess> {
+  const top = CliProcess.start(["top", "--interval", "100ms", "--redis", url]);
+  try {
+    assert.match(await top.line(5_000), /^deadbolt top — 0 lock/);
+    return top;
+  } catch (error) {
+    await top[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 Deno.test("deadbolt top --once --json shows held, waited-for and expiring locks, most contended first", async () => {
   await using server = await startRedis();
   await using side = await server.connect();
@@ -176,16 +188,11 @@ Deno.test("deadbolt top bounds its scan with --max-keys, skips keys of other typ
 
 Deno.test("deadbolt top ends on SIGINT even while its server does not answer", async () => {
   await using server = await startRedis();
-  await using top = CliProcess.start([
-    "top",
-    "--interval",
-    "100ms",
-    "--redis",
-    server.url,
-  ]);
-  assert.match(await top.line(5_000), /^deadbolt top — 0 lock/);
+  await using top = await liveTop(server.url);
   Deno.kill(server.pid, "SIGSTOP");
   try {
+    // Nothing tells when top's next read is stuck on the stopped server:
+    // three refreshes' time makes it all but certain.
     await new Promise((resolve) => setTimeout(resolve, 300));
     top.kill("SIGINT");
     const { code, stderr } = await top.exit(5_000);
@@ -197,14 +204,7 @@ Deno.test("deadbolt top ends on SIGINT even while its server does not answer", a
 
 Deno.test("a live deadbolt top outlives its server's death: it says so, tries again, and still ends on SIGINT", async () => {
   await using server = await startRedis();
-  await using top = CliProcess.start([
-    "top",
-    "--interval",
-    "100ms",
-    "--redis",
-    server.url,
-  ]);
-  assert.match(await top.line(5_000), /^deadbolt top — 0 lock/);
+  await using top = await liveTop(server.url);
   await server.stop();
   assert.match(
     await top.stderrLine(/Redis failed/, 5_000),
