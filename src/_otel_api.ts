@@ -69,43 +69,24 @@ interface Registered {
 /** The span status code for an error (`SpanStatusCode.ERROR`). */
 export const ERROR = 2;
 
-// Wait-time buckets in seconds: an uncontended acquisition takes a round
-// trip (well under a millisecond on a LAN), a contended one up to `timeout`.
-const WAIT_BUCKETS = [
-  0.0005,
-  0.001,
-  0.0025,
-  0.005,
-  0.01,
-  0.025,
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-  10,
-  30,
-  60,
-];
-// Hold-time buckets in seconds: from a quick critical section to a job.
-const HOLD_BUCKETS = [
-  0.001,
-  0.005,
-  0.01,
-  0.05,
-  0.1,
-  0.5,
-  1,
-  5,
-  10,
-  30,
-  60,
-  300,
-  900,
-  3600,
-];
+// Histogram bucket bounds, in seconds: `steps` in each decade from `from`
+// up to `to`.
+function buckets(from: number, to: number, steps: number[]): number[] {
+  const bounds: number[] = [];
+  for (let decade = from; decade <= to; decade *= 10) {
+    for (const step of steps) {
+      const bound = Number((decade * step).toPrecision(3));
+      if (bound <= to) bounds.push(bound);
+    }
+  }
+  return bounds;
+}
+
+// Waits: from an uncontended acquisition (a round trip, well under a
+// millisecond on a LAN) to a contended one of a minute: 100 µs to 50 s.
+const WAIT_BUCKETS = buckets(1e-4, 60, [1, 2.5, 5]);
+// Holds: from a quick critical section to a job: 1 ms to 1000 s.
+const HOLD_BUCKETS = buckets(1e-3, 3_600, [1, 5]);
 
 /** deadbolt's instruments on one meter provider. */
 export class Instruments {
@@ -129,26 +110,33 @@ export class Instruments {
       unit: "s",
       advice: { explicitBucketBoundaries: HOLD_BUCKETS },
     });
-    this.acquisitions = meter.createCounter("deadbolt.lock.acquisitions", {
-      description: "Holds granted.",
-      unit: "{acquisition}",
-    });
-    this.timeouts = meter.createCounter("deadbolt.lock.timeouts", {
-      description: "Waits that gave up when their timeout ran out.",
-      unit: "{timeout}",
-    });
-    this.losses = meter.createCounter("deadbolt.lock.losses", {
-      description: "Holds whose ownership was lost before their release.",
-      unit: "{loss}",
-    });
-    this.renewals = meter.createCounter("deadbolt.lock.renewals", {
-      description: "Background renewals of held leases, by outcome.",
-      unit: "{renewal}",
-    });
-    this.handovers = meter.createCounter("deadbolt.lock.handovers", {
-      description: "Holds that passed from a holder to a waiter, by type.",
-      unit: "{handover}",
-    });
+    const counter = (name: string, unit: string, description: string) =>
+      meter.createCounter(`deadbolt.lock.${name}`, { description, unit });
+    this.acquisitions = counter(
+      "acquisitions",
+      "{acquisition}",
+      "Holds granted.",
+    );
+    this.timeouts = counter(
+      "timeouts",
+      "{timeout}",
+      "Waits that gave up when their timeout ran out.",
+    );
+    this.losses = counter(
+      "losses",
+      "{loss}",
+      "Holds whose ownership was lost before their release.",
+    );
+    this.renewals = counter(
+      "renewals",
+      "{renewal}",
+      "Background renewals of held leases, by outcome.",
+    );
+    this.handovers = counter(
+      "handovers",
+      "{handover}",
+      "Holds that passed from a holder to a waiter, by type.",
+    );
     // Observed when the SDK collects: a wait costs two additions to a
     // number, not two recordings.
     meter.createObservableUpDownCounter("deadbolt.lock.waiters", {
