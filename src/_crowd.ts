@@ -5,6 +5,7 @@ import { now } from "./_timers.ts";
 import { WaitLine } from "./_line.ts";
 import { WakeUps } from "./_wakeups.ts";
 import { Seat } from "./_seat.ts";
+import type { Deliver, Handed, Sleeper } from "./_queue.ts";
 
 /**
  * The waiters of this process for a hold that several may have at once (a
@@ -16,7 +17,7 @@ import { Seat } from "./_seat.ts";
 export class Crowd {
   #line: WaitLine;
   #client: ScriptClient;
-  #sleepers = new Set<() => void>();
+  #sleepers = new Set<Sleeper<CrowdOffer>>();
   #wakes = 0;
   #wakeUps: WakeUps | undefined;
   #reading: { pttl: number; at: number } | undefined;
@@ -87,29 +88,61 @@ export class Crowd {
 
   /**
    * Sleeps up to `ms`, or until a wake-up; at once when one came since
-   * {@linkcode wakes} read `seen` (during the attempt).
+   * {@linkcode wakes} read `seen` (during the attempt). With `want`, the
+   * sleeper stands ready to be handed a hold by a release in this process
+   * (see {@linkcode takeOffer}): the sleep then resolves with that grant.
    */
-  sleep(ms: number, signal: AbortSignal, seen: number): Promise<void> {
+  sleep(
+    ms: number,
+    signal: AbortSignal,
+    seen: number,
+    want?: CrowdWant,
+  ): Promise<Handed | undefined> {
     if (signal.aborted) return Promise.reject(signal.reason);
-    if (this.#wakes !== seen) return Promise.resolve();
+    if (this.#wakes !== seen) return Promise.resolve(undefined);
     return new Promise((resolve, reject) => {
       const stop = () => {
         clearTimeout(timer);
         signal.removeEventListener("abort", onAbort);
-        this.#sleepers.delete(end);
+        this.#sleepers.delete(sleeper);
       };
-      const end = () => {
+      const end = (handed?: Handed) => {
         stop();
-        resolve();
+        resolve(handed);
       };
       const onAbort = () => {
         stop();
         reject(signal.reason);
       };
-      const timer = setTimeout(end, Math.max(0, ms));
-      this.#sleepers.add(end);
+      const sleeper: Sleeper<CrowdOffer> = { taken: false, end };
+      sleeper.offer = want && {
+        ...want,
+        deliver: (handed) => {
+          if (!this.#sleepers.has(sleeper)) return false;
+          end(handed ?? undefined);
+          return true;
+        },
+      };
+      // Once a release has taken the offer, only its answer (or an abort)
+      // ends the sleep: a retry now would race the handover.
+      const timer = setTimeout(() => sleeper.taken || end(), Math.max(0, ms));
+      this.#sleepers.add(sleeper);
       signal.addEventListener("abort", onAbort, { once: true });
     });
+  }
+
+  /**
+   * Takes the offer of the longest sleeper that stands ready to be handed
+   * a hold: from now on only the offer's answer (or an abort) ends its
+   * sleep. `undefined` when none does.
+   */
+  takeOffer(): CrowdOffer | undefined {
+    for (const sleeper of this.#sleepers) {
+      if (sleeper.taken || !sleeper.offer) continue;
+      sleeper.taken = true;
+      return sleeper.offer;
+    }
+    return undefined;
   }
 
   /**
@@ -121,11 +154,10 @@ export class Crowd {
    */
   wake(): void {
     this.#wakes++;
-    if (this.#wakeAll) {
-      for (const end of [...this.#sleepers]) end();
-    } else {
-      const [first] = this.#sleepers;
-      first?.();
+    for (const sleeper of [...this.#sleepers]) {
+      if (sleeper.taken) continue;
+      sleeper.end();
+      if (!this.#wakeAll) return;
     }
   }
 
@@ -154,6 +186,22 @@ export class Crowd {
     return Math.max(0, Math.round(reading.pttl - (now() - reading.at)));
   }
 }
+
+/**
+ * What a sleeper needs to be handed a hold: its token and its terms (one
+ * that wants a fence is never handed one: only an acquisition issues it).
+ */
+export interface CrowdWant {
+  /** The sleeper's token. */
+  readonly token: string;
+  /** Its lease length, in ms. */
+  readonly ttl: number;
+  /** Its own limit (a semaphore caller counts against its own). */
+  readonly limit: number;
+}
+
+/** A sleeper's offer, taken by a release that hands it a hold. */
+export interface CrowdOffer extends CrowdWant, Deliver {}
 
 const crowds = new WeakMap<ScriptClient, Map<string, Crowd>>();
 

@@ -127,6 +127,46 @@ return 1`,
 };
 
 /**
+ * KEYS: permits, the line of waiting processes. ARGV: the releasing token,
+ * the receiving token, its ttl in ms, its limit. Hands the releasing token's
+ * running permit to the receiving token (a waiter of the same process that
+ * wants no fence), if the receiver's own limit allows one more once this
+ * permit is freed. Replies {1, waiting} handed (waiting 1 when processes
+ * are in line), {0, 0} the releasing token holds no running permit, {2, 0}
+ * the receiver's limit is reached, {4, 0} the key holds another type; but
+ * for a handover, nothing is changed.
+ */
+export const TRANSFER_PERMIT: LuaScript = {
+  source: `${NOW}
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then return {4, 0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {0, 0} end
+if redis.call('ZCARD', KEYS[1]) - 1 >= tonumber(ARGV[4]) then return {2, 0} end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+${expireWithLast("KEYS[1]")}
+return {1, redis.pcall('EXISTS', KEYS[2]) == 1 and 1 or 0}`,
+};
+
+/** {@linkcode TRANSFER_PERMIT}'s outcome. */
+export type TransferReply =
+  | { readonly status: "handed"; readonly waiting: boolean }
+  | { readonly status: "gone" | "full" | "wrong type" };
+
+/** Reads {@linkcode TRANSFER_PERMIT}'s reply. */
+export function readTransfer(reply: unknown): TransferReply {
+  const [code, waiting] = toIntegers(reply, 2);
+  if (code === 1) return { status: "handed", waiting: waiting === 1 };
+  if (code === 0) return { status: "gone" };
+  if (code === 2) return { status: "full" };
+  if (code === 4) return { status: "wrong type" };
+  throw new TypeError(
+    `Cannot read the transfer-permit script's reply: current value is ${code}`,
+  );
+}
+
+/**
  * Reads {@linkcode ACQUIRE_PERMIT}'s reply: granted with its fence, `busy`
  * with the time until the first lease ends, the key of `wrong type`, or a
  * `bad fence` counter.
@@ -198,6 +238,12 @@ export function permitScripts(
       ],
     }),
     leave: (seat) => ({ script: LEAVE, keys: [line, seats], args: [seat] }),
+    transfer: (from, to) => ({
+      script: TRANSFER_PERMIT,
+      keys: [lock, line],
+      args: [from, to.token, String(to.ttl), String(to.limit)],
+    }),
+    readTransfer,
     readGrant: readPermit,
     extend: (token, ttl) => ({
       script: EXTEND_PERMIT,

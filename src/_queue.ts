@@ -19,7 +19,7 @@ export class LocalQueue {
   #client: ScriptClient;
   // Created on the first watch(): most queues never need one.
   #wakeUps: WakeUps | undefined;
-  #sleeper: Sleeper | undefined;
+  #sleeper: Sleeper<Offer> | undefined;
   #woken = false;
   #reading: { pttl: number; at: number } | undefined;
   #holder: Holder | undefined;
@@ -163,7 +163,7 @@ export class LocalQueue {
         stop();
         reject(signal.reason);
       };
-      const sleeper: Sleeper = { taken: false, end };
+      const sleeper: Sleeper<Offer> = { taken: false, end };
       sleeper.offer = want && {
         ...want,
         deliver: (handed) => {
@@ -281,18 +281,26 @@ export interface Confirmation {
   readonly owner: Promise<Owner>;
 }
 
-/** A sleeping head's standing offer to be handed the lock. */
-export interface Offer extends Want {
+/** How a sleeper's standing offer to be handed a hold is answered. */
+export interface Deliver {
   /**
-   * Gives the head the handover's outcome, or `null` to make it retry.
-   * Returns `false` when the head has gone (aborted) meanwhile: the caller
-   * must then delete the key it handed over.
+   * Gives the sleeper the handover's outcome, or `null` to make it retry.
+   * Returns `false` when it has gone (aborted) meanwhile: the caller must
+   * then free the hold it handed over.
    */
   deliver(handed: Handed | null): boolean;
 }
 
-interface Sleeper {
-  offer?: Offer;
+/** A sleeping head's standing offer to be handed the lock. */
+export interface Offer extends Want, Deliver {}
+
+/**
+ * One waiter asleep between attempts (a lock's head, or one of a crowd),
+ * with its offer; once a release has `taken` it, only its answer (or an
+ * abort) ends the sleep.
+ */
+export interface Sleeper<O> {
+  offer?: O;
   taken: boolean;
   end(handed?: Handed): void;
 }

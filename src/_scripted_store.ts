@@ -9,7 +9,15 @@ import {
   type Grant,
   type Store,
 } from "./_store.ts";
-import { type Crowd, crowdOf, existingCrowd } from "./_crowd.ts";
+import {
+  type Crowd,
+  crowdOf,
+  type CrowdOffer,
+  type CrowdWant,
+  existingCrowd,
+} from "./_crowd.ts";
+import type { TransferReply } from "./_permit_scripts.ts";
+import { MAX_HANDOVERS } from "./_handover.ts";
 import { unwatched } from "./_wakeups.ts";
 import { runScript } from "./_run_script.ts";
 import type { LuaScript, Owner } from "./scripts.ts";
@@ -19,6 +27,13 @@ import type { WaitSettings } from "./options.ts";
 import { clientKind } from "./_client_kind.ts";
 
 const noop = (): void => {};
+
+// Per crowd: the run of handovers so far, and whether the last one found
+// other processes in line.
+const turns = new WeakMap<
+  Crowd,
+  { handovers: number; waitingElsewhere: boolean }
+>();
 
 /** What an acquire script answered, read. */
 export type GrantReply =
@@ -58,6 +73,13 @@ export interface HoldScripts {
   acquire(token: string, place: Place | undefined): ScriptCall;
   /** Takes `seat` out of line, for kinds whose waiters take places in one. */
   leave?(seat: string): ScriptCall;
+  /**
+   * Hands the hold of `from` to a sleeping waiter of this process, for
+   * kinds that can (a semaphore's permit); read with `readTransfer`.
+   */
+  transfer?(from: string, to: CrowdWant): ScriptCall;
+  /** Reads the transfer script's reply. */
+  readTransfer?(reply: unknown): TransferReply;
   /** Reads the acquire script's reply. */
   readGrant(reply: unknown): GrantReply;
   /** Renews the hold of `token` to `ttl` ms. */
@@ -81,6 +103,8 @@ export interface ScriptedSettings {
   readonly ttl: number;
   readonly fencing: boolean;
   readonly commandTimeout: number;
+  /** A semaphore's limit, for a waiter's offer to be handed a permit. */
+  readonly limit?: number;
 }
 
 /**
@@ -167,18 +191,85 @@ export class ScriptedStore implements Store {
     return { renewed: false, lost: this.#scripts.lost(owner) };
   }
 
-  async release(token: string): Promise<boolean> {
+  async release(
+    token: string,
+    _lease: Lease,
+    valid: boolean,
+  ): Promise<boolean> {
     try {
-      const reply = await this.#settle(
-        this.#run(this.#scripts.release(token, false)),
-      );
-      existingCrowd(this.#client, this.#scripts.lineKey)?.wake();
+      const crowd = existingCrowd(this.#client, this.#scripts.lineKey);
+      const offer = valid && crowd ? this.#takeTurn(crowd) : undefined;
+      if (offer) {
+        const handed = await this.#handOver(token, offer, crowd!);
+        if (handed !== undefined) return handed;
+      }
+      let reply: unknown;
+      try {
+        reply = await this.#settle(
+          this.#run(this.#scripts.release(token, false)),
+        );
+      } finally {
+        // The sleeper whose offer could not be taken up asks once the
+        // permit is free (it is the longest sleeper, whom a release wakes).
+        if (offer) offer.deliver(null);
+        else crowd?.wake();
+      }
       return this.#scripts.readOwner(reply) === "ours";
     } finally {
       // Nothing deadbolt opened outlives the call.
       const closing = unwatched(this.#client);
       if (closing) await closing;
     }
+  }
+
+  // The longest sleeper's offer, if this release may hand the hold over:
+  // after MAX_HANDOVERS in a row while other processes are in line, one
+  // release goes through Redis, where a process that has waited is
+  // promised the permit (as a lock's turns, rule 5 of `_handover.ts`).
+  #takeTurn(crowd: Crowd): CrowdOffer | undefined {
+    if (!this.#scripts.transfer) return undefined;
+    let turn = turns.get(crowd);
+    if (!turn) {
+      turns.set(crowd, turn = { handovers: 0, waitingElsewhere: false });
+    }
+    if (turn.handovers >= MAX_HANDOVERS && turn.waitingElsewhere) {
+      turn.handovers = 0;
+      turn.waitingElsewhere = false;
+      return undefined;
+    }
+    const offer = crowd.takeOffer();
+    if (offer) turn.handovers++;
+    return offer;
+  }
+
+  // Hands the hold of `token` to `offer`'s sleeper: `true` handed, `false`
+  // the hold was gone, `undefined` not handed: release it as usual, then
+  // answer the offer.
+  async #handOver(
+    token: string,
+    offer: CrowdOffer,
+    crowd: Crowd,
+  ): Promise<boolean | undefined> {
+    const sent = now();
+    let reply: TransferReply;
+    try {
+      reply = this.#scripts.readTransfer!(
+        await this.#settle(this.#run(this.#scripts.transfer!(token, offer))),
+      );
+    } catch (error) {
+      offer.deliver(null);
+      throw error;
+    }
+    if (reply.status === "gone") {
+      offer.deliver(null);
+      return false;
+    }
+    // Its own limit reached, or a foreign key: a plain release decides.
+    if (reply.status !== "handed") return undefined;
+    turns.get(crowd)!.waitingElsewhere = reply.waiting;
+    // The sleeper has gone (aborted) meanwhile: its permit is freed.
+    if (!offer.deliver({ sent, fence: 0 })) this.#forget(offer.token);
+    return true;
   }
 
   lost(): void {
@@ -195,9 +286,15 @@ export class ScriptedStore implements Store {
     deadline: number,
     crowd: Crowd | undefined,
   ): Promise<Lease> {
-    const { ttl, fencing } = this.#settings;
+    const { ttl, fencing, limit } = this.#settings;
     const subscribe = this.#client.deadbolt?.subscribe;
     let token = crypto.randomUUID();
+    // A sleeper stands ready to be handed a permit, unless it wants a fence
+    // (only an acquisition issues one).
+    const handable = !!this.#scripts.transfer && !fencing &&
+      limit !== undefined;
+    const want = (token: string): CrowdWant | undefined =>
+      handable ? { token, ttl, limit: limit! } : undefined;
     // For kinds with a line: gives the crowd's place up, once it empties.
     const leave = this.#scripts.leave;
     const seat = crowd?.seat;
@@ -272,8 +369,18 @@ export class ScriptedStore implements Store {
         }
       }
       pause = Math.min(pause, left);
-      if (crowd) await crowd.sleep(pause, signal, seen);
-      else await delay(pause, signal);
+      if (!crowd) {
+        await delay(pause, signal);
+        continue;
+      }
+      const handed = await crowd.sleep(pause, signal, seen, want(token));
+      if (!handed) continue;
+      if (Lease.fresh(handed.sent, ttl)) {
+        return grant(token, handed.sent, undefined, "local");
+      }
+      // Handed too late to leave any validity: free it, retry afresh.
+      this.#forget(token);
+      token = crypto.randomUUID();
     }
   }
 

@@ -1,0 +1,150 @@
+import assert from "node:assert/strict";
+import { type ScriptClient, Semaphore } from "../mod.ts";
+import { redisEnv } from "./_env.ts";
+import { lineUp, within } from "./_util.ts";
+
+// A released permit handed to a sleeping waiter of the same process in one
+// script (TRANSFER_PERMIT), as a lock's handover does.
+
+/** What one script call was, by its arguments (each script has its own count). */
+const KINDS: Record<number, string> = {
+  1: "release or leave",
+  2: "extend",
+  4: "transfer",
+  7: "acquire",
+};
+
+/** A client that forwards to `inner`, recording each answered script call's kind. */
+function recording(inner: ScriptClient): ScriptClient & {
+  calls: string[];
+  hold?: Promise<void>;
+} {
+  const client: ScriptClient & { calls: string[]; hold?: Promise<void> } = {
+    calls: [],
+    eval: (script, keys, args) =>
+      watch(args, () => inner.eval(script, keys, args)),
+    evalsha: (sha, keys, args) =>
+      watch(args, () => inner.evalsha!(sha, keys, args)),
+  };
+  const watch = async (args: string[], call: () => Promise<unknown>) => {
+    const kind = KINDS[args.length] ?? `${args.length} arguments`;
+    // Recorded once answered: a first EVALSHA refused with NOSCRIPT (the
+    // script is then sent with EVAL) is not a call of its own.
+    const reply = await call();
+    client.calls.push(kind);
+    // A transfer's answer may be held back, to act while it is on its way.
+    if (kind === "transfer" && client.hold) await client.hold;
+    return reply;
+  };
+  return client;
+}
+
+// The permits key of the semaphore "pool" (see Semaphore.key).
+const key = "deadbolt:semaphore:{pool}";
+
+/**
+ * Once a waiter sleeps in the process's line, releases `holder`, recording
+ * the script calls from the release on; resolves with what it returned.
+ */
+async function releaseTo(
+  client: ReturnType<typeof recording>,
+  holder: Semaphore,
+): Promise<boolean> {
+  await lineUp(client, "pool", 1, 5_000, key);
+  client.calls.length = 0;
+  return await holder.release();
+}
+
+Deno.test("a released permit is handed to a sleeping waiter of the same process in one script, with no attempt of its own", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
+  const waiter = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+  });
+  await releaseTo(client, holder);
+  const handed = await within(waiter, 5_000, "the waiter's permit");
+  assert.deepEqual(client.calls, ["transfer"]);
+  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
+    handed.token,
+  ]);
+  assert.equal(handed.held, true);
+  await handed.release();
+  assert.equal(await env.side.send("EXISTS", key), 0);
+});
+
+Deno.test("a waiter is handed a permit only within its own limit, and one that wants a fence is never handed one", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const first = await Semaphore.acquire(client, "pool", { limit: 2 });
+  const second = await Semaphore.acquire(client, "pool", { limit: 2 });
+  // Limit 1: it may have a permit only once none is held.
+  const strict = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+  });
+  await releaseTo(client, first);
+  // The transfer was refused (one permit still held): a plain release.
+  assert.deepEqual(client.calls.slice(0, 2), ["transfer", "release or leave"]);
+  await releaseTo(client, second);
+  const handed = await within(strict, 5_000, "the strict waiter's permit");
+  assert.deepEqual(client.calls, ["transfer"]);
+  await handed.release();
+
+  const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
+  const fenced = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    fencing: true,
+    timeout: 5_000,
+  });
+  fenced.catch(() => {});
+  await releaseTo(client, holder);
+  const withFence = await within(fenced, 5_000, "the fenced waiter's permit");
+  assert.ok(withFence.fence! > 0, `fence ${withFence.fence}`);
+  assert.equal(client.calls[0], "release or leave");
+  assert.ok(client.calls.includes("acquire"), client.calls.join(", "));
+  await withFence.release();
+});
+
+Deno.test("a permit handed to a waiter that gave up meanwhile is freed, not left held", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
+  const controller = new AbortController();
+  const waiter = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+    signal: controller.signal,
+  });
+  waiter.catch(() => {});
+  await lineUp(client, "pool", 1, 5_000, key);
+  const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
+    void
+  >();
+  client.hold = answered;
+  const released = holder.release();
+  // The transfer has run in Redis; its answer is held back while the
+  // waiter gives up.
+  await within(
+    (async () => {
+      while (!client.calls.includes("transfer")) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    })(),
+    5_000,
+    "the transfer",
+  );
+  controller.abort();
+  await assert.rejects(within(waiter, 5_000, "the waiter's end"), {
+    name: "AbortError",
+  });
+  letAnswer();
+  assert.equal(await released, true);
+  // The permit handed to the waiter that left is freed by its token.
+  const deadline = performance.now() + 5_000;
+  while (await env.side.send("EXISTS", key) === 1) {
+    assert.ok(performance.now() < deadline, "the handed permit was not freed");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+});
