@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { type ScriptClient, Semaphore } from "../mod.ts";
 import { redisEnv } from "./_env.ts";
-import { lineUp, within } from "./_util.ts";
+import { Redis } from "npm:ioredis@6";
+import { lineUp, quitIoredis, within } from "./_util.ts";
 
 // A released permit handed to a sleeping waiter of the same process in one
 // script (TRANSFER_PERMIT), as a lock's handover does.
@@ -146,5 +147,50 @@ Deno.test("a permit handed to a waiter that gave up meanwhile is freed, not left
   while (await env.side.send("EXISTS", key) === 1) {
     assert.ok(performance.now() < deadline, "the handed permit was not freed");
     await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+});
+
+Deno.test("a process's permit handovers stop after 16 in a row while another process waits, so that it gets its turn", async () => {
+  await using env = await redisEnv();
+  const other = new Redis(env.server.port, "127.0.0.1");
+  try {
+    const options = { limit: 1, timeout: 10_000 };
+    // The local head sleeps between attempts until a release wakes it or
+    // hands it the permit: every local release can be a handover.
+    const patient = { ...options, retryDelay: 1_000, maxRetryDelay: 1_000 };
+    const first = await Semaphore.acquire(env.redis, "pool", options);
+    let local = 0;
+    let stop = false;
+    // This process keeps 4 workers queued on the permit all the time.
+    const workers = Array.from({ length: 4 }, async () => {
+      while (!stop) {
+        const permit = await Semaphore.acquire(env.redis, "pool", patient);
+        local++;
+        // Held a moment, so that the next worker sleeps with its offer when
+        // this one releases: every release could be a handover.
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        await permit.release();
+      }
+    });
+    // Another client stands for another process.
+    const remote = Semaphore.acquire(other, "pool", options);
+    await lineUp(other, "pool", 1, 5_000, key);
+    await first.release();
+    const permit = await within(remote, 5_000, "the other process's permit");
+    const seen = local;
+    stop = true;
+    await permit.release();
+    await within(Promise.all(workers), 10_000, "the local workers' end");
+    // Two turns of this process at most: its own place in line was ahead
+    // of the other's (its first worker was refused first), so the first
+    // release through Redis after 16 handovers is promised back to it, and
+    // the second to the other process. Without turns it waits for a release
+    // that happens to find no local worker asleep.
+    assert.ok(
+      seen <= 40,
+      `the other process waited through ${seen} local turns`,
+    );
+  } finally {
+    await quitIoredis(other);
   }
 });
