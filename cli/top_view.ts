@@ -91,7 +91,7 @@ export async function openServers(
  * announced hostname (Redis 7) is preferred to its IP; a node that does not
  * know its own IP yet is at `seedHost`.
  */
-export function mastersOf(
+function mastersOf(
   nodes: string,
   seedHost: string,
 ): { masters: { host: string; port: number }[]; unreachable: number } {
