@@ -1,8 +1,7 @@
 import type { ScriptClient } from "./client.ts";
-import type { Deferred } from "./_deferred.ts";
 import type { Subscribe } from "./_subscriber.ts";
 import { now } from "./_timers.ts";
-import { WaitLine } from "./_line.ts";
+import { type Turn, WaitLine } from "./_line.ts";
 import { WakeUps } from "./_wakeups.ts";
 import { Seat } from "./_seat.ts";
 import type { Deliver, Handed, Sleeper } from "./_queue.ts";
@@ -12,12 +11,23 @@ import type { Deliver, Handed, Sleeper } from "./_queue.ts";
  * semaphore's permits, a read-write lock's reads), on one client: in
  * arrival order, with up to `capacity` of them asking Redis at once (a
  * lock's `LocalQueue` lets one). A release in this process, or one
- * elsewhere heard by pub/sub, wakes every one that sleeps between attempts.
+ * elsewhere heard by pub/sub, wakes a waiter that sleeps between attempts
+ * (every one, for readers); a release that can hand its hold over gives it
+ * to a sleeper, or else to the first waiter behind the head (see
+ * {@linkcode takeOffer}).
  */
 export class Crowd {
-  #line: WaitLine;
+  /**
+   * The run of handovers in this process so far, whether the last one
+   * found other processes in line, and whether the last release in this
+   * process handed its hold over (`passing`).
+   */
+  readonly turns = { handovers: 0, waitingElsewhere: false, passing: false };
+  #line: WaitLine<QueuedGrant>;
   #client: ScriptClient;
   #sleepers = new Set<Sleeper<CrowdOffer>>();
+  // The offers of waiters behind the head, in line order.
+  #queued = new Map<Turn<QueuedGrant>, CrowdOffer>();
   #wakes = 0;
   #wakeUps: WakeUps | undefined;
   #reading: { pttl: number; at: number } | undefined;
@@ -58,16 +68,41 @@ export class Crowd {
     return this.#seat ??= new Seat();
   }
 
-  /** Joins the line (see {@linkcode WaitLine.join}). */
+  /**
+   * Joins the line (see {@linkcode WaitLine.join}). With `terms`, a waiter
+   * behind the head stands ready to be handed a hold, under a token of its
+   * own made here: it then resolves with that grant, having left the line.
+   */
   join(
     signal: AbortSignal,
     deadline: number,
-  ): { ready: true | Promise<boolean>; turn: Deferred<void> } {
-    return this.#line.join(signal, deadline);
+    terms?: CrowdTerms,
+  ): {
+    ready: true | Promise<boolean | QueuedGrant>;
+    turn: Turn<QueuedGrant>;
+  } {
+    const entry = this.#line.join(signal, deadline);
+    if (entry.ready === true || !terms) return entry;
+    const { turn } = entry;
+    const token = crypto.randomUUID();
+    const offer: CrowdOffer = {
+      ...terms,
+      token,
+      deliver: (handed) => {
+        if (handed) return this.#line.give(turn, { token, handed });
+        // Not handed after all: it is back in line, and may be offered again.
+        this.#line.untake(turn);
+        return false;
+      },
+    };
+    this.#queued.set(turn, offer);
+    const drop = () => this.#queued.delete(turn);
+    entry.ready.then(drop, drop);
+    return entry;
   }
 
   /** `turn` leaves the line, letting the next waiter ask. */
-  leave(turn: Deferred<void>): void {
+  leave(turn: Turn<QueuedGrant>): void {
     this.#line.leave(turn);
   }
 
@@ -133,14 +168,19 @@ export class Crowd {
 
   /**
    * Takes the offer of the longest sleeper that stands ready to be handed
-   * a hold: from now on only the offer's answer (or an abort) ends its
-   * sleep. `undefined` when none does.
+   * a hold, or else of the first waiter behind the head that does: from now
+   * on only the offer's answer (or an abort) ends its wait. `undefined`
+   * when none does. Sleepers come first: they have waited longest, and
+   * the head's waiters that are asking Redis now are left to their answer.
    */
   takeOffer(): CrowdOffer | undefined {
     for (const sleeper of this.#sleepers) {
       if (sleeper.taken || !sleeper.offer) continue;
       sleeper.taken = true;
       return sleeper.offer;
+    }
+    for (const [turn, offer] of this.#queued) {
+      if (this.#line.take(turn)) return offer;
     }
     return undefined;
   }
@@ -187,21 +227,36 @@ export class Crowd {
   }
 }
 
+/** The terms a waiter is handed a hold on (a semaphore caller counts against its own limit). */
+export interface CrowdTerms {
+  /** Its lease length, in ms. */
+  readonly ttl: number;
+  /** Its own limit. */
+  readonly limit: number;
+}
+
 /**
  * What a sleeper needs to be handed a hold: its token and its terms (one
  * that wants a fence is never handed one: only an acquisition issues it).
  */
-export interface CrowdWant {
+export interface CrowdWant extends CrowdTerms {
   /** The sleeper's token. */
   readonly token: string;
-  /** Its lease length, in ms. */
-  readonly ttl: number;
-  /** Its own limit (a semaphore caller counts against its own). */
-  readonly limit: number;
 }
 
-/** A sleeper's offer, taken by a release that hands it a hold. */
+/**
+ * A waiter's offer, taken by a release that hands it a hold. `deliver(null)`
+ * returns whether it woke a sleeper (a waiter behind the head just stays).
+ */
 export interface CrowdOffer extends CrowdWant, Deliver {}
+
+/** A hold handed to a waiter behind the head: its token, and the handover. */
+export interface QueuedGrant {
+  /** The token the hold was handed to (made by {@linkcode Crowd.join}). */
+  readonly token: string;
+  /** The handover. */
+  readonly handed: Handed;
+}
 
 const crowds = new WeakMap<ScriptClient, Map<string, Crowd>>();
 

@@ -1,6 +1,6 @@
 import type { LockKeys } from "./keys.ts";
 import { toIntegers } from "./_run_script.ts";
-import type { GrantReply, HoldScripts } from "./_scripted_store.ts";
+import type { GrantReply, HoldScripts } from "./_hold_scripts.ts";
 import { CHECK_FENCE, type LuaScript, type Owner } from "./scripts.ts";
 import { LEAVE, LINE, PUBLISH_RELEASE } from "./_line_scripts.ts";
 import { PATIENCE_MS } from "./_seat.ts";

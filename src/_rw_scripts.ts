@@ -1,5 +1,5 @@
 import type { LockKeys } from "./keys.ts";
-import type { HoldScripts } from "./_scripted_store.ts";
+import type { HoldScripts } from "./_hold_scripts.ts";
 import {
   expireWithLast,
   EXTEND_PERMIT,

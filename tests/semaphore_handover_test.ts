@@ -184,8 +184,9 @@ Deno.test("a process's permit handovers stop after 16 in a row while another pro
     // Two turns of this process at most: its own place in line was ahead
     // of the other's (its first worker was refused first), so the first
     // release through Redis after 16 handovers is promised back to it, and
-    // the second to the other process. Without turns it waits for a release
-    // that happens to find no local worker asleep.
+    // the second to the other process. Without turns it never gets one:
+    // every release finds a local worker to hand the permit to (checked: it
+    // then times out).
     assert.ok(
       seen <= 40,
       `the other process waited through ${seen} local turns`,
@@ -193,4 +194,140 @@ Deno.test("a process's permit handovers stop after 16 in a row while another pro
   } finally {
     await quitIoredis(other);
   }
+});
+
+Deno.test("with permits passing from holder to holder in one process, each acquisition is one script: waiters behind the head are handed permits, and a new head waits to be handed one", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const limit = 2;
+  const target = 400;
+  let acquired = 0;
+  let holding = 0;
+  let most = 0;
+  const perWorker = Array.from({ length: 8 }, () => 0);
+  // Zero-work sections: a waiter that asked Redis would find every permit
+  // held, as they pass on within the process.
+  const workers = perWorker.map(async (_, worker) => {
+    while (acquired < target) {
+      const permit = await Semaphore.acquire(client, "pool", {
+        limit,
+        timeout: 5_000,
+      });
+      acquired++;
+      perWorker[worker]++;
+      most = Math.max(most, ++holding);
+      assert.equal(permit.held, true);
+      holding--;
+      await permit.release();
+    }
+  });
+  await within(Promise.all(workers), 20_000, "the workers' acquisitions");
+  assert.ok(most <= limit, `${most} permits held at once`);
+  assert.equal(await env.side.send("EXISTS", key), 0);
+  const count = (kind: string) => client.calls.filter((k) => k === kind).length;
+  // The code before sent 2.7 scripts per acquisition here: a release, then
+  // a waiter's attempts, refused while permits passed on.
+  const scripts = client.calls.length / acquired;
+  assert.ok(
+    scripts <= 1.2,
+    `${scripts.toFixed(2)} scripts per acquisition: ${
+      count("acquire")
+    } attempts, ${count("transfer")} transfers, ${
+      count("release or leave")
+    } releases for ${acquired}`,
+  );
+  // Every worker had its turns.
+  assert.ok(
+    Math.min(...perWorker) >= Math.max(...perWorker) / 2,
+    `acquisitions per worker: ${perWorker.join(", ")}`,
+  );
+});
+
+Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is freed, and the head gets it", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
+  // The head wants a fence, so it is never handed a permit: the release
+  // takes the offer of the waiter behind it.
+  const head = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    fencing: true,
+    timeout: 5_000,
+    maxRetryDelay: 100,
+  });
+  const controller = new AbortController();
+  const behind = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+    signal: controller.signal,
+  });
+  behind.catch(() => {});
+  await lineUp(client, "pool", 2, 5_000, key);
+  const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
+    void
+  >();
+  client.hold = answered;
+  client.calls.length = 0;
+  const released = holder.release();
+  await within(
+    (async () => {
+      while (!client.calls.includes("transfer")) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    })(),
+    5_000,
+    "the transfer",
+  );
+  controller.abort();
+  await assert.rejects(within(behind, 5_000, "the waiter's end"), {
+    name: "AbortError",
+  });
+  letAnswer();
+  assert.equal(await released, true);
+  // Freed by its token: the head, asking again, gets it.
+  const permit = await within(head, 5_000, "the head's permit");
+  assert.ok(permit.fence! > 0);
+  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
+    permit.token,
+  ]);
+  await permit.release();
+  assert.equal(await env.side.send("EXISTS", key), 0);
+});
+
+Deno.test("a waiter behind the head whose permit could not be handed over (its own limit) stays in line and gets one later", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const first = await Semaphore.acquire(client, "pool", { limit: 2 });
+  const second = await Semaphore.acquire(client, "pool", { limit: 2 });
+  const head = Semaphore.acquire(client, "pool", {
+    limit: 2,
+    fencing: true,
+    timeout: 5_000,
+    // Asleep until a release wakes it.
+    retryDelay: 1_000,
+    maxRetryDelay: 1_000,
+  });
+  head.catch(() => {});
+  // Limit 1: it may have a permit only once none is held.
+  const strict = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+  });
+  strict.catch(() => {});
+  await lineUp(client, "pool", 2, 5_000, key);
+  client.calls.length = 0;
+  await first.release();
+  // Refused by the strict waiter's limit: a plain release, which the
+  // head (asleep, or asking) takes.
+  const released = client.calls.filter((kind) => kind !== "acquire");
+  assert.deepEqual(released.slice(0, 2), ["transfer", "release or leave"]);
+  const fenced = await within(head, 5_000, "the head's permit");
+  await second.release();
+  await fenced.release();
+  const handed = await within(strict, 5_000, "the strict waiter's permit");
+  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
+    handed.token,
+  ]);
+  await handed.release();
+  assert.equal(await env.side.send("EXISTS", key), 0);
 });
