@@ -56,7 +56,8 @@ export class Lifecycle {
   #subject: Subject | undefined;
   // The current hold's record, while a telemetry provider is registered.
   #holdRecord: HoldRecord | undefined;
-  #token: string = crypto.randomUUID();
+  // Made when first read, if that comes before the first grant.
+  #token: string | undefined;
   #fence: number | undefined;
   // The current or last acquisition's lease; ended once released or lost.
   #lease: Lease | undefined;
@@ -64,7 +65,8 @@ export class Lifecycle {
   #acquired = false;
   // The acquire() in progress, and how to call it off.
   #pending: { cancel: AbortController; attempt: Promise<void> } | undefined;
-  #controller = new AbortController();
+  // `signal`'s controller, made when first needed (read, or a loss).
+  #controller: AbortController | undefined;
 
   /**
    * A handle on `name` whose Redis side is `store`; validated settings;
@@ -98,7 +100,7 @@ export class Lifecycle {
 
   /** The token of the current or last acquisition. */
   get token(): string {
-    return this.#token;
+    return this.#token ??= crypto.randomUUID();
   }
 
   /** Whether the handle owns the lock now. */
@@ -111,7 +113,7 @@ export class Lifecycle {
     // The lease's timer may be late (the event loop blocked): a signal read
     // past the lease's validity must have aborted already.
     this.#lease?.expireIfDue();
-    return this.#controller.signal;
+    return (this.#controller ??= new AbortController()).signal;
   }
 
   /** The fence of the current acquisition, if one was issued. */
@@ -244,7 +246,7 @@ export class Lifecycle {
     const lease = this.#lease!;
     if (!lease.isActive()) return false;
     const sent = now();
-    const renewal = await this.#store.extend(this.#token, ttl, {
+    const renewal = await this.#store.extend(this.#token!, ttl, {
       timeout: this.#settings.commandTimeout,
     });
     if (!lease.isActive()) return false;
@@ -273,7 +275,7 @@ export class Lifecycle {
     lease.end();
     this.#holdRecord?.end("detached");
     this.#store.lost?.(lease);
-    return this.#token;
+    return this.#token!;
   }
 
   /** Calls off a pending `acquire()`, then releases the hold (see `Lock.release`). */
@@ -303,7 +305,7 @@ export class Lifecycle {
     lease.end();
     const record = this.#holdRecord;
     try {
-      const released = await this.#store.release(this.#token, lease, valid);
+      const released = await this.#store.release(this.#token!, lease, valid);
       // A valid hold whose key was gone or another's at its release was
       // lost all the same, only noticed now. (One already lost has ended.)
       if (released) record?.end("released");
@@ -326,10 +328,8 @@ export class Lifecycle {
     this.#token = token;
     this.#fence = fence;
     this.#acquired = true;
-    if (this.#controller.signal.aborted) {
-      this.#controller = new AbortController();
-    }
-    const controller = this.#controller;
+    // A new grant after a loss gets a new signal.
+    if (this.#controller?.signal.aborted) this.#controller = undefined;
     const {
       ttl,
       autoExtend,
@@ -350,7 +350,9 @@ export class Lifecycle {
       onRenewal: record && ((outcome) => record.renewal(outcome)),
       onLost: (message, cause, loss) => {
         this.#store.lost?.(lease);
-        controller.abort(
+        // This grant's: only an active lease is lost, and the next grant
+        // comes after it has ended.
+        (this.#controller ??= new AbortController()).abort(
           new LockLostError(
             this.name,
             message,

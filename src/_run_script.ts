@@ -24,20 +24,52 @@ export function runScript(
   keys: string[],
   args: string[],
 ): Promise<unknown> {
+  // The usual case, one promise deep: the script's SHA-1 is known.
+  if (client.evalsha && script.sha) {
+    let call: Promise<unknown>;
+    try {
+      // A client of one's own may throw, or return a thenable.
+      call = Promise.resolve(client.evalsha(script.sha, keys, args));
+    } catch (error) {
+      call = Promise.reject(error);
+    }
+    return call.catch((error) => {
+      if (isNoScript(error)) {
+        return whileMigrating(() => client.eval(script.source, keys, args));
+      }
+      if (/TRYAGAIN/.test(messageOf(error))) {
+        return runSlowly(client, script, keys, args);
+      }
+      throw error;
+    });
+  }
+  return runSlowly(client, script, keys, args);
+}
+
+// runScript's first call of a script, or its retries while a slot migrates.
+function runSlowly(
+  client: ScriptClient,
+  script: LuaScript,
+  keys: string[],
+  args: string[],
+): Promise<unknown> {
   return whileMigrating(async () => {
     if (client.evalsha) {
       script.sha ??= await sha1(script.source);
       try {
         return await client.evalsha(script.sha, keys, args);
       } catch (error) {
-        // Not startsWith: @db/redis prefixes "-", and GLIDE renames the code
-        // to "NoScriptError".
-        if (!/noscript/i.test(messageOf(error))) throw error;
+        if (!isNoScript(error)) throw error;
       }
     }
     return await client.eval(script.source, keys, args);
   });
 }
+
+// Not startsWith: @db/redis prefixes "-", and GLIDE renames the code to
+// "NoScriptError".
+const isNoScript = (error: unknown): boolean =>
+  /noscript/i.test(messageOf(error));
 
 // How long a call is retried while its slot migrates.
 const MIGRATING_MS = 5_000;

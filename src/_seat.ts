@@ -27,6 +27,11 @@ export function placeFor(wait: WaitSettings, attempt: number): number {
   ) + SEAT_MARGIN_MS;
 }
 
+// Seat ids: unique to this process (a random prefix) and to the seat (a
+// count), without a random number per seat (one per uncontended wait).
+const PROCESS = crypto.randomUUID();
+let seats = 0;
+
 /**
  * A process's place in a lock's line in Redis (`LockKeys.line`): one per
  * local queue (a `Lock`'s) or crowd (a semaphore's), shared by its heads, so
@@ -37,7 +42,7 @@ export function placeFor(wait: WaitSettings, attempt: number): number {
  */
 export class Seat {
   /** The seat's id, as its heads ask with it. */
-  readonly id: string = crypto.randomUUID();
+  readonly id: string = `${PROCESS}:${++seats}`;
   #placed = false;
   #leave: (() => void) | undefined;
 

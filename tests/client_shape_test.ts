@@ -111,3 +111,34 @@ Deno.test("a client's own deadbolt.subscribe hook is used, and a wait ends only 
   ]);
   assert.equal(await holder.release(), true);
 });
+
+Deno.test("a client of one's own whose evalsha throws instead of rejecting, or returns a thenable, fails or works as a rejecting one would", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  let broken = false;
+  const client: ScriptClient = {
+    eval: (script, keys, args) =>
+      conn.send("EVAL", script, keys.length, ...keys, ...args),
+    // A thenable, not a Promise; or a synchronous throw once broken.
+    evalsha: (sha1, keys, args) => {
+      if (broken) throw new Error("socket closed");
+      const reply = conn.send("EVALSHA", sha1, keys.length, ...keys, ...args);
+      return { then: (ok, fail) => reply.then(ok, fail) } as Promise<unknown>;
+    },
+  };
+  // The second time, the scripts' SHA-1s are known: EVALSHA first.
+  for (let i = 0; i < 2; i++) {
+    const lock = await within(
+      Lock.acquire(client, "thrower"),
+      5_000,
+      "acquire",
+    );
+    assert.equal(await within(lock.release(), 5_000, "release"), true);
+  }
+  broken = true;
+  await assert.rejects(
+    within(Lock.acquire(client, "thrower"), 5_000, "the failing acquire"),
+    { message: "socket closed" },
+  );
+  assert.equal(await conn.send("EXISTS", Lock.keys("thrower").lock), 0);
+});
