@@ -22,6 +22,7 @@
 
 import {
   clock,
+  closeOpened,
   type Contender,
   type Held,
   readLines,
@@ -91,4 +92,5 @@ for await (const line of readLines(stdin())) {
     break;
   }
 }
+await closeOpened();
 await redis.quit();

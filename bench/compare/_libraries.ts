@@ -256,12 +256,126 @@ export const SEMAPHORE_VARIANTS: Variant[] = semaphoreVariants(LIMIT, "");
  */
 export const HANDOFF_SEMAPHORE_VARIANTS: Variant[] = semaphoreVariants(1, "-1");
 
+// Connections the references below open besides the caller's client.
+const opened: Redis[] = [];
+
+/** Closes the connections that the handoff references opened. */
+export async function closeOpened(): Promise<void> {
+  await Promise.all(opened.splice(0).map((connection) => connection.quit()));
+}
+
+/**
+ * Calls `listener` on each message to `channel`, on one subscriber
+ * connection per client; resolves once subscribed.
+ */
+function onMessage(
+  redis: Redis,
+  channel: string,
+  listener: (message: string) => void,
+): Promise<unknown> {
+  const subscriber = redis.duplicate();
+  opened.push(subscriber);
+  subscriber.on("message", (to: string, message: string) => {
+    if (to === channel) listener(message);
+  });
+  return subscriber.subscribe(channel);
+}
+
+/**
+ * References for the handoff rows, not locks: the least a handoff by a
+ * pub/sub message can cost here, with no lease, no timers and no checks.
+ * - `wake-floor`: a release deletes the key and publishes; the waiter,
+ *   subscribed, asks again with `SET NX PX` on the message: a notification
+ *   and one round trip, the design of deadbolt's own handoff.
+ * - `grant-floor`: a waiter turned away queues its token; a release gives the
+ *   key to the first token queued and publishes it; the waiter holds the
+ *   lock on the message: one notification, the least any handoff by
+ *   message can cost (a lock that grants in Redis, as the issue suggests).
+ */
+export const HANDOFF_REFERENCES: Variant[] = [
+  {
+    id: "wake-floor",
+    library: "no library: woken by a release's PUBLISH, then SET NX PX",
+    policy: "reference: one message + one round trip",
+    peer: false,
+    interval: 0,
+    open(redis) {
+      const release =
+        "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) redis.call('publish', KEYS[2], '') return 1 end return 0";
+      return (key) => {
+        const channel = `${key}:released`;
+        let wake = (): void => {};
+        const subscribed = onMessage(redis, channel, () => wake());
+        return {
+          async acquire() {
+            const token = crypto.randomUUID();
+            await subscribed;
+            for (;;) {
+              const woken = new Promise<void>((resolve) => wake = resolve);
+              if (await redis.set(key, token, "PX", TTL, "NX") === "OK") {
+                return {
+                  release: () => redis.eval(release, 2, key, channel, token),
+                };
+              }
+              await woken;
+            }
+          },
+        };
+      };
+    },
+    gaveUp: () => false,
+  },
+  {
+    id: "grant-floor",
+    library: "no library: granted in Redis by the release, told by PUBLISH",
+    policy: "reference: one message",
+    peer: false,
+    interval: 0,
+    open(redis) {
+      const acquire =
+        "if redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end redis.call('rpush', KEYS[2], ARGV[1]) return 0";
+      const release =
+        "if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end local next = redis.call('lpop', KEYS[2]) if next then redis.call('set', KEYS[1], next, 'PX', ARGV[2]) redis.call('publish', KEYS[3], next) else redis.call('del', KEYS[1]) end return 1";
+      return (key) => {
+        const queue = `${key}:queue`;
+        const channel = `${key}:granted`;
+        const grants = new Map<string, () => void>();
+        const subscribed = onMessage(redis, channel, (token) => {
+          grants.get(token)?.();
+        });
+        return {
+          async acquire() {
+            const token = crypto.randomUUID();
+            await subscribed;
+            const granted = new Promise<void>((resolve) =>
+              grants.set(token, resolve)
+            );
+            try {
+              if (await redis.eval(acquire, 2, key, queue, token, TTL) !== 1) {
+                await granted;
+              }
+            } finally {
+              grants.delete(token);
+            }
+            return {
+              release: () =>
+                redis.eval(release, 3, key, queue, channel, token, TTL),
+            };
+          },
+        };
+      };
+    },
+    gaveUp: () => false,
+  },
+];
+
 /** The variant with this id; throws on an unknown id. */
 export function variant(id: string): Variant {
   const found = [
     ...VARIANTS,
     ...SEMAPHORE_VARIANTS,
     ...HANDOFF_SEMAPHORE_VARIANTS,
+    ...HANDOFF_REFERENCES,
   ].find((v) => v.id === id);
   if (!found) throw new RangeError(`Unknown variant '${id}'`);
   return found;

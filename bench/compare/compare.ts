@@ -20,7 +20,10 @@
  * 2. Handoff across processes: worker A holds, worker B waits (both are
  *    `_handoff_worker.ts` processes); A notes the time and releases, B notes
  *    the time it acquires. The latency is B's time minus A's, on the shared
- *    clock `performance.timeOrigin + performance.now()`.
+ *    clock `performance.timeOrigin + performance.now()`. Two references
+ *    without a library (`HANDOFF_REFERENCES`) show the least a handoff by a
+ *    pub/sub message costs here: a message and one round trip, or a message
+ *    alone.
  * 3. and 4. 32 async workers in this process on one key, sharing one ioredis
  *    client, with a zero-work or a 1 ms critical section: critical sections
  *    per second, Redis commands per acquisition, acquisitions per worker
@@ -52,9 +55,11 @@ import { fromIoredis } from "../../mod.ts";
 import { lockKeys } from "../../src/keys.ts";
 import { ACQUIRE, RELEASE } from "../../src/scripts.ts";
 import { runScript, toIntegers } from "../../src/_run_script.ts";
+import { PATIENCE_MS, placeFor } from "../../src/_seat.ts";
 import { fairnessRun, spread } from "../_fairness.ts";
 import {
   type Contender,
+  HANDOFF_REFERENCES,
   HANDOFF_SEMAPHORE_VARIANTS,
   LIMIT,
   readLines,
@@ -163,8 +168,9 @@ const FLOOR: Variant = {
 
 /**
  * deadbolt's own acquire and release scripts, sent directly (no Lock, no
- * lease, no timers): what the Lua costs against the floor, and what the
- * library adds on top.
+ * lease, no timers), with the keys and arguments a `Lock` sends (a waiter's
+ * seat, its place and the patience): what the Lua costs against the floor,
+ * and what the library adds on top.
  */
 const SCRIPTS_ONLY: Variant = {
   id: "scripts",
@@ -174,23 +180,35 @@ const SCRIPTS_ONLY: Variant = {
   interval: 0,
   open(redis) {
     const client = fromIoredis(redis);
+    const seat = crypto.randomUUID();
+    const place = String(
+      placeFor({ timeout: TTL, retryDelay: 5, maxRetryDelay: 1_000 }, 0),
+    );
     return (key) => {
-      const { lock, fence, released } = lockKeys("deadbolt:", key);
+      const { lock, fence, released, line, seats } = lockKeys(
+        "deadbolt:",
+        key,
+      );
       return {
         async acquire() {
           const token = crypto.randomUUID();
           const [granted] = toIntegers(
-            await runScript(client, ACQUIRE, [lock, fence], [
+            await runScript(client, ACQUIRE, [lock, fence, line, seats], [
               token,
               String(TTL),
               "0",
+              seat,
+              place,
+              String(PATIENCE_MS),
             ]),
             2,
           );
           if (granted !== 1) throw new Error(`'${key}' is held`);
           return {
             release: () =>
-              runScript(client, RELEASE, [lock, released], [token]),
+              runScript(client, RELEASE, [lock, released, line, seats], [
+                token,
+              ]),
           };
         },
       };
@@ -621,7 +639,10 @@ for (let round = 0; round < ROUNDS; round++) {
   const perRound = Math.ceil(HANDOFFS / ROUNDS);
   for (let i = 0; i <= perRound; i++) {
     for (
-      const v of rotate([...VARIANTS, ...HANDOFF_SEMAPHORE_VARIANTS], round)
+      const v of rotate(
+        [...VARIANTS, ...HANDOFF_SEMAPHORE_VARIANTS, ...HANDOFF_REFERENCES],
+        round,
+      )
     ) {
       const r = await handoff(holder, waiter, v, `handoff:${v.id}:${round}`);
       if (i === 0) continue;
@@ -774,7 +795,7 @@ function handoffTable(title: string, variants: readonly Variant[]): void {
 
 handoffTable(
   "### 2. Handoff latency across processes (release in A → acquired in B)",
-  VARIANTS,
+  [...VARIANTS, ...HANDOFF_REFERENCES],
 );
 
 /** A contended table's rows: each variant's totals, per acquisition. */
