@@ -177,6 +177,42 @@ Deno.bench({
   },
 });
 
+// The same cycle with cold caches, as in a real loop, where the process
+// sleeps through each round trip while Redis runs: an 8 MB walk before the
+// acquire and before the release evicts the library's code and data. The
+// library's cold cost is the difference between these two rows (it is what
+// an uncontended acquire + release adds to its round trips; see
+// docs/benchmarks.md).
+const evict = new Float64Array(1 << 20);
+function walk(): void {
+  let sum = 0;
+  for (let i = 0; i < evict.length; i += 8) {
+    sum += evict[i];
+    evict[i] = sum;
+  }
+}
+
+Deno.bench({
+  name: "cold caches: two 8 MB walks (subtract from the next row)",
+  group: "library, cold",
+  baseline: true,
+  fn() {
+    walk();
+    walk();
+  },
+});
+
+Deno.bench({
+  name: "cold caches: two 8 MB walks + acquire + release (instant client)",
+  group: "library, cold",
+  async fn() {
+    walk();
+    const lock = await Lock.acquire(instant, "cold");
+    walk();
+    await lock.release();
+  },
+});
+
 // Telemetry: the same cycle with nothing registered, with the SDK's meter
 // provider, and with its tracer provider too, registered around the timed
 // part only (bench/telemetry.ts interleaves them for the ratios).
