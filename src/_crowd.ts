@@ -5,6 +5,7 @@ import { type Turn, WaitLine } from "./_line.ts";
 import { WakeUps } from "./_wakeups.ts";
 import { Seat } from "./_seat.ts";
 import type { Deliver, Handed, Sleeper } from "./_queue.ts";
+import type { Lease } from "./_lease.ts";
 
 /**
  * The waiters of this process for a hold that several may have at once (a
@@ -24,6 +25,9 @@ export class Crowd {
    */
   readonly turns = { handovers: 0, waitingElsewhere: false, passing: false };
   #line: WaitLine<QueuedGrant>;
+  // The holds of this process taken through the crowd's stores, not yet
+  // released or lost: the crowd stays registered while there are any.
+  #holds = new Set<Lease>();
   #client: ScriptClient;
   #sleepers = new Set<Sleeper<CrowdOffer>>();
   // The offers of waiters behind the head, in line order.
@@ -60,7 +64,24 @@ export class Crowd {
     this.#seat?.vacate();
     this.#wakeUps?.stop();
     this.#wakeUps = undefined;
-    this.#onEmpty();
+    if (this.#holds.size === 0) this.#onEmpty();
+  }
+
+  /** Records a hold of this process, until {@linkcode ended}; returns it. */
+  hold(lease: Lease): Lease {
+    this.#holds.add(lease);
+    return lease;
+  }
+
+  /** A hold has been released or lost. */
+  ended(lease: Lease): void {
+    if (!this.#holds.delete(lease)) return;
+    if (this.#holds.size === 0 && this.#line.size === 0) this.#onEmpty();
+  }
+
+  /** How many holds of this process there are now. */
+  get holding(): number {
+    return this.#holds.size;
   }
 
   /** The crowd's seat in the line in Redis, made on first use. */
@@ -262,7 +283,8 @@ const crowds = new WeakMap<ScriptClient, Map<string, Crowd>>();
 
 /**
  * The crowd for `key` on `client`, created on first use (with the
- * `capacity` of the call that creates it), dropped when empty.
+ * `capacity` of the call that creates it), dropped when it has neither
+ * waiters nor holds.
  */
 export function crowdOf(
   client: ScriptClient,

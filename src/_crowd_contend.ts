@@ -124,6 +124,15 @@ export async function contendInCrowd(
         if (subscribe) crowd.watch(subscribe, store.scripts.channel);
       }
     }
+    // A hold of this process will be handed over, or its release wake a
+    // sleeper, and one elsewhere wakes it by pub/sub: asking again before
+    // would be refused.
+    if (crowd && terms && subscribe && store.heldHere() > 0) {
+      pause = wait.maxRetryDelay;
+      if (freeIn !== undefined && freeIn >= 0) {
+        pause = Math.min(pause, Math.max(1, freeIn));
+      }
+    }
     pause = Math.min(pause, left);
     if (!crowd) {
       await delay(pause, signal);

@@ -66,19 +66,14 @@ export class ScriptedStore implements Store {
   async acquire(
     wait: WaitSettings,
     signal: AbortSignal,
-    grant: Grant,
+    granted: Grant,
   ): Promise<void> {
+    // Every hold granted is the crowd's until released or lost.
+    const grant: Grant = (...args) => this.#crowd().hold(granted(...args));
     const started = now();
     const deadline = started + wait.timeout;
     // One attempt (timeout 0) does not line up.
-    const crowd = wait.timeout > 0
-      ? crowdOf(
-        this.client,
-        this.scripts.lineKey,
-        this.scripts.parallel,
-        this.scripts.wakeAll,
-      )
-      : undefined;
+    const crowd = wait.timeout > 0 ? this.#crowd() : undefined;
     try {
       const entry = crowd?.join(signal, deadline, termsOf(this));
       if (entry && entry.ready !== true) {
@@ -138,13 +133,33 @@ export class ScriptedStore implements Store {
     return { renewed: false, lost: this.scripts.lost(owner) };
   }
 
+  /**
+   * How many holds of this kind and name this process has on this client
+   * now: a waiter refused meanwhile can wait for one of them to be handed
+   * over, or released.
+   */
+  heldHere(): number {
+    return existingCrowd(this.client, this.scripts.lineKey)?.holding ?? 0;
+  }
+
+  // The crowd of this kind and name on this client, made if need be.
+  #crowd(): Crowd {
+    return crowdOf(
+      this.client,
+      this.scripts.lineKey,
+      this.scripts.parallel,
+      this.scripts.wakeAll,
+    );
+  }
+
   async release(
     token: string,
-    _lease: Lease,
+    lease: Lease,
     valid: boolean,
   ): Promise<boolean> {
+    const crowd = existingCrowd(this.client, this.scripts.lineKey);
+    crowd?.ended(lease);
     try {
-      const crowd = existingCrowd(this.client, this.scripts.lineKey);
       const offer = valid && crowd ? this.#takeTurn(crowd) : undefined;
       if (offer) {
         const handed = await this.#handOver(token, offer, crowd!);
@@ -219,9 +234,11 @@ export class ScriptedStore implements Store {
     return true;
   }
 
-  lost(): void {
+  lost(lease: Lease): void {
+    const crowd = existingCrowd(this.client, this.scripts.lineKey);
+    crowd?.ended(lease);
     // A hold whose lease ended is free, or will be when Redis sees it.
-    existingCrowd(this.client, this.scripts.lineKey)?.wake();
+    crowd?.wake();
   }
 
   /** Runs one script call. */

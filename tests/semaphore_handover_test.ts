@@ -3,6 +3,8 @@ import { type ScriptClient, Semaphore } from "../mod.ts";
 import { redisEnv } from "./_env.ts";
 import { Redis } from "npm:ioredis@6";
 import { lineUp, quitIoredis, within } from "./_util.ts";
+import { toScriptClient } from "../src/client.ts";
+import { existingCrowd } from "../src/_crowd.ts";
 
 // A released permit handed to a sleeping waiter of the same process in one
 // script (TRANSFER_PERMIT), as a lock's handover does.
@@ -330,4 +332,100 @@ Deno.test("a waiter behind the head whose permit could not be handed over (its o
   ]);
   await handed.release();
   assert.equal(await env.side.send("EXISTS", key), 0);
+});
+
+/** Script calls the server has run so far (`INFO commandstats`). */
+async function scriptCalls(
+  env: { side: { send(...args: string[]): Promise<unknown> } },
+): Promise<number> {
+  const info = String(await env.side.send("INFO", "commandstats"));
+  let calls = 0;
+  for (
+    const match of info.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)
+  ) {
+    calls += Number(match[1]);
+  }
+  return calls;
+}
+
+Deno.test("a waiter refused while its process holds a permit waits to be handed one, instead of asking Redis again and again", async () => {
+  await using env = await redisEnv();
+  const redis = new Redis(env.server.port, "127.0.0.1");
+  try {
+    const holder = await Semaphore.acquire(redis, "pool", { limit: 1 });
+    const waiter = Semaphore.acquire(redis, "pool", {
+      limit: 1,
+      timeout: 10_000,
+    });
+    await lineUp(redis, "pool", 1, 5_000, key);
+    const before = await scriptCalls(env);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // A backoff from 5 ms asked 3 times in this window (the code before).
+    const asked = await scriptCalls(env) - before;
+    assert.ok(asked <= 1, `the waiter asked ${asked} times in 300 ms`);
+    await holder.release();
+    const permit = await within(waiter, 5_000, "the handed permit");
+    await permit.release();
+  } finally {
+    await quitIoredis(redis);
+  }
+});
+
+Deno.test("a waiter that waits for its process's permit still gets one that another process releases, woken by pub/sub", async () => {
+  await using env = await redisEnv();
+  const redis = new Redis(env.server.port, "127.0.0.1");
+  const other = new Redis(env.server.port, "127.0.0.1");
+  try {
+    const options = { limit: 2, maxRetryDelay: 5_000 };
+    const local = await Semaphore.acquire(redis, "pool", options);
+    const remote = await Semaphore.acquire(other, "pool", options);
+    const waiter = Semaphore.acquire(redis, "pool", {
+      ...options,
+      timeout: 10_000,
+    });
+    await lineUp(redis, "pool", 1, 5_000, key);
+    const released = performance.now();
+    await remote.release();
+    const permit = await within(waiter, 5_000, "the remote permit");
+    // Well before its next attempt (5 s): the release's message woke it.
+    const waited = performance.now() - released;
+    assert.ok(waited < 1_000, `woken ${waited.toFixed(0)} ms after`);
+    await permit.release();
+    await local.release();
+  } finally {
+    await quitIoredis(redis);
+    await quitIoredis(other);
+  }
+});
+
+Deno.test("a process's record of a semaphore's waiters and holds goes once none is left, after releases and after losses", async () => {
+  await using env = await redisEnv();
+  const redis = new Redis(env.server.port, "127.0.0.1");
+  try {
+    const client = toScriptClient(redis);
+    const tried = await Semaphore.tryAcquire(redis, "pool", { limit: 2 });
+    const waited = await Semaphore.acquire(redis, "pool", { limit: 2 });
+    assert.ok(existingCrowd(client, key));
+    await tried!.release();
+    assert.ok(existingCrowd(client, key), "one hold is left");
+    await waited.release();
+    assert.equal(existingCrowd(client, key), undefined);
+    // Lost: its permit taken away in Redis, found at the next renewal.
+    const lost = await Semaphore.acquire(redis, "pool", {
+      limit: 2,
+      ttl: 500,
+    });
+    await env.side.send("DEL", key);
+    await within(
+      new Promise((resolve) =>
+        lost.signal.addEventListener("abort", resolve, { once: true })
+      ),
+      5_000,
+      "the loss",
+    );
+    assert.equal(existingCrowd(client, key), undefined);
+    assert.equal(await lost.release(), false);
+  } finally {
+    await quitIoredis(redis);
+  }
 });
