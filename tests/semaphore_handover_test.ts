@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { type ScriptClient, Semaphore } from "../mod.ts";
 import { redisEnv } from "./_env.ts";
 import { Redis } from "npm:ioredis@6";
-import { lineUp, quitIoredis, within } from "./_util.ts";
+import { lineUp, quitIoredis, until, within } from "./_util.ts";
 import { toScriptClient } from "../src/client.ts";
 import { existingCrowd } from "../src/_crowd.ts";
 
@@ -56,6 +56,37 @@ async function releaseTo(
   await lineUp(client, "pool", 1, 5_000, key);
   client.calls.length = 0;
   return await holder.release();
+}
+
+/**
+ * Releases `holder` with the transfer's answer held back, aborts the
+ * waiter's `controller` once the transfer has run in Redis, and checks that
+ * `waiter` then rejects with an AbortError; resolves with what the release
+ * returned.
+ */
+async function releaseWhileGivingUp(
+  client: ReturnType<typeof recording>,
+  holder: Semaphore,
+  waiter: Promise<Semaphore>,
+  controller: AbortController,
+): Promise<boolean> {
+  const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
+    void
+  >();
+  client.hold = answered;
+  client.calls.length = 0;
+  const released = holder.release();
+  await until(
+    () => Promise.resolve(client.calls.includes("transfer")),
+    5_000,
+    "the transfer",
+  );
+  controller.abort();
+  await assert.rejects(within(waiter, 5_000, "the waiter's end"), {
+    name: "AbortError",
+  });
+  letAnswer();
+  return await released;
 }
 
 Deno.test("a released permit is handed to a sleeping waiter of the same process in one script, with no attempt of its own", async () => {
@@ -122,28 +153,10 @@ Deno.test("a permit handed to a waiter that gave up meanwhile is freed, not left
   });
   waiter.catch(() => {});
   await lineUp(client, "pool", 1, 5_000, key);
-  const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
-    void
-  >();
-  client.hold = answered;
-  const released = holder.release();
-  // The transfer has run in Redis; its answer is held back while the
-  // waiter gives up.
-  await within(
-    (async () => {
-      while (!client.calls.includes("transfer")) {
-        await new Promise((resolve) => setTimeout(resolve, 5));
-      }
-    })(),
-    5_000,
-    "the transfer",
+  assert.equal(
+    await releaseWhileGivingUp(client, holder, waiter, controller),
+    true,
   );
-  controller.abort();
-  await assert.rejects(within(waiter, 5_000, "the waiter's end"), {
-    name: "AbortError",
-  });
-  letAnswer();
-  assert.equal(await released, true);
   // The permit handed to the waiter that left is freed by its token.
   const deadline = performance.now() + 5_000;
   while (await env.side.send("EXISTS", key) === 1) {
@@ -265,27 +278,10 @@ Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is
   });
   behind.catch(() => {});
   await lineUp(client, "pool", 2, 5_000, key);
-  const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
-    void
-  >();
-  client.hold = answered;
-  client.calls.length = 0;
-  const released = holder.release();
-  await within(
-    (async () => {
-      while (!client.calls.includes("transfer")) {
-        await new Promise((resolve) => setTimeout(resolve, 5));
-      }
-    })(),
-    5_000,
-    "the transfer",
+  assert.equal(
+    await releaseWhileGivingUp(client, holder, behind, controller),
+    true,
   );
-  controller.abort();
-  await assert.rejects(within(behind, 5_000, "the waiter's end"), {
-    name: "AbortError",
-  });
-  letAnswer();
-  assert.equal(await released, true);
   // Freed by its token: the head, asking again, gets it.
   const permit = await within(head, 5_000, "the head's permit");
   assert.ok(permit.fence! > 0);
