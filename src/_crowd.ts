@@ -24,14 +24,14 @@ export class Crowd {
    * process handed its hold over (`passing`).
    */
   readonly turns = { handovers: 0, waitingElsewhere: false, passing: false };
-  #line: WaitLine<QueuedGrant>;
+  #line: WaitLine<Handed>;
   // The holds of this process taken through the crowd's stores, not yet
   // released or lost: the crowd stays registered while there are any.
   #holds = new Set<Lease>();
   #client: ScriptClient;
   #sleepers = new Set<Sleeper<CrowdOffer>>();
   // The offers of waiters behind the head, in line order.
-  #queued = new Map<Turn<QueuedGrant>, CrowdOffer>();
+  #queued = new Map<Turn<Handed>, CrowdOffer>();
   #wakes = 0;
   #wakeUps: WakeUps | undefined;
   #reading: { pttl: number; at: number } | undefined;
@@ -90,27 +90,25 @@ export class Crowd {
   }
 
   /**
-   * Joins the line (see {@linkcode WaitLine.join}). With `terms`, a waiter
-   * behind the head stands ready to be handed a hold, under a token of its
-   * own made here: it then resolves with that grant, having left the line.
+   * Joins the line (see {@linkcode WaitLine.join}). With `want`, a waiter
+   * behind the head stands ready to be handed a hold: it then resolves with
+   * that handover, having left the line.
    */
   join(
     signal: AbortSignal,
     deadline: number,
-    terms?: CrowdTerms,
+    want?: CrowdWant,
   ): {
-    ready: true | Promise<boolean | QueuedGrant>;
-    turn: Turn<QueuedGrant>;
+    ready: true | Promise<boolean | Handed>;
+    turn: Turn<Handed>;
   } {
     const entry = this.#line.join(signal, deadline);
-    if (entry.ready === true || !terms) return entry;
+    if (entry.ready === true || !want) return entry;
     const { turn } = entry;
-    const token = crypto.randomUUID();
     const offer: CrowdOffer = {
-      ...terms,
-      token,
+      ...want,
       deliver: (handed) => {
-        if (handed) return this.#line.give(turn, { token, handed });
+        if (handed) return this.#line.give(turn, handed);
         // Not handed after all: it is back in line, and may be offered again.
         this.#line.untake(turn);
         return false;
@@ -123,7 +121,7 @@ export class Crowd {
   }
 
   /** `turn` leaves the line, letting the next waiter ask. */
-  leave(turn: Turn<QueuedGrant>): void {
+  leave(turn: Turn<Handed>): void {
     this.#line.leave(turn);
   }
 
@@ -234,6 +232,11 @@ export class Crowd {
     });
   }
 
+  /** Whether the crowd hears releases elsewhere by pub/sub now. */
+  get listening(): boolean {
+    return this.#wakeUps?.live ?? false;
+  }
+
   /** Records how long until a hold in the way ends, as just read. */
   noteRemaining(pttl: number): void {
     this.#reading = { pttl, at: now() };
@@ -271,14 +274,6 @@ export interface CrowdWant extends CrowdTerms {
  */
 export interface CrowdOffer extends CrowdWant, Deliver {}
 
-/** A hold handed to a waiter behind the head: its token, and the handover. */
-export interface QueuedGrant {
-  /** The token the hold was handed to (made by {@linkcode Crowd.join}). */
-  readonly token: string;
-  /** The handover. */
-  readonly handed: Handed;
-}
-
 const crowds = new WeakMap<ScriptClient, Map<string, Crowd>>();
 
 /**
@@ -297,7 +292,9 @@ export function crowdOf(
   let crowd = byKey.get(key);
   if (!crowd) {
     const map = byKey;
-    crowd = new Crowd(client, capacity, wakeAll, () => map.delete(key));
+    const made: Crowd = crowd = new Crowd(client, capacity, wakeAll, () => {
+      if (map.get(key) === made) map.delete(key);
+    });
     byKey.set(key, crowd);
   }
   return crowd;

@@ -7,7 +7,7 @@ import type { Handed } from "./_queue.ts";
 import type { GrantReply } from "./_hold_scripts.ts";
 import type { ScriptedStore } from "./_scripted_store.ts";
 import { delay, now } from "./_timers.ts";
-import { placeFor } from "./_seat.ts";
+import { longestPlace, placeFor } from "./_seat.ts";
 import type { WaitSettings } from "./options.ts";
 
 const noop = (): void => {};
@@ -19,6 +19,7 @@ const noop = (): void => {};
  */
 export async function contendInCrowd(
   store: ScriptedStore,
+  firstToken: string,
   wait: WaitSettings,
   signal: AbortSignal,
   grant: Grant,
@@ -28,7 +29,7 @@ export async function contendInCrowd(
 ): Promise<Lease> {
   const { ttl, fencing } = store.settings;
   const subscribe = store.client.deadbolt?.subscribe;
-  let token = crypto.randomUUID();
+  let token = firstToken;
   const terms = termsOf(store);
   const want = (token: string): CrowdWant | undefined =>
     terms && { token, ...terms };
@@ -56,13 +57,23 @@ export async function contendInCrowd(
     const handed = await crowd.sleep(pause, signal, crowd.wakes, want(token));
     const lease = handed && adopt(handed);
     if (lease) return lease;
+    // Nothing came: holds no longer pass on here.
+    if (!handed) crowd.turns.passing = false;
   }
   // Whether the hold was busy at an attempt: a grant then is a handover.
   let refused = false;
   for (let attempt = 0;; attempt++) {
     const sent = now();
+    // Patient: a hold of this process will be handed over, or its release
+    // wake a sleeper, and a release elsewhere wakes it by pub/sub (heard
+    // now). Turned away, it sleeps until then, and keeps its place as long.
+    const patient = !!crowd && !!terms && crowd.listening &&
+      store.heldHere() > 0;
     const place = seat
-      ? { seat: seat.id, ms: placeFor(wait, attempt) }
+      ? {
+        seat: seat.id,
+        ms: patient ? longestPlace(wait) : placeFor(wait, attempt),
+      }
       : undefined;
     // Wake-ups that come during the attempt cut the next sleep short.
     const seen = crowd?.wakes ?? 0;
@@ -124,14 +135,10 @@ export async function contendInCrowd(
         if (subscribe) crowd.watch(subscribe, store.scripts.channel);
       }
     }
-    // A hold of this process will be handed over, or its release wake a
-    // sleeper, and one elsewhere wakes it by pub/sub: asking again before
-    // would be refused.
-    if (crowd && terms && subscribe && store.heldHere() > 0) {
+    // Asking again before a wake-up would be refused.
+    if (patient && freeIn !== undefined) {
       pause = wait.maxRetryDelay;
-      if (freeIn !== undefined && freeIn >= 0) {
-        pause = Math.min(pause, Math.max(1, freeIn));
-      }
+      if (freeIn >= 0) pause = Math.min(pause, Math.max(1, freeIn));
     }
     pause = Math.min(pause, left);
     if (!crowd) {

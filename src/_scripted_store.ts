@@ -74,40 +74,54 @@ export class ScriptedStore implements Store {
     const deadline = started + wait.timeout;
     // One attempt (timeout 0) does not line up.
     const crowd = wait.timeout > 0 ? this.#crowd() : undefined;
+    const terms = termsOf(this);
+    // One token for the whole wait, as handed over or asked with: a
+    // handover whose answer was lost is then found the waiter's own.
+    let token = crypto.randomUUID();
     try {
-      const entry = crowd?.join(signal, deadline, termsOf(this));
-      if (entry && entry.ready !== true) {
-        const ready = await entry.ready;
-        if (ready === false) {
-          throw new LockTimeoutError(
-            this.name,
-            now() - started,
-            crowd!.remainingTtl(),
-          );
-        }
-        // Handed a hold behind the head by a release in this process.
-        if (ready !== true) {
-          const { token, handed } = ready;
-          if (Lease.fresh(handed.sent, this.settings.ttl)) {
-            grant(token, handed.sent, undefined, "local");
-            return;
-          }
-          // Too late to leave any validity: free it, and ask as usual.
-          this.forget(token);
-        }
-      }
-      try {
-        await contendInCrowd(
-          this,
-          wait,
+      for (;;) {
+        const entry = crowd?.join(
           signal,
-          grant,
-          started,
           deadline,
-          crowd,
+          terms && { token, ...terms },
         );
-      } finally {
-        if (entry) crowd!.leave(entry.turn);
+        if (entry && entry.ready !== true) {
+          const ready = await entry.ready;
+          if (ready === false) {
+            throw new LockTimeoutError(
+              this.name,
+              now() - started,
+              crowd!.remainingTtl(),
+            );
+          }
+          // Handed a hold behind the head by a release in this process.
+          if (ready !== true) {
+            if (Lease.fresh(ready.sent, this.settings.ttl)) {
+              grant(token, ready.sent, undefined, "local");
+              return;
+            }
+            // Too late to leave any validity: free it, and line up again
+            // with a new token (the line was left with the handover).
+            this.forget(token);
+            token = crypto.randomUUID();
+            continue;
+          }
+        }
+        try {
+          await contendInCrowd(
+            this,
+            token,
+            wait,
+            signal,
+            grant,
+            started,
+            deadline,
+            crowd,
+          );
+          return;
+        } finally {
+          if (entry) crowd!.leave(entry.turn);
+        }
       }
     } catch (error) {
       // A wait that fails leaves nothing open behind it.
@@ -218,27 +232,32 @@ export class ScriptedStore implements Store {
         await this.settle(this.run(this.scripts.transfer!(token, offer))),
       );
     } catch (error) {
-      offer.deliver(null);
+      if (!offer.deliver(null)) crowd.wake();
       throw error;
     }
     if (reply.status === "gone") {
-      offer.deliver(null);
+      if (!offer.deliver(null)) crowd.wake();
       return false;
     }
     // Its own limit reached, or a foreign key: a plain release decides.
     if (reply.status !== "handed") return undefined;
     crowd.turns.waitingElsewhere = reply.waiting;
     crowd.turns.passing = true;
-    // The sleeper has gone (aborted) meanwhile: its permit is freed.
-    if (!offer.deliver({ sent, fence: 0 })) this.forget(offer.token);
+    // The waiter has gone (aborted) meanwhile: its permit is freed, and
+    // then another waiter woken.
+    if (!offer.deliver({ sent, fence: 0 })) {
+      this.forget(offer.token, () => crowd.wake());
+    }
     return true;
   }
 
   lost(lease: Lease): void {
     const crowd = existingCrowd(this.client, this.scripts.lineKey);
-    crowd?.ended(lease);
+    if (!crowd) return;
+    crowd.ended(lease);
+    crowd.turns.passing = false;
     // A hold whose lease ended is free, or will be when Redis sees it.
-    crowd?.wake();
+    crowd.wake();
   }
 
   /** Runs one script call. */
@@ -246,9 +265,12 @@ export class ScriptedStore implements Store {
     return runScript(this.client, script, keys, args);
   }
 
-  /** Frees the hold of `token`, in the background (no wake-up message). */
-  forget(token: string): void {
-    this.run(this.scripts.release(token, true)).then(noop, noop);
+  /**
+   * Frees the hold of `token`, in the background (no wake-up message), and
+   * then calls `then`.
+   */
+  forget(token: string, then: () => void = noop): void {
+    this.run(this.scripts.release(token, true)).then(then, then);
   }
 
   /** Bounds `call` by `timeout`, `commandTimeout` by default (see `boundedCall`). */

@@ -27,6 +27,11 @@ export function placeFor(wait: WaitSettings, attempt: number): number {
   ) + SEAT_MARGIN_MS;
 }
 
+/** How long a place lasts for a waiter that sleeps `maxRetryDelay` if turned away. */
+export function longestPlace(wait: WaitSettings): number {
+  return Math.ceil(wait.maxRetryDelay) + SEAT_MARGIN_MS;
+}
+
 // Seat ids: unique to this process (a random prefix) and to the seat (a
 // count), without a random number per seat (one per uncontended wait).
 const PROCESS = crypto.randomUUID();

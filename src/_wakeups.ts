@@ -13,6 +13,7 @@ export class WakeUps {
   #client: ScriptClient;
   #unsubscribe: Promise<(() => Promise<void>) | undefined> | undefined;
   #watching: AbortController | undefined;
+  #live = false;
 
   /** Wake-ups of a queue of `client`. */
   constructor(client: ScriptClient) {
@@ -27,11 +28,21 @@ export class WakeUps {
   ): void {
     if (this.#unsubscribe) return;
     const watching = this.#watching = new AbortController();
-    this.#unsubscribe = subscribe(channel, onMessage, watching.signal)
-      .catch((error) => {
+    this.#unsubscribe = subscribe(channel, onMessage, watching.signal).then(
+      (unsubscribe) => {
+        if (this.#watching === watching) this.#live = true;
+        return unsubscribe;
+      },
+      (error) => {
         if (!watching.signal.aborted) reportSubscriberError(error);
         return undefined;
-      });
+      },
+    );
+  }
+
+  /** Whether the subscription is set up: a release now is heard. */
+  get live(): boolean {
+    return this.#live;
   }
 
   /**
@@ -41,6 +52,7 @@ export class WakeUps {
   stop(): void {
     const unsubscribe = this.#unsubscribe;
     this.#unsubscribe = undefined;
+    this.#live = false;
     this.#watching?.abort();
     this.#watching = undefined;
     if (!unsubscribe) return;

@@ -258,18 +258,21 @@ Deno.test("with permits passing from holder to holder in one process, each acqui
   );
 });
 
-Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is freed, and the head gets it", async () => {
+Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is freed, and the head is woken to get it", async () => {
   await using env = await redisEnv();
   const client = recording(env.redis);
   const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
   // The head wants a fence, so it is never handed a permit: the release
-  // takes the offer of the waiter behind it.
+  // takes the offer of the waiter behind it. It sleeps up to 10 s between
+  // attempts, unless woken.
   const head = Semaphore.acquire(client, "pool", {
     limit: 1,
     fencing: true,
-    timeout: 5_000,
-    maxRetryDelay: 100,
+    timeout: 20_000,
+    retryDelay: 10_000,
+    maxRetryDelay: 10_000,
   });
+  head.catch(() => {});
   const controller = new AbortController();
   const behind = Semaphore.acquire(client, "pool", {
     limit: 1,
@@ -282,9 +285,87 @@ Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is
     await releaseWhileGivingUp(client, holder, behind, controller),
     true,
   );
-  // Freed by its token: the head, asking again, gets it.
-  const permit = await within(head, 5_000, "the head's permit");
+  // Freed by its token, and then the head woken: it gets it.
+  const permit = await within(head, 2_000, "the head's permit");
   assert.ok(permit.fence! > 0);
+  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
+    permit.token,
+  ]);
+  await permit.release();
+  assert.equal(await env.side.send("EXISTS", key), 0);
+});
+
+Deno.test("a waiter behind the head whose transfer went unanswered asks with the token it was handed the permit under, and gets it", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const holder = await Semaphore.acquire(client, "pool", {
+    limit: 1,
+    commandTimeout: 300,
+  });
+  // The head wants a fence, so the release offers the permit to the
+  // waiter behind it.
+  const controller = new AbortController();
+  const head = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    fencing: true,
+    timeout: 5_000,
+    signal: controller.signal,
+  });
+  head.catch(() => {});
+  const behind = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+  });
+  await lineUp(client, "pool", 2, 5_000, key);
+  // The transfer runs in Redis; its answer never comes in time.
+  const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
+    void
+  >();
+  client.hold = answered;
+  await assert.rejects(within(holder.release(), 5_000, "the release"), {
+    name: "TimeoutError",
+  });
+  // Once the head gives up, the waiter asks, with the permit's token.
+  controller.abort();
+  const permit = await within(behind, 5_000, "the waiter's permit");
+  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
+    permit.token,
+  ]);
+  letAnswer();
+  await permit.release();
+  assert.equal(await env.side.send("EXISTS", key), 0);
+});
+
+Deno.test("a waiter behind the head handed a permit too late to leave any validity frees it, lines up again and gets one", async () => {
+  await using env = await redisEnv();
+  const client = recording(env.redis);
+  const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
+  const controller = new AbortController();
+  const head = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    fencing: true,
+    timeout: 5_000,
+    signal: controller.signal,
+  });
+  head.catch(() => {});
+  // A 300 ms lease leaves no validity once the transfer's answer is held
+  // back 500 ms.
+  const behind = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    ttl: 300,
+    autoExtend: false,
+    timeout: 5_000,
+  });
+  await lineUp(client, "pool", 2, 5_000, key);
+  client.hold = new Promise((resolve) => setTimeout(resolve, 500));
+  client.calls.length = 0;
+  assert.equal(await within(holder.release(), 5_000, "the release"), true);
+  // The head may have got the permit as its 300 ms lease ran out.
+  controller.abort();
+  await (await head.catch(() => undefined))?.release();
+  const permit = await within(behind, 5_000, "the waiter's permit");
+  assert.ok(permit.held);
+  assert.ok(client.calls.includes("transfer"), client.calls.join(", "));
   assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
     permit.token,
   ]);
@@ -297,31 +378,37 @@ Deno.test("a waiter behind the head whose permit could not be handed over (its o
   const client = recording(env.redis);
   const first = await Semaphore.acquire(client, "pool", { limit: 2 });
   const second = await Semaphore.acquire(client, "pool", { limit: 2 });
-  const head = Semaphore.acquire(client, "pool", {
+  // Limit 2 lets two of the process's waiters ask at once: two that want a
+  // fence (never handed a permit) fill the head, asleep until woken.
+  const fenced = {
     limit: 2,
     fencing: true,
     timeout: 5_000,
-    // Asleep until a release wakes it.
     retryDelay: 1_000,
     maxRetryDelay: 1_000,
-  });
-  head.catch(() => {});
-  // Limit 1: it may have a permit only once none is held.
+  };
+  const heads = [
+    Semaphore.acquire(client, "pool", fenced),
+    Semaphore.acquire(client, "pool", fenced),
+  ];
+  for (const head of heads) head.catch(() => {});
+  // Behind them, limit 1: it may have a permit only once none is held.
   const strict = Semaphore.acquire(client, "pool", {
     limit: 1,
     timeout: 5_000,
   });
   strict.catch(() => {});
-  await lineUp(client, "pool", 2, 5_000, key);
+  await lineUp(client, "pool", 3, 5_000, key);
   client.calls.length = 0;
   await first.release();
-  // Refused by the strict waiter's limit: a plain release, which the
-  // head (asleep, or asking) takes.
+  // Offered to the waiter behind the head and refused by its limit: a
+  // plain release follows, which a head takes.
   const released = client.calls.filter((kind) => kind !== "acquire");
   assert.deepEqual(released.slice(0, 2), ["transfer", "release or leave"]);
-  const fenced = await within(head, 5_000, "the head's permit");
   await second.release();
-  await fenced.release();
+  for (const permit of await within(Promise.all(heads), 5_000, "the heads")) {
+    await permit.release();
+  }
   const handed = await within(strict, 5_000, "the strict waiter's permit");
   assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
     handed.token,
@@ -354,11 +441,19 @@ Deno.test("a waiter refused while its process holds a permit waits to be handed 
       timeout: 10_000,
     });
     await lineUp(redis, "pool", 1, 5_000, key);
+    // Once it hears releases elsewhere, it no longer asks (its sleep then
+    // may still end once).
+    const crowd = existingCrowd(toScriptClient(redis), key)!;
+    await until(
+      () => Promise.resolve(crowd.listening),
+      5_000,
+      "the wake-up subscription",
+    );
     const before = await scriptCalls(env);
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    // A backoff from 5 ms asked 3 times in this window (the code before).
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    // A backoff from 5 ms asked 3 times in 300 ms (the code before).
     const asked = await scriptCalls(env) - before;
-    assert.ok(asked <= 1, `the waiter asked ${asked} times in 300 ms`);
+    assert.ok(asked <= 1, `the waiter asked ${asked} times in 500 ms`);
     await holder.release();
     const permit = await within(waiter, 5_000, "the handed permit");
     await permit.release();
