@@ -89,6 +89,48 @@ async function releaseWhileGivingUp(
   return await released;
 }
 
+/** What `Semaphore.acquire` takes. */
+type Options = Parameters<typeof Semaphore.acquire>[2];
+
+/**
+ * Checks that `permit` holds the only permit in Redis, releases it, and
+ * checks that nothing is left.
+ */
+async function onlyPermitThenNothing(
+  side: { send(...args: string[]): Promise<unknown> },
+  permit: Semaphore,
+): Promise<void> {
+  assert.deepEqual(await side.send("ZRANGE", key, "0", "-1"), [permit.token]);
+  await permit.release();
+  assert.equal(await side.send("EXISTS", key), 0);
+}
+
+/**
+ * Lines up two waiters (limit 1) behind a held permit: a head that wants a
+ * fence, so it is never handed a permit, and a waiter behind it, whose offer
+ * a release therefore takes. Options are added to each one's.
+ */
+async function fencedHeadAndBehind(
+  client: ReturnType<typeof recording>,
+  options: { head?: Partial<Options>; behind?: Partial<Options> } = {},
+): Promise<{ head: Promise<Semaphore>; behind: Promise<Semaphore> }> {
+  const head = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    fencing: true,
+    timeout: 5_000,
+    ...options.head,
+  });
+  head.catch(() => {});
+  const behind = Semaphore.acquire(client, "pool", {
+    limit: 1,
+    timeout: 5_000,
+    ...options.behind,
+  });
+  behind.catch(() => {});
+  await lineUp(client, "pool", 2, 5_000, key);
+  return { head, behind };
+}
+
 Deno.test("a released permit is handed to a sleeping waiter of the same process in one script, with no attempt of its own", async () => {
   await using env = await redisEnv();
   const client = recording(env.redis);
@@ -100,12 +142,8 @@ Deno.test("a released permit is handed to a sleeping waiter of the same process 
   await releaseTo(client, holder);
   const handed = await within(waiter, 5_000, "the waiter's permit");
   assert.deepEqual(client.calls, ["transfer"]);
-  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
-    handed.token,
-  ]);
   assert.equal(handed.held, true);
-  await handed.release();
-  assert.equal(await env.side.send("EXISTS", key), 0);
+  await onlyPermitThenNothing(env.side, handed);
 });
 
 Deno.test("a waiter is handed a permit only within its own limit, and one that wants a fence is never handed one", async () => {
@@ -262,25 +300,12 @@ Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is
   await using env = await redisEnv();
   const client = recording(env.redis);
   const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
-  // The head wants a fence, so it is never handed a permit: the release
-  // takes the offer of the waiter behind it. It sleeps up to 10 s between
-  // attempts, unless woken.
-  const head = Semaphore.acquire(client, "pool", {
-    limit: 1,
-    fencing: true,
-    timeout: 20_000,
-    retryDelay: 10_000,
-    maxRetryDelay: 10_000,
-  });
-  head.catch(() => {});
   const controller = new AbortController();
-  const behind = Semaphore.acquire(client, "pool", {
-    limit: 1,
-    timeout: 5_000,
-    signal: controller.signal,
+  // The head sleeps up to 10 s between attempts, unless woken.
+  const { head, behind } = await fencedHeadAndBehind(client, {
+    head: { timeout: 20_000, retryDelay: 10_000, maxRetryDelay: 10_000 },
+    behind: { signal: controller.signal },
   });
-  behind.catch(() => {});
-  await lineUp(client, "pool", 2, 5_000, key);
   assert.equal(
     await releaseWhileGivingUp(client, holder, behind, controller),
     true,
@@ -288,11 +313,7 @@ Deno.test("a permit handed to a waiter behind the head that gave up meanwhile is
   // Freed by its token, and then the head woken: it gets it.
   const permit = await within(head, 2_000, "the head's permit");
   assert.ok(permit.fence! > 0);
-  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
-    permit.token,
-  ]);
-  await permit.release();
-  assert.equal(await env.side.send("EXISTS", key), 0);
+  await onlyPermitThenNothing(env.side, permit);
 });
 
 Deno.test("a waiter behind the head whose transfer went unanswered asks with the token it was handed the permit under, and gets it", async () => {
@@ -302,21 +323,10 @@ Deno.test("a waiter behind the head whose transfer went unanswered asks with the
     limit: 1,
     commandTimeout: 300,
   });
-  // The head wants a fence, so the release offers the permit to the
-  // waiter behind it.
   const controller = new AbortController();
-  const head = Semaphore.acquire(client, "pool", {
-    limit: 1,
-    fencing: true,
-    timeout: 5_000,
-    signal: controller.signal,
+  const { behind } = await fencedHeadAndBehind(client, {
+    head: { signal: controller.signal },
   });
-  head.catch(() => {});
-  const behind = Semaphore.acquire(client, "pool", {
-    limit: 1,
-    timeout: 5_000,
-  });
-  await lineUp(client, "pool", 2, 5_000, key);
   // The transfer runs in Redis; its answer never comes in time.
   const { promise: answered, resolve: letAnswer } = Promise.withResolvers<
     void
@@ -328,12 +338,8 @@ Deno.test("a waiter behind the head whose transfer went unanswered asks with the
   // Once the head gives up, the waiter asks, with the permit's token.
   controller.abort();
   const permit = await within(behind, 5_000, "the waiter's permit");
-  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
-    permit.token,
-  ]);
   letAnswer();
-  await permit.release();
-  assert.equal(await env.side.send("EXISTS", key), 0);
+  await onlyPermitThenNothing(env.side, permit);
 });
 
 Deno.test("a waiter behind the head handed a permit too late to leave any validity frees it, lines up again and gets one", async () => {
@@ -341,22 +347,12 @@ Deno.test("a waiter behind the head handed a permit too late to leave any validi
   const client = recording(env.redis);
   const holder = await Semaphore.acquire(client, "pool", { limit: 1 });
   const controller = new AbortController();
-  const head = Semaphore.acquire(client, "pool", {
-    limit: 1,
-    fencing: true,
-    timeout: 5_000,
-    signal: controller.signal,
-  });
-  head.catch(() => {});
   // A 300 ms lease leaves no validity once the transfer's answer is held
   // back 500 ms.
-  const behind = Semaphore.acquire(client, "pool", {
-    limit: 1,
-    ttl: 300,
-    autoExtend: false,
-    timeout: 5_000,
+  const { head, behind } = await fencedHeadAndBehind(client, {
+    head: { signal: controller.signal },
+    behind: { ttl: 300, autoExtend: false },
   });
-  await lineUp(client, "pool", 2, 5_000, key);
   client.hold = new Promise((resolve) => setTimeout(resolve, 500));
   client.calls.length = 0;
   assert.equal(await within(holder.release(), 5_000, "the release"), true);
@@ -366,11 +362,7 @@ Deno.test("a waiter behind the head handed a permit too late to leave any validi
   const permit = await within(behind, 5_000, "the waiter's permit");
   assert.ok(permit.held);
   assert.ok(client.calls.includes("transfer"), client.calls.join(", "));
-  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
-    permit.token,
-  ]);
-  await permit.release();
-  assert.equal(await env.side.send("EXISTS", key), 0);
+  await onlyPermitThenNothing(env.side, permit);
 });
 
 Deno.test("a waiter behind the head whose permit could not be handed over (its own limit) stays in line and gets one later", async () => {
@@ -410,11 +402,7 @@ Deno.test("a waiter behind the head whose permit could not be handed over (its o
     await permit.release();
   }
   const handed = await within(strict, 5_000, "the strict waiter's permit");
-  assert.deepEqual(await env.side.send("ZRANGE", key, "0", "-1"), [
-    handed.token,
-  ]);
-  await handed.release();
-  assert.equal(await env.side.send("EXISTS", key), 0);
+  await onlyPermitThenNothing(env.side, handed);
 });
 
 /** Script calls the server has run so far (`INFO commandstats`). */
