@@ -10,8 +10,9 @@ import { MAX_TIMER_MS } from "./_validate.ts";
  */
 export class WaitLine<G = never> {
   #waiters: Deferred<G | undefined>[] = [];
-  // Waiters taken out of line to be given a `G` (see `take`).
-  #taken = new Set<Deferred<G | undefined>>();
+  // Waiters taken out of line to be given a `G` (see `take`); made on the
+  // first take (a lock's line never has one).
+  #taken: Set<Deferred<G | undefined>> | undefined;
   #owner: LineOwner;
   #capacity: number;
 
@@ -23,7 +24,7 @@ export class WaitLine<G = never> {
 
   /** How many wait, the head included. */
   get size(): number {
-    return this.#waiters.length + this.#taken.size;
+    return this.#waiters.length + (this.#taken?.size ?? 0);
   }
 
   /**
@@ -65,13 +66,13 @@ export class WaitLine<G = never> {
     const index = this.#waiters.indexOf(turn);
     if (index < this.#capacity) return false;
     this.#waiters.splice(index, 1);
-    this.#taken.add(turn);
+    (this.#taken ??= new Set()).add(turn);
     return true;
   }
 
   /** Gives `value` to the waiter {@linkcode take}n: `false` if it has given up since. */
   give(turn: Turn<G>, value: G): boolean {
-    if (!this.#taken.delete(turn)) return false;
+    if (!this.#taken?.delete(turn)) return false;
     turn.resolve(value);
     if (this.size === 0) this.#owner.emptied();
     return true;
@@ -82,7 +83,7 @@ export class WaitLine<G = never> {
    * head, if there is room there).
    */
   untake(turn: Turn<G>): void {
-    if (!this.#taken.delete(turn)) return;
+    if (!this.#taken?.delete(turn)) return;
     this.#waiters.splice(this.#capacity, 0, turn);
     if (this.#waiters.indexOf(turn) < this.#capacity) turn.resolve(undefined);
   }
@@ -101,7 +102,7 @@ export class WaitLine<G = never> {
     // A waiter that gives up behind the head (or taken) leaves at once, so
     // that nothing is given to it from then on.
     const giveUp = () => {
-      if (this.#taken.delete(turn)) {
+      if (this.#taken?.delete(turn)) {
         if (this.size === 0) this.#owner.emptied();
       } else if (this.#waiters.indexOf(turn) >= this.#capacity) {
         this.#remove(turn);

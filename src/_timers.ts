@@ -10,8 +10,12 @@ export const now = (): number => performance.now();
  * Both are feature-detected so the code stays runnable on Deno Deploy and
  * edge runtimes, where neither is needed.
  */
-export function setBackgroundTimeout(callback: () => void, ms: number): Timer {
-  const timer = setTimeout(callback, ms);
+export function setBackgroundTimeout<A extends unknown[]>(
+  callback: (...args: A) => void,
+  ms: number,
+  ...args: A
+): Timer {
+  const timer = setTimeout(callback, ms, ...args);
   const handle = timer as unknown as { unref?: () => void };
   if (typeof handle.unref === "function") {
     handle.unref();
@@ -67,35 +71,62 @@ export function settle<T>(
   promise: Promise<T>,
   options: SettleOptions,
 ): Promise<T> {
-  const { timeout, onTimeout, signal, background = false, onAbandon } = options;
+  const { timeout, signal } = options;
   if (timeout === Infinity && !signal) return promise;
   return new Promise<T>((resolve, reject) => {
-    let done = false;
-    let timer: Timer | undefined;
-    const finish = (): boolean => {
-      if (done) return false;
-      done = true;
-      if (timer !== undefined) clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      return true;
-    };
-    const abandon = (reason: unknown) => {
-      if (!finish()) return;
-      onAbandon?.();
-      reject(reason);
-    };
-    const onAbort = () => abandon(signal!.reason);
+    const bound = new Bound(options, reject);
     promise.then(
-      (value) => finish() && resolve(value),
-      (error) => finish() && reject(error),
+      (value) => bound.finish() && resolve(value),
+      (error) => bound.finish() && reject(error),
     );
-    if (signal?.aborted) return abandon(signal.reason);
-    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) return bound.abandon(signal.reason);
+    // The bound itself listens (its `handleEvent`), and the timer passes it
+    // on: one object per call rather than a closure for each part.
+    signal?.addEventListener("abort", bound, { once: true });
     if (timeout !== Infinity) {
-      const fire = () => abandon(onTimeout());
-      timer = background
-        ? setBackgroundTimeout(fire, timeout)
-        : setTimeout(fire, timeout);
+      bound.timer = options.background
+        ? setBackgroundTimeout(timeUp, timeout, bound)
+        : setTimeout(timeUp, timeout, bound);
     }
   });
 }
+
+// One pending call of `settle`: settled once, by the call, the signal or
+// the timer, whichever comes first.
+class Bound {
+  timer: Timer | undefined;
+  #done = false;
+  #options: SettleOptions;
+  #reject: (reason: unknown) => void;
+
+  constructor(options: SettleOptions, reject: (reason: unknown) => void) {
+    this.#options = options;
+    this.#reject = reject;
+  }
+
+  // Ends the bounds: `false` when already settled.
+  finish(): boolean {
+    if (this.#done) return false;
+    this.#done = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.#options.signal?.removeEventListener("abort", this);
+    return true;
+  }
+
+  abandon(reason: unknown): void {
+    if (!this.finish()) return;
+    this.#options.onAbandon?.();
+    this.#reject(reason);
+  }
+
+  // The signal's abort event.
+  handleEvent(): void {
+    this.abandon(this.#options.signal!.reason);
+  }
+
+  timeUp(): void {
+    this.abandon(this.#options.onTimeout());
+  }
+}
+
+const timeUp = (bound: Bound): void => bound.timeUp();

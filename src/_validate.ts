@@ -47,8 +47,14 @@ export function checkOptionKeys(
   ) {
     fail(TypeError, action, "options", "an object", options);
   }
-  const unknown = Object.keys(options).filter((key) => !allowed.includes(key));
-  if (unknown.length > 0) {
+  // Allocates nothing when every key is allowed (it runs per acquisition).
+  let unknown: string[] | undefined;
+  for (const key in options) {
+    if (Object.hasOwn(options, key) && !allowed.includes(key)) {
+      (unknown ??= []).push(key);
+    }
+  }
+  if (unknown) {
     throw new TypeError(
       `${action} as ${unknown.map((key) => `'${key}'`).join(", ")} ${
         unknown.length === 1 ? "is not an option" : "are not options"

@@ -33,9 +33,10 @@ export interface LockKeys {
 
 /** Computes the keys of the lock `name` under `prefix`. */
 export function lockKeys(prefix: string, name: string): LockKeys {
-  const tag = `${prefix}{${
-    name.replace(/[%}]/g, (c) => c === "%" ? "%25" : "%7D")
-  }}`;
+  const escaped = name.includes("%") || name.includes("}")
+    ? name.replace(/[%}]/g, (c) => c === "%" ? "%25" : "%7D")
+    : name;
+  const tag = `${prefix}{${escaped}}`;
   return {
     lock: tag,
     fence: `${tag}:fence`,
