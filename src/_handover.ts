@@ -4,8 +4,8 @@ import { Lease, validity } from "./_lease.ts";
 import { deferred } from "./_deferred.ts";
 import { existingQueue, type LocalQueue, type Offer } from "./_queue.ts";
 import { runScript } from "./_run_script.ts";
+import { joinRun, type RunState, sendHandovers } from "./_handover_run.ts";
 import {
-  EAGER_HANDOVER,
   HANDOVER,
   type HandoverReply,
   type Owner,
@@ -41,6 +41,10 @@ import { now } from "./_timers.ts";
  *    whole `ttl` from some moment on, from which the head's validity then
  *    counts. Redis's answer renews the head's lease from the script's send
  *    time, or ends it as lost when the key was no longer the holder's.
+ *    The script goes out at the next turn of the event loop, or before
+ *    anything else this process sends about the lock: eager handovers made
+ *    meanwhile (a run of short holds) go out as one script, and every
+ *    holder of the run is told its answer (see `_handover_run.ts`).
  * 4. **Unanswered cap.** At most {@linkcode MAX_UNANSWERED} eager handovers
  *    may await Redis's answer; past that, a handover waits for its answer.
  *    A chain of eager handovers runs in microtasks, and waiting for the
@@ -109,9 +113,11 @@ export function releaseHold(
   return handOver(store, token, turn, queue, valid ? lease : undefined);
 }
 
+const noop = (): void => {};
+
 // Per queue: the run of handovers so far, whether the last one found other
 // processes in line, and the eager handovers awaiting Redis.
-class Turns {
+class Turns implements RunState {
   handovers = 0;
   waitingElsewhere = false;
   unanswered = 0;
@@ -159,6 +165,7 @@ async function handOver(
     }
   }
   const { lock, fence, line } = store.keys;
+  sendHandovers(store);
   let reply: HandoverReply;
   try {
     reply = readHandover(
@@ -193,7 +200,7 @@ async function handOverEagerly(
 ): Promise<boolean> {
   const owner = deferred<Owner>();
   // Handled here too: the head may drop the confirmation unread.
-  owner.promise.catch(() => {});
+  owner.promise.catch(noop);
   if (
     !offer.deliver({
       sent: from,
@@ -206,32 +213,8 @@ async function handOverEagerly(
   }
   const state = turnsOf(queue);
   state.unanswered++;
-  try {
-    // EVAL, not EVALSHA: a NOSCRIPT answer would make the script run after
-    // whatever the new holder sends next, out of the order this relies on.
-    const reply = readHandover(
-      await store.settle(store.client.eval(
-        EAGER_HANDOVER.source,
-        [store.keys.lock, store.keys.line],
-        [token, offer.token, String(offer.ttl)],
-      )),
-    );
-    state.waitingElsewhere = reply.status === "handed" && reply.waiting;
-    owner.resolve(
-      reply.status === "handed"
-        ? "ours"
-        : reply.status === "gone"
-        ? "gone"
-        : "taken",
-    );
-    return reply.status === "handed";
-  } catch (error) {
-    // Unanswered: the head's renewals tell whether the key became its own.
-    owner.reject(error);
-    throw error;
-  } finally {
-    state.unanswered--;
-  }
+  const reply = await joinRun(store, state, token, offer, owner);
+  return reply.status === "handed";
 }
 
 // Deletes the key if it holds `token`, publishing the release, then wakes
@@ -243,6 +226,7 @@ async function deleteKey(
   quiet = 0,
 ): Promise<boolean> {
   const { lock, released, line, seats } = store.keys;
+  sendHandovers(store);
   const reply = await store.settle(
     runScript(store.client, RELEASE, [lock, released, line, seats], [token]),
   );

@@ -100,6 +100,9 @@ export class Lifecycle {
 
   /** The token of the current or last acquisition. */
   get token(): string {
+    // Read while held, it may be passed on (to `adopt` elsewhere): Redis
+    // must know it by then.
+    if (this.#acquired) this.#store.reveal?.();
     return this.#token ??= crypto.randomUUID();
   }
 

@@ -10,6 +10,7 @@ import {
 import { existingQueue } from "./_queue.ts";
 import { waitInLine } from "./_waiting.ts";
 import { releaseHold } from "./_handover.ts";
+import { sendHandovers } from "./_handover_run.ts";
 import { contend } from "./_contend.ts";
 import { unwatched } from "./_wakeups.ts";
 import { runScript } from "./_run_script.ts";
@@ -89,6 +90,7 @@ export class RedisStore implements Store {
     ttl: number,
     bounds: CallBounds,
   ): Promise<Renewal> {
+    sendHandovers(this);
     const call = runScript(this.client, EXTEND, [this.keys.lock], [
       token,
       String(ttl),
@@ -118,6 +120,7 @@ export class RedisStore implements Store {
     grant: Grant,
   ): Promise<boolean> {
     const { ttl, fencing } = this.settings;
+    sendHandovers(this);
     const sent = now();
     const call = runScript(this.client, ADOPT, [
       this.keys.lock,
@@ -134,11 +137,17 @@ export class RedisStore implements Store {
   }
 
   lost(lease: Lease): void {
+    sendHandovers(this);
     existingQueue(this.client, this.keys.lock)?.lost(lease);
+  }
+
+  reveal(): void {
+    sendHandovers(this);
   }
 
   /** Deletes the key if it holds `token`, in the background. */
   forget(token: string): void {
+    sendHandovers(this);
     runScript(this.client, RELEASE, [this.keys.lock], [token]).then(noop, noop);
   }
 

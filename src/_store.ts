@@ -71,6 +71,13 @@ export interface Store {
    * signal aborts), or detached for another handle to adopt.
    */
   lost?(lease: Lease): void;
+  /**
+   * Sends at once what this process has yet to tell Redis of the current
+   * hold (eager handovers wait for the next turn of the event loop), so
+   * that a command from elsewhere with its token finds it: called when the
+   * hold's token is read.
+   */
+  reveal?(): void;
 }
 
 /**
