@@ -873,15 +873,15 @@ for (const [i, section] of SECTIONS.entries()) {
     const sequential = mean((r) => r.sequential);
     const pipelined = mean((r) => r.pipelined);
     out.push(
-      `Ceilings: every grant deadbolt makes is one script call that writes the holder's token to Redis. One client completes ${
+      `Ceilings: a lock that writes every grant's token to Redis in one script call per grant can reach what one client completes: ${
         integer(sequential)
-      } such calls/s one at a time (${
+      } calls/s one at a time (${
         ratio(sequential, best.rate)
-      } the best peer: the most a lock can reach if each handoff waits for Redis) and ${
+      } the best peer: if each handoff waits for Redis) and ${
         integer(pipelined)
       } calls/s with ${WORKERS} in flight (${
         ratio(pipelined, best.rate)
-      } the best peer: the most it can reach with one call per grant at all; deadbolt's handovers within a process do not wait for the answer). 5× the best peer would need ${
+      } the best peer: with one call per grant at all). deadbolt's handovers within a process do not wait for the answer, and those made within one turn of the event loop go out as one script (commands/acq. below 1). 5× the best peer would need ${
         integer(5 * best.rate)
       } grants/s.`,
       "",
