@@ -173,7 +173,9 @@ async function adoptGrant(
   const confirmation = handed.confirmation;
   if (confirmation) {
     // Handed over before Redis answered: the answer renews the lease from
-    // the script's send time, or ends it if the holder's key was gone.
+    // the handover's time (no later than the script's sending), or ends it
+    // if the holder's key was gone. With no answer, a renewal at once tells
+    // (it runs after the script, on the same connection).
     confirmation.owner.then((owner) => {
       if (owner === "ours") lease.extended(confirmation.sent, ttl);
       else {
@@ -183,7 +185,7 @@ async function adoptGrant(
             : "another owner held its key when it was handed over",
         );
       }
-    }, noop);
+    }, () => lease.renewNow());
   }
   return lease;
 }

@@ -39,12 +39,16 @@ import { now } from "./_timers.ts";
  *    sent (`ordered`), so the head's own commands follow the handover; the
  *    releasing hold was still valid; and that validity covers the head's
  *    whole `ttl` from some moment on, from which the head's validity then
- *    counts. Redis's answer renews the head's lease from the script's send
- *    time, or ends it as lost when the key was no longer the holder's.
- *    The script goes out at the next turn of the event loop, or before
- *    anything else this process sends about the lock: eager handovers made
- *    meanwhile (a run of short holds) go out as one script, and every
- *    holder of the run is told its answer (see `_handover_run.ts`).
+ *    counts. Redis's answer renews the head's lease from the handover's
+ *    time, or ends it as lost when the key was no longer the holder's; with
+ *    no answer, the head renews at once to find out, and the release that
+ *    handed it over returns `false` (it must not be retried). The script
+ *    goes out at the next turn of the event loop, or before any other
+ *    command this process sends with a holder's token (a release, a
+ *    renewal, a handover, a `forget`, an adoption, a loss, a read of the
+ *    token): eager handovers made meanwhile (a run of short holds) go out
+ *    as one script, and every holder of the run is told its answer (see
+ *    `_handover_run.ts`).
  * 4. **Unanswered cap.** At most {@linkcode MAX_UNANSWERED} eager handovers
  *    may await Redis's answer; past that, a handover waits for its answer.
  *    A chain of eager handovers runs in microtasks, and waiting for the
@@ -213,8 +217,16 @@ async function handOverEagerly(
   }
   const state = turnsOf(queue);
   state.unanswered++;
-  const reply = await joinRun(store, state, token, offer, owner);
-  return reply.status === "handed";
+  try {
+    const reply = await joinRun(store, state, token, offer, owner);
+    return reply.status === "handed";
+  } catch {
+    // Unanswered, but handed over: the lock is the new holder's now, whose
+    // renewal tells whether the key became its own. This release must not
+    // be retried (it would delete the key under the new holder), and does
+    // not claim the key was its own.
+    return false;
+  }
 }
 
 // Deletes the key if it holds `token`, publishing the release, then wakes

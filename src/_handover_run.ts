@@ -11,8 +11,9 @@ import {
 
 /**
  * Runs of eager handovers (rule 3 of `_handover.ts`): an eager handover's
- * script goes out at the next turn of the event loop, or before anything
- * else the process sends about the lock, whichever comes first. Holds
+ * script goes out at the next turn of the event loop, or before any other
+ * command the process sends with a holder's token, whichever comes first
+ * (an attempt to acquire carries none: it is refused either way). Holds
  * handed on meanwhile (short ones, in microtasks) join the run, which goes
  * out as one script: from the token in the key to the newest holder's.
  * Every holder in between held the lock within the validity of the first
@@ -75,8 +76,8 @@ export function joinRun(
   let byKey = unsentOf.get(client);
   if (!byKey) unsentOf.set(client, byKey = new Map());
   let unsent = byKey.get(keys.lock);
-  // A run goes on from its newest holder only (a hold taken otherwise has
-  // sent the run before it asked Redis anything).
+  // A run goes on from its newest holder only (defensive: a hold that
+  // ended otherwise, released or lost, has sent the run already).
   if (unsent && unsent.to !== token) {
     sendHandovers(store);
     unsent = undefined;
@@ -104,8 +105,8 @@ export function joinRun(
 
 /**
  * Sends the lock's run, if one is waiting: called before any other command
- * about the lock, so that Redis runs them in the order this process made
- * them (the client runs calls in the order sent).
+ * with a holder's token, so that Redis runs them in the order this process
+ * made them (the client runs calls in the order sent).
  */
 export function sendHandovers(store: RunStore): void {
   const byKey = unsentOf.get(store.client);

@@ -112,6 +112,17 @@ export class Lease {
     this.#setValidity(sent, sent + validity(ttl));
   }
 
+  /**
+   * Renews as soon as it can (a renewal in flight first ends): an eager
+   * handover's answer was lost, and Redis must say whether the key became
+   * this lease's. Without `autoExtend` the lease runs out as usual.
+   */
+  renewNow(): void {
+    if (!this.#active || !this.#options.autoExtend) return;
+    this.#renewAt = Math.min(this.#renewAt, now());
+    this.#arm();
+  }
+
   /** Ends the lease without a loss (the lock is being released). */
   end(): void {
     this.#active = false;

@@ -272,7 +272,10 @@ export interface Handed {
 
 /** An eager handover's script, sent on the holder's connection. */
 export interface Confirmation {
-  /** When it was sent (monotonic ms). */
+  /**
+   * When the lock was handed over (monotonic ms), at or before the
+   * script's sending (it may wait for the next turn of the event loop).
+   */
   readonly sent: number;
   /**
    * Who held the key when it ran: `ours` (the holder's, now the head's),

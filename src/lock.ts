@@ -235,7 +235,9 @@ export class Lock extends LockHandle {
    * another process, most likely) can take it over with
    * {@linkcode Lock.adopt}: renewal stops, `held` turns `false`, `signal`
    * does not abort, and the key stays as it is until the adopter renews it
-   * or its lease runs out.
+   * or its lease runs out (if the lock was handed to this handle within
+   * this process, the handover's script, which writes this token, goes out
+   * first).
    *
    * @returns The token to pass to the adopter.
    * @throws {Error} when this handle does not hold the lock.

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
-import { Lock, LockLostError } from "../mod.ts";
+import { fromIoredis, Lock, LockLostError, type ScriptClient } from "../mod.ts";
+import { EAGER_HANDOVER, HANDOVER } from "../src/scripts.ts";
 import { startRedis } from "./_redis.ts";
 import { abortedAt, lineUp, until, within } from "./_util.ts";
 
@@ -17,6 +18,7 @@ async function setup() {
   return {
     side,
     redis,
+    port: server.port,
     /** Script calls the server has run so far (EVAL and EVALSHA). */
     async scripts(): Promise<number> {
       const stats = String(await side.send("INFO", "commandstats"));
@@ -43,10 +45,14 @@ Deno.test("a run of short holds handed over in one process costs Redis one scrip
   let turns = 0;
   const released: boolean[] = [];
   const first = await Lock.acquire(redis, "run");
+  let inside = 0;
+  let most = 0;
   const workers = Array.from({ length: 8 }, async () => {
     while (turns < TURNS) {
       const lock = await Lock.acquire(redis, "run", { timeout: 10_000 });
+      most = Math.max(most, ++inside);
       turns++;
+      inside--;
       released.push(await lock.release());
     }
   });
@@ -61,6 +67,7 @@ Deno.test("a run of short holds handed over in one process costs Redis one scrip
     scripts <= turns / 2,
     `${scripts} scripts for ${turns} turns`,
   );
+  assert.equal(most, 1, "one holder at a time");
   assert.ok(released.every(Boolean), "every release ended its own hold");
   assert.equal(await side.send("EXISTS", "deadbolt:{run}"), 0);
 });
@@ -124,4 +131,131 @@ Deno.test("a run of handovers from a holder whose key was gone: every holder of 
   assert.equal(await releasedSecond, false);
   assert.equal(await lock3.release(), false);
   assert.equal(await side.send("EXISTS", "deadbolt:{gone-run}"), 0);
+});
+
+Deno.test("a holder handed the lock eagerly that extends it or detaches it in the same turn sends the handover first", async (t) => {
+  await using env = await setup();
+  const { redis, side } = env;
+  await t.step("extend()", async () => {
+    const holder = await Lock.acquire(redis, "extend-now");
+    const waiting = Lock.acquire(redis, "extend-now", { timeout: 10_000 });
+    await lineUp(redis, "extend-now", 1);
+    const released = holder.release();
+    const lock = await within(waiting, 5_000, "the waiter's grant");
+    // Still the turn of the release: the renewal must find the key its own.
+    assert.equal(await lock.extend(), true);
+    assert.ok(lock.held);
+    assert.equal(await released, true);
+    assert.equal(await lock.release(), true);
+    assert.equal(await side.send("EXISTS", "deadbolt:{extend-now}"), 0);
+  });
+  await t.step("detach(), then adopt on another connection", async () => {
+    const other = new Redis(env.port, "127.0.0.1");
+    try {
+      await within(
+        new Promise((ready) => other.once("ready", ready)),
+        5_000,
+        "the other connection",
+      );
+      const holder = await Lock.acquire(redis, "detach-now");
+      const waiting = Lock.acquire(redis, "detach-now", { timeout: 10_000 });
+      await lineUp(redis, "detach-now", 1);
+      const released = holder.release();
+      const lock = await within(waiting, 5_000, "the waiter's grant");
+      // The token goes elsewhere in the same turn: written after the
+      // handover's script, the adoption must find the key the hold's.
+      const adopted = await Lock.adopt(other, "detach-now", lock.detach());
+      assert.ok(adopted, "the adopter finds the key the detached hold's");
+      assert.equal(await released, true);
+      assert.equal(await adopted.release(), true);
+    } finally {
+      await other.quit();
+    }
+  });
+});
+
+Deno.test("a run whose script never reached Redis: its releases return false, are not retried, and the holder finds out at once", async () => {
+  await using env = await setup();
+  const { redis, side } = env;
+  const inner = fromIoredis(redis);
+  let failing = true;
+  // The client loses the handover's script once (it throws, as a client of
+  // one's own may): its fate is unknown to deadbolt.
+  const client: ScriptClient = {
+    deadbolt: inner.deadbolt,
+    eval: (script, keys, args) => {
+      if (failing && script === EAGER_HANDOVER.source) {
+        failing = false;
+        throw new Error("connection lost");
+      }
+      return inner.eval(script, keys, args);
+    },
+    evalsha: (sha, keys, args) => inner.evalsha!(sha, keys, args),
+  };
+  const first = await Lock.acquire(client, "lost-run");
+  const firstToken = first.token;
+  const second = Lock.acquire(client, "lost-run", { timeout: 10_000 });
+  const third = Lock.acquire(client, "lost-run", { timeout: 10_000 });
+  await lineUp(client, "lost-run", 2);
+  const releasedFirst = first.release();
+  const lock2 = await within(second, 5_000, "the second's grant");
+  const releasedSecond = lock2.release();
+  const lock3 = await within(third, 5_000, "the third's grant");
+  assert.equal(await releasedFirst, false);
+  assert.equal(await releasedSecond, false);
+  // The key is still the first holder's: the third renews at once (its
+  // renewal is due in 10 s) and finds it so.
+  await abortedAt(lock3.signal, 2_000);
+  assert.ok(lock3.signal.reason instanceof LockLostError);
+  assert.equal(await lock3.release(), false);
+  // Neither release is retried: the key is left as it was.
+  assert.equal(await first.release(), false);
+  assert.equal(await lock2.release(), false);
+  assert.equal(await side.send("GET", "deadbolt:{lost-run}"), firstToken);
+  await side.send("DEL", "deadbolt:{lost-run}");
+  // Handovers go on as before.
+  const holder = await Lock.acquire(client, "lost-run");
+  const waiting = Lock.acquire(client, "lost-run", { timeout: 10_000 });
+  await lineUp(client, "lost-run", 1);
+  assert.equal(await holder.release(), true);
+  const lock = await within(waiting, 5_000, "a later grant");
+  assert.equal(await lock.release(), true);
+  assert.equal(await side.send("EXISTS", "deadbolt:{lost-run}"), 0);
+});
+
+Deno.test("a handover run twice (a client resent it after a reconnect) reports the lock handed over, with the same fence", async () => {
+  await using env = await setup();
+  const { side } = env;
+  const key = "deadbolt:{twice}";
+  await side.send("SET", key, "holder", "PX", 10_000);
+  const eager = () =>
+    side.send(
+      "EVAL",
+      EAGER_HANDOVER.source,
+      2,
+      key,
+      `${key}:line`,
+      "holder",
+      "head",
+      10_000,
+    );
+  assert.deepEqual(await eager(), [1, 0, 0]);
+  assert.deepEqual(await eager(), [1, 0, 0]);
+  assert.equal(await side.send("GET", key), "head");
+  const fenced = () =>
+    side.send(
+      "EVAL",
+      HANDOVER.source,
+      3,
+      key,
+      `${key}:fence`,
+      `${key}:line`,
+      "head",
+      "next",
+      10_000,
+      "1",
+    );
+  const once = await fenced();
+  assert.deepEqual(await fenced(), once);
+  assert.equal(await side.send("GET", key), "next");
 });
