@@ -38,6 +38,21 @@ async function setup() {
   };
 }
 
+/**
+ * A hold of `name` released to a waiter of the same client: resolves, in
+ * the turn of the release (no I/O since), with the new holder, the
+ * release's promise and the first holder's token.
+ */
+async function handedOver(redis: Redis, name: string) {
+  const holder = await Lock.acquire(redis, name);
+  const before = holder.token;
+  const waiting = Lock.acquire(redis, name, { timeout: 10_000 });
+  await lineUp(redis, name, 1);
+  const released = holder.release();
+  const lock = await within(waiting, 5_000, "the waiter's grant");
+  return { lock, released, before };
+}
+
 Deno.test("a run of short holds handed over in one process costs Redis one script, and leaves no key behind", async () => {
   await using env = await setup();
   const { redis, side } = env;
@@ -76,12 +91,7 @@ Deno.test("a holder handed the lock eagerly is known to Redis by the next turn o
   await using env = await setup();
   const { redis, side } = env;
   await t.step("by the next turn", async () => {
-    const holder = await Lock.acquire(redis, "told");
-    const before = holder.token;
-    const waiting = Lock.acquire(redis, "told", { timeout: 10_000 });
-    await lineUp(redis, "told", 1);
-    const released = holder.release();
-    const lock = await within(waiting, 5_000, "the waiter's grant");
+    const { lock, released, before } = await handedOver(redis, "told");
     // Neither released nor renewed, nor its token read: the key must hold
     // it all the same.
     await until(
@@ -94,11 +104,7 @@ Deno.test("a holder handed the lock eagerly is known to Redis by the next turn o
     assert.equal(await lock.release(), true);
   });
   await t.step("when its token is read", async () => {
-    const holder = await Lock.acquire(redis, "read");
-    const waiting = Lock.acquire(redis, "read", { timeout: 10_000 });
-    await lineUp(redis, "read", 1);
-    const released = holder.release();
-    const lock = await within(waiting, 5_000, "the waiter's grant");
+    const { lock, released } = await handedOver(redis, "read");
     // Still the turn of the release: what the token reaches next (here,
     // the same connection) finds the key the new holder's.
     const token = lock.token;
@@ -137,11 +143,7 @@ Deno.test("a holder handed the lock eagerly that extends it or detaches it in th
   await using env = await setup();
   const { redis, side } = env;
   await t.step("extend()", async () => {
-    const holder = await Lock.acquire(redis, "extend-now");
-    const waiting = Lock.acquire(redis, "extend-now", { timeout: 10_000 });
-    await lineUp(redis, "extend-now", 1);
-    const released = holder.release();
-    const lock = await within(waiting, 5_000, "the waiter's grant");
+    const { lock, released } = await handedOver(redis, "extend-now");
     // Still the turn of the release: the renewal must find the key its own.
     assert.equal(await lock.extend(), true);
     assert.ok(lock.held);
@@ -157,11 +159,7 @@ Deno.test("a holder handed the lock eagerly that extends it or detaches it in th
         5_000,
         "the other connection",
       );
-      const holder = await Lock.acquire(redis, "detach-now");
-      const waiting = Lock.acquire(redis, "detach-now", { timeout: 10_000 });
-      await lineUp(redis, "detach-now", 1);
-      const released = holder.release();
-      const lock = await within(waiting, 5_000, "the waiter's grant");
+      const { lock, released } = await handedOver(redis, "detach-now");
       // The token goes elsewhere in the same turn: written after the
       // handover's script, the adoption must find the key the hold's.
       const adopted = await Lock.adopt(other, "detach-now", lock.detach());
