@@ -28,9 +28,9 @@ export async function acquireNew<
   keys: readonly string[],
 ): Promise<H> {
   checkOptionKeys("Cannot lock", options, keys);
-  const [signal, rest] = splitSignal(options);
-  const handle = new kind(client, name, rest);
-  await handle.acquire(signal ? { signal } : NO_OPTIONS);
+  const { signal } = options;
+  const handle = new kind(client, name, withoutSignal(options));
+  await handle.acquire(signal === undefined ? NO_OPTIONS : { signal });
   return handle;
 }
 
@@ -48,23 +48,21 @@ export async function tryAcquireNew<
   keys: readonly string[],
 ): Promise<H | null> {
   checkOptionKeys("Cannot lock", options, keys);
-  const [signal, rest] = splitSignal(options);
-  const handle = new kind(client, name, rest);
-  return await handle.tryAcquire(signal ? { signal } : NO_OPTIONS)
+  const { signal } = options;
+  const handle = new kind(client, name, withoutSignal(options));
+  return await handle.tryAcquire(signal === undefined ? NO_OPTIONS : { signal })
     ? handle
     : null;
 }
 
 const NO_OPTIONS = Object.freeze({});
 
-// `options`' signal, and the rest: `options` itself when it has no
-// `signal` key (the usual case, which then copies nothing).
-function splitSignal<O extends { signal?: AbortSignal }>(
+// `options` without its `signal`: `options` itself when it has no `signal`
+// key (the usual case, which then copies nothing).
+function withoutSignal<O extends { signal?: AbortSignal }>(
   options: O,
-): [AbortSignal | undefined, Omit<O, "signal">] {
-  if (options === undefined || !Object.hasOwn(options, "signal")) {
-    return [undefined, options];
-  }
-  const { signal, ...rest } = options;
-  return [signal, rest];
+): Omit<O, "signal"> {
+  if (!Object.hasOwn(options, "signal")) return options;
+  const { signal: _signal, ...rest } = options;
+  return rest;
 }

@@ -211,6 +211,10 @@ const signalCases: Case[] = [
   [{}, "an object (Object)"],
   ["abort", '"abort"'],
   [new AbortController(), "an object (AbortController)"],
+  // Falsy, yet not absent: still a TypeError, not "no signal".
+  [null, "null"],
+  [0, "0"],
+  [false, "false"],
 ].map(([signal, shown]) => ({
   what: `signal ${Deno.inspect(signal)}`,
   options: { signal },
