@@ -11,6 +11,7 @@ import { LEAVE } from "./_line_scripts.ts";
 import { delay, now } from "./_timers.ts";
 import { PATIENCE_MS, placeFor } from "./_seat.ts";
 import type { Handover } from "./_telemetry.ts";
+import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
 
@@ -195,7 +196,7 @@ async function adoptGrant(
 async function awaitReplicas(
   store: RedisStore,
   token: string,
-  signal: AbortSignal,
+  signal: StopSignal,
 ): Promise<void> {
   const { waitReplicas, replicaTimeout, commandTimeout } = store.settings;
   let acknowledged: number;

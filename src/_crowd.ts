@@ -6,6 +6,7 @@ import { WakeUps } from "./_wakeups.ts";
 import { Seat } from "./_seat.ts";
 import type { Deliver, Handed, Sleeper } from "./_queue.ts";
 import type { Lease } from "./_lease.ts";
+import type { StopSignal } from "./_stop.ts";
 
 /**
  * The waiters of this process for a hold that several may have at once (a
@@ -95,7 +96,7 @@ export class Crowd {
    * that handover, having left the line.
    */
   join(
-    signal: AbortSignal,
+    signal: StopSignal,
     deadline: number,
     want?: CrowdWant,
   ): {
@@ -148,7 +149,7 @@ export class Crowd {
    */
   sleep(
     ms: number,
-    signal: AbortSignal,
+    signal: StopSignal,
     seen: number,
     want?: CrowdWant,
   ): Promise<Handed | undefined> {

@@ -9,6 +9,7 @@ import type { ScriptedStore } from "./_scripted_store.ts";
 import { delay, now } from "./_timers.ts";
 import { longestPlace, placeFor } from "./_seat.ts";
 import type { WaitSettings } from "./options.ts";
+import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
 
@@ -21,7 +22,7 @@ export async function contendInCrowd(
   store: ScriptedStore,
   firstToken: string,
   wait: WaitSettings,
-  signal: AbortSignal,
+  signal: StopSignal,
   grant: Grant,
   started: number,
   deadline: number,

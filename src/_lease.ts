@@ -1,5 +1,6 @@
 import { backoff } from "./backoff.ts";
-import { now, setBackgroundTimeout, type Timer } from "./_timers.ts";
+import { now } from "./_timers.ts";
+import { Alarm } from "./_deadlines.ts";
 import type { Loss, RenewalOutcome } from "./_telemetry.ts";
 
 const DRIFT_FACTOR = 0.01;
@@ -60,8 +61,8 @@ export class Lease {
   #validFrom: number;
   #validUntil = 0;
   #active = true;
-  #timer: Timer | undefined;
-  #timerAt = Infinity;
+  // At the next renewal or the loss deadline, whichever comes first.
+  #alarm: Alarm;
   #renewAt = 0;
   // When the current renewal was first due (retries move #renewAt on).
   #dueAt = 0;
@@ -72,6 +73,7 @@ export class Lease {
   /** Starts a lease granted by a request sent at `sent` (monotonic ms). */
   constructor(sent: number, options: LeaseOptions) {
     this.#options = options;
+    this.#alarm = new Alarm(this.#tick);
     this.#margin = lossMargin(options.ttl);
     this.#validFrom = sent;
     this.#setValidity(sent, sent + validity(options.ttl));
@@ -126,7 +128,7 @@ export class Lease {
   /** Ends the lease without a loss (the lock is being released). */
   end(): void {
     this.#active = false;
-    this.#stopTimer();
+    this.#alarm.clear();
   }
 
   /**
@@ -151,30 +153,19 @@ export class Lease {
     this.#arm();
   }
 
-  #stopTimer(): void {
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
-    this.#timerAt = Infinity;
-  }
-
-  // One timer per lease: at the next renewal or at the loss deadline. A
-  // timer already set to fire no later is kept (an extension only moves the
-  // times later; the early tick re-arms), which spares a clear and a set per
-  // extension and per eager handover's confirmation.
+  // One alarm per lease (see `_deadlines.ts`): at the next renewal or at
+  // the loss deadline. An alarm already set to ring no later is kept (an
+  // extension only moves the times later; the early ring sets it again).
   #arm(): void {
-    if (!this.#active) return this.#stopTimer();
+    if (!this.#active) return this.#alarm.clear();
     const lossAt = this.#validUntil - this.#margin;
     const renew = this.#options.autoExtend && !this.#renewing;
     const at = renew ? Math.min(this.#renewAt, lossAt) : lossAt;
-    if (this.#timer !== undefined && this.#timerAt <= at) return;
-    this.#stopTimer();
-    this.#timerAt = at;
-    this.#timer = setBackgroundTimeout(this.#tick, Math.max(0, at - now()));
+    if (this.#alarm.slot >= 0 && this.#alarm.at <= at) return;
+    this.#alarm.set(at);
   }
 
   #tick = (): void => {
-    this.#timer = undefined;
-    this.#timerAt = Infinity;
     if (!this.isActive()) return;
     const { autoExtend } = this.#options;
     if (autoExtend && !this.#renewing && now() >= this.#renewAt) {

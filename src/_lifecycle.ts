@@ -2,6 +2,8 @@ import { LockLostError, LockTimeoutError } from "./errors.ts";
 import { Lease } from "./_lease.ts";
 import type { Grant, LifecycleSettings, Store } from "./_store.ts";
 import { now } from "./_timers.ts";
+import { Stop, type StopSignal } from "./_stop.ts";
+import { endOperation, startOperation } from "./_deadlines.ts";
 import {
   type Handover,
   type HoldRecord,
@@ -187,27 +189,27 @@ export class Lifecycle {
       );
     }
     signal?.throwIfAborted();
-    const cancel = new AbortController();
-    const stop = signal
-      ? AbortSignal.any([signal, cancel.signal])
-      : cancel.signal;
     // An adoption is no wait: only its hold is recorded.
     const record = typeof how === "string" || !recording()
       ? undefined
       : recordWait(this.#telemetry(), how.timeout > 0);
     const started = record ? now() : 0;
+    // release() calls it off, as does the caller's signal.
+    const stop = new Stop(signal);
+    // From the call's bound to the lease's alarm, one timer (`_deadlines.ts`).
+    startOperation();
     // The usual case, one promise layer less: nothing to release first.
     const attempt = this.#acquired
       ? this.#release().catch(noop).then(() => this.#attempt(how, stop))
       : this.#attempt(how, stop);
-    this.#pending = { cancel, attempt };
+    this.#pending = { stop, attempt };
     try {
       await attempt;
       record?.end("acquired");
     } catch (error) {
       if (record) {
         const { timeout } = how as WaitSettings;
-        const cancelled = cancel.signal.aborted || signal?.aborted === true;
+        const cancelled = stop.aborted;
         record.end(
           outcomeOf(error, timeout, cancelled, now() - started),
           error,
@@ -216,11 +218,13 @@ export class Lifecycle {
       throw error;
     } finally {
       this.#pending = undefined;
+      stop.unfollow();
+      endOperation();
     }
   }
 
   // The store's wait by `how`, or its adoption of the hold of the token `how`.
-  #attempt(how: WaitSettings | string, stop: AbortSignal): Promise<unknown> {
+  #attempt(how: WaitSettings | string, stop: StopSignal): Promise<unknown> {
     try {
       return typeof how === "string"
         ? this.#store.adopt!(how, stop, this.#grant)
@@ -298,7 +302,7 @@ export class Lifecycle {
   }
 
   async #callOff(pending: Pending): Promise<boolean> {
-    pending.cancel.abort(
+    pending.stop.abort(
       new DOMException(
         `${this.#what()} was released while acquire() waited`,
         "AbortError",
@@ -314,12 +318,14 @@ export class Lifecycle {
     if (!this.#acquired) return false;
     this.#acquired = false;
     const lease = this.#lease!;
-    // A lease past its validity is lost, and says so, even when the loss is
-    // first noticed here (say, after a long block of the event loop).
-    const valid = lease.isActive();
-    lease.end();
     const record = this.#holdRecord;
+    // From the lease's alarm to the call's bound, one timer (`_deadlines.ts`).
+    startOperation();
     try {
+      // A lease past its validity is lost, and says so, even when the loss
+      // is first noticed here (say, after a long block of the event loop).
+      const valid = lease.isActive();
+      lease.end();
       const released = await this.#store.release(this.#token!, lease, valid);
       // A valid hold whose key was gone or another's at its release was
       // lost all the same, only noticed now. (One already lost has ended.)
@@ -333,6 +339,8 @@ export class Lifecycle {
       // Let a later release() try again, unless the handle moved on.
       if (this.#lease === lease) this.#acquired = true;
       throw error;
+    } finally {
+      endOperation();
     }
   }
 
@@ -385,7 +393,7 @@ const noop = (): void => {};
 
 /** The acquire() in progress, and how to call it off. */
 interface Pending {
-  cancel: AbortController;
+  stop: Stop;
   attempt: Promise<unknown>;
 }
 

@@ -1,6 +1,7 @@
 import { type Deferred, deferred } from "./_deferred.ts";
 import { now } from "./_timers.ts";
 import { MAX_TIMER_MS } from "./_validate.ts";
+import type { StopSignal } from "./_stop.ts";
 
 /**
  * Waiters in arrival order: first come, first served. The first `capacity`
@@ -32,7 +33,7 @@ export class WaitLine<G = never> {
    * promise of `true` once it is; rejects with `signal.reason` on abort, or
    * resolves `false` when `deadline` passes first (the waiter has then left).
    */
-  enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
+  enter(signal: StopSignal, deadline: number): true | Promise<boolean> {
     return this.join(signal, deadline).ready as true | Promise<boolean>;
   }
 
@@ -42,7 +43,7 @@ export class WaitLine<G = never> {
    * A waiter {@linkcode give}n a `G` resolves with it (it has then left).
    */
   join(
-    signal: AbortSignal,
+    signal: StopSignal,
     deadline: number,
   ): { ready: true | Promise<boolean | G>; turn: Turn<G> } {
     const turn = deferred<G | undefined>();
@@ -90,7 +91,7 @@ export class WaitLine<G = never> {
 
   async #await(
     turn: Deferred<G | undefined>,
-    signal: AbortSignal,
+    signal: StopSignal,
     deadline: number,
   ): Promise<boolean | G> {
     if (signal.aborted) {

@@ -25,6 +25,7 @@ import { delay, now } from "./_timers.ts";
 import { PATIENCE_MS } from "./_seat.ts";
 import type { MultiLockSettings, WaitSettings } from "./options.ts";
 import { clientKind } from "./_client_kind.ts";
+import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
 
@@ -75,7 +76,7 @@ export class MultiStore implements Store {
 
   acquire(
     wait: WaitSettings,
-    signal: AbortSignal,
+    signal: StopSignal,
     grant: Grant,
   ): Promise<void> {
     return waitInLine(
@@ -236,7 +237,7 @@ export class MultiStore implements Store {
 
   #settle(
     call: Promise<unknown>,
-    signal?: AbortSignal,
+    signal?: StopSignal,
     timeout: number = this.#settings.commandTimeout,
     background = false,
   ): Promise<unknown> {

@@ -5,6 +5,7 @@ import { now } from "./_timers.ts";
 import { WaitLine } from "./_line.ts";
 import { WakeUps } from "./_wakeups.ts";
 import { Seat } from "./_seat.ts";
+import type { StopSignal } from "./_stop.ts";
 
 /**
  * The waiters in this process for one lock on one client: a
@@ -73,7 +74,7 @@ export class LocalQueue {
   }
 
   /** Joins the line (see {@linkcode WaitLine.enter}). */
-  enter(signal: AbortSignal, deadline: number): true | Promise<boolean> {
+  enter(signal: StopSignal, deadline: number): true | Promise<boolean> {
     return this.#line.enter(signal, deadline);
   }
 
@@ -141,7 +142,7 @@ export class LocalQueue {
    */
   sleep(
     ms: number,
-    signal: AbortSignal,
+    signal: StopSignal,
     want?: Want,
   ): Promise<Handed | undefined> {
     if (signal.aborted) return Promise.reject(signal.reason);

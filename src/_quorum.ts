@@ -1,4 +1,5 @@
-import { settle } from "./_timers.ts";
+import { settle } from "./_settle.ts";
+import type { StopSignal } from "./_stop.ts";
 
 /**
  * What the servers of one round have answered so far: for each, its reply
@@ -65,7 +66,7 @@ export interface RoundOptions<R> {
   /** Stop waiting as soon as this holds for the tally so far. */
   enough?: (tally: Tally<R>) => boolean;
   /** Rejects the round with its reason as soon as it aborts. */
-  signal?: AbortSignal;
+  signal?: StopSignal;
   /** Let the process exit while the round waits. */
   background?: boolean;
 }

@@ -17,6 +17,7 @@ import {
 import { delay, now } from "./_timers.ts";
 import type { LockSettings, WaitSettings } from "./options.ts";
 import { clientKind } from "./_client_kind.ts";
+import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
 const isGranted = (reply: AcquireReply) => reply.status === "granted";
@@ -56,7 +57,7 @@ export class QuorumStore implements Store {
 
   async acquire(
     wait: WaitSettings,
-    signal: AbortSignal,
+    signal: StopSignal,
     grant: Grant,
   ): Promise<void> {
     const { ttl } = this.#settings;
@@ -250,7 +251,7 @@ export class QuorumStore implements Store {
       parse: (reply: unknown, server: number) => R;
       success: (reply: R) => boolean;
       enough?: (tally: Tally<R>) => boolean;
-      signal?: AbortSignal;
+      signal?: StopSignal;
     } & Partial<CallBounds>,
   ): Promise<Tally<R>> {
     const { success, timeout = this.#settings.commandTimeout } = options;

@@ -25,6 +25,7 @@ import {
 import { now } from "./_timers.ts";
 import type { LockSettings, WaitSettings } from "./options.ts";
 import { clientKind } from "./_client_kind.ts";
+import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
 
@@ -69,7 +70,7 @@ export class RedisStore implements Store {
 
   acquire(
     wait: WaitSettings,
-    signal: AbortSignal,
+    signal: StopSignal,
     grant: Grant,
   ): Promise<void> {
     // Until released or lost, a new head waits to be handed the lock.
@@ -116,7 +117,7 @@ export class RedisStore implements Store {
 
   async adopt(
     token: string,
-    signal: AbortSignal,
+    signal: StopSignal,
     grant: Grant,
   ): Promise<boolean> {
     const { ttl, fencing } = this.settings;
@@ -154,7 +155,7 @@ export class RedisStore implements Store {
   /** Bounds `call` by `timeout`, `commandTimeout` by default (see `boundedCall`). */
   settle(
     call: Promise<unknown>,
-    signal?: AbortSignal,
+    signal?: StopSignal,
     timeout: number = this.settings.commandTimeout,
     background = false,
   ): Promise<unknown> {

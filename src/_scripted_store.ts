@@ -26,6 +26,7 @@ import type {
   ScriptCall,
   ScriptedSettings,
 } from "./_hold_scripts.ts";
+import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
 
@@ -65,7 +66,7 @@ export class ScriptedStore implements Store {
 
   async acquire(
     wait: WaitSettings,
-    signal: AbortSignal,
+    signal: StopSignal,
     granted: Grant,
   ): Promise<void> {
     // Every hold granted is the crowd's until released or lost.
@@ -276,7 +277,7 @@ export class ScriptedStore implements Store {
   /** Bounds `call` by `timeout`, `commandTimeout` by default (see `boundedCall`). */
   settle(
     call: Promise<unknown>,
-    signal?: AbortSignal,
+    signal?: StopSignal,
     timeout: number = this.settings.commandTimeout,
     background = false,
   ): Promise<unknown> {

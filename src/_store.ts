@@ -1,9 +1,10 @@
 import { LockKeyError } from "./errors.ts";
 import type { LockKeys } from "./keys.ts";
 import type { Lease, LeaseOptions, Renewal } from "./_lease.ts";
-import { settle } from "./_timers.ts";
+import { settle } from "./_settle.ts";
 import type { WaitSettings } from "./options.ts";
 import type { Handover } from "./_telemetry.ts";
+import type { StopSignal } from "./_stop.ts";
 
 /** A handle's validated settings: its lease's, and its default wait. */
 export type LifecycleSettings =
@@ -52,7 +53,7 @@ export interface Store {
    * ran out, with `signal.reason` when called off, or with what failed.
    * Nothing it set or opened outlives a failure.
    */
-  acquire(wait: WaitSettings, signal: AbortSignal, grant: Grant): Promise<void>;
+  acquire(wait: WaitSettings, signal: StopSignal, grant: Grant): Promise<void>;
   /** Renews the hold of `token` to `ttl` ms. */
   extend(token: string, ttl: number, bounds: CallBounds): Promise<Renewal>;
   /**
@@ -65,7 +66,7 @@ export interface Store {
    * Takes over the hold of `token`, renewing it; once it is found, calls
    * `grant` and resolves `true`; `false` when the key does not hold it.
    */
-  adopt?(token: string, signal: AbortSignal, grant: Grant): Promise<boolean>;
+  adopt?(token: string, signal: StopSignal, grant: Grant): Promise<boolean>;
   /**
    * Told when `lease` ended without a release: lost (before the handle's
    * signal aborts), or detached for another handle to adopt.
@@ -90,7 +91,7 @@ export function boundedCall(
   kind: string,
   name: string,
   timeout: number,
-  signal?: AbortSignal,
+  signal?: StopSignal,
   background = false,
 ): Promise<unknown> {
   return settle(call, {

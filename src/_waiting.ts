@@ -6,13 +6,14 @@ import { type LocalQueue, localQueue } from "./_queue.ts";
 import { unwatched } from "./_wakeups.ts";
 import { now } from "./_timers.ts";
 import type { WaitSettings } from "./options.ts";
+import type { StopSignal } from "./_stop.ts";
 
 /** One wait, as its head starts asking Redis. */
 export interface Waiting {
   /** The wait's settings. */
   readonly wait: WaitSettings;
   /** Calls the wait off. */
-  readonly signal: AbortSignal;
+  readonly signal: StopSignal;
   /** Starts the lease of the grant. */
   readonly grant: Grant;
   /** The process's line for this lock; none for one attempt. */
@@ -40,7 +41,7 @@ export async function waitInLine(
   name: string,
   key: string,
   wait: WaitSettings,
-  signal: AbortSignal,
+  signal: StopSignal,
   grant: Grant,
   hold: boolean,
   contend: (waiting: Waiting) => Promise<Lease>,

@@ -206,18 +206,18 @@ Deno.test("every import of the library is relative with a .ts extension, never n
   assert.ok(count >= 10, `only ${count} imports found`);
 });
 
-Deno.test("the library touches no Deno namespace: only _timers.ts feature-detects Deno through globalThis", async () => {
+Deno.test("the library touches no Deno namespace: only _deadlines.ts feature-detects Deno through globalThis", async () => {
   const files = await library();
   const access = [...files].flatMap(([path, { code }]) =>
     offending(path, code, /\bDeno\s*(?:\?\.|\.|\[)/)
   );
   assert.deepEqual(access, []);
   const mentions = [...files].flatMap(([path, { code }]) =>
-    path === "src/_timers.ts" ? [] : offending(path, code, /\bDeno\b/)
+    path === "src/_deadlines.ts" ? [] : offending(path, code, /\bDeno\b/)
   );
   assert.deepEqual(mentions, []);
   assert.match(
-    files.get("src/_timers.ts")!.code,
+    files.get("src/_deadlines.ts")!.code,
     /\(globalThis as [^;]*\)\.Deno\b/,
   );
 });

@@ -320,3 +320,50 @@ Deno.test("with ioredis' keyPrefix, a release in another process still wakes a w
     });
   }
 });
+
+Deno.test("the caller's signal keeps no listener of deadbolt's once an acquisition has ended, however it ended", async () => {
+  await using env = await setup();
+  const controller = new AbortController();
+  const { signal } = controller;
+  // Counts the listeners added to the caller's signal and not removed.
+  let listening = 0;
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  signal.addEventListener = (...args: Parameters<typeof add>) => {
+    listening++;
+    add(...args);
+  };
+  signal.removeEventListener = (...args: Parameters<typeof remove>) => {
+    listening--;
+    remove(...args);
+  };
+  // Granted at once, 50 times over: one long-lived signal must not collect
+  // a listener per acquisition.
+  for (let round = 0; round < 50; round++) {
+    const lock = await within(
+      Lock.acquire(env.client, "one-signal", { signal }),
+      2_000,
+      `acquisition #${round}`,
+    );
+    await lock.release();
+  }
+  assert.equal(listening, 0, "after grants");
+  // Timed out behind another holder, and called off by release().
+  await using holder = await Lock.acquire(env.client, "one-signal");
+  await assert.rejects(
+    within(
+      Lock.acquire(env.client, "one-signal", { signal, timeout: 50 }),
+      2_000,
+      "the timeout",
+    ),
+    LockTimeoutError,
+  );
+  const waiter = new Lock(env.client, "one-signal");
+  const waiting = waiter.acquire({ signal, timeout: 10_000 });
+  await waiter.release();
+  await assert.rejects(within(waiting, 2_000, "the call-off"), {
+    name: "AbortError",
+  });
+  assert.equal(listening, 0, "after a timeout and a call-off");
+  assert.equal(holder.held, true);
+});
