@@ -1,5 +1,5 @@
 import { checkOptionKeys } from "./_validate.ts";
-import type { AcquireOptions } from "./options.ts";
+import { type AcquireOptions, NO_OPTIONS } from "./options.ts";
 
 /** What the static entry points (`Lock.acquire`, …) need of a handle. */
 interface Acquirable {
@@ -54,8 +54,6 @@ export async function tryAcquireNew<
     ? handle
     : null;
 }
-
-const NO_OPTIONS = Object.freeze({});
 
 // `options` without its `signal`: `options` itself when it has no `signal`
 // key (the usual case, which then copies nothing).

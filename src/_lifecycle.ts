@@ -23,6 +23,7 @@ import {
   type AcquireOptions,
   acquireSettings,
   MIN_TTL,
+  NO_OPTIONS,
   type WaitSettings,
 } from "./options.ts";
 
@@ -132,17 +133,20 @@ export class Lifecycle {
   }
 
   /** Waits for the lock (see `Lock.acquire`). */
-  acquire(options: AcquireOptions = {}): Promise<void> {
+  acquire(options: AcquireOptions = NO_OPTIONS): Promise<void> {
+    // The handle's own wait: its settings were checked when it was made.
+    if (options === NO_OPTIONS) {
+      return this.#begin("acquire", undefined, this.#settings);
+    }
     // Not async, so that an acquisition costs one promise layer less: what
     // throws here must reject instead.
     try {
-      const action = `Cannot acquire ${this.#what()}`;
       const { signal, ...wait } = acquireSettings(
-        action,
+        `Cannot acquire ${this.#what()}`,
         options,
         this.#settings,
       );
-      return this.#begin(action, signal, wait);
+      return this.#begin("acquire", signal, wait);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -169,23 +173,25 @@ export class Lifecycle {
     if (!this.#store.adopt) {
       throw new TypeError(`${action} as this kind of lock cannot be adopted`);
     }
-    await this.#begin(action, signal, token);
+    await this.#begin("adopt", signal, token);
     return this.held;
   }
 
   // Runs this handle's one pending acquisition: a wait by `how`, or the
   // adoption of the hold of the token `how`.
   async #begin(
-    action: string,
+    verb: "acquire" | "adopt",
     signal: AbortSignal | undefined,
     how: WaitSettings | string,
   ): Promise<void> {
     if (this.#pending) {
-      throw new Error(`${action} as an acquire() of this handle is pending`);
+      throw new Error(
+        `Cannot ${verb} ${this.#what()} as an acquire() of this handle is pending`,
+      );
     }
     if (this.held) {
       throw new Error(
-        `${action} as this handle holds it already (not reentrant)`,
+        `Cannot ${verb} ${this.#what()} as this handle holds it already (not reentrant)`,
       );
     }
     signal?.throwIfAborted();

@@ -117,15 +117,17 @@ export function checkInteger(
   max: number,
   infinity = false,
 ): number {
+  if (typeof value === "number") {
+    if (Number.isInteger(value) && value >= min && value <= max) return value;
+    if (infinity && value === Infinity) return value;
+  }
+  // The requirement is spelled out only for the message (this runs several
+  // times per acquisition).
   const range = `an integer from ${min} to ${max}${
     infinity ? ", or Infinity" : ""
   }`;
   if (typeof value !== "number") fail(TypeError, action, option, range, value);
-  if (infinity && value === Infinity) return value;
-  if (!Number.isInteger(value) || value < min || value > max) {
-    fail(RangeError, action, option, range, value);
-  }
-  return value;
+  fail(RangeError, action, option, range, value);
 }
 
 /** A boolean, nothing truthy in its place. */

@@ -86,7 +86,7 @@ export abstract class LockHandle implements AsyncDisposable {
    * @throws {TypeError} on bad options, before any Redis command.
    * @throws {RangeError} on an out-of-range option, before any Redis command.
    */
-  acquire(options: AcquireOptions = {}): Promise<void> {
+  acquire(options?: AcquireOptions): Promise<void> {
     return this.#life.acquire(options);
   }
 

@@ -129,6 +129,12 @@ export const LOCK_KEYS: readonly string[] = [
   "telemetryName",
 ];
 
+/**
+ * `acquire()` without options: the handle's own wait, with nothing to check
+ * (the static entry points pass it when the call has no `signal`).
+ */
+export const NO_OPTIONS: AcquireOptions = Object.freeze({});
+
 /** One wait's validated settings. */
 export type WaitSettings = Required<Omit<AcquireOptions, "signal">>;
 
