@@ -138,7 +138,7 @@ const adoptHanded = (
   waiting: Waiting,
   token: string,
   handed: Handed,
-): Promise<Lease | undefined> =>
+): Lease | undefined | Promise<Lease | undefined> =>
   adoptGrant(
     store,
     waiting,
@@ -149,18 +149,34 @@ const adoptHanded = (
 
 /**
  * Starts the lease of a grant to `token`; `undefined` when it came with
- * no validity left (it is then deleted by token: use a new one).
+ * no validity left (it is then deleted by token: use a new one). Waits for
+ * replicas first when `waitReplicas` asks for them; else it is synchronous
+ * (most grants: no promise of its own).
  */
-async function adoptGrant(
+function adoptGrant(
   store: RedisStore,
   waiting: Waiting,
   token: string,
   handed: Handed,
   // How it came: `undefined` when nobody held it before.
   handover: Handover | undefined,
-): Promise<Lease | undefined> {
-  const { ttl, fencing, waitReplicas } = store.settings;
-  if (waitReplicas > 0) await awaitReplicas(store, token, waiting.signal);
+): Lease | undefined | Promise<Lease | undefined> {
+  if (store.settings.waitReplicas > 0) {
+    return awaitReplicas(store, token, waiting.signal).then(() =>
+      startLease(store, waiting, token, handed, handover)
+    );
+  }
+  return startLease(store, waiting, token, handed, handover);
+}
+
+function startLease(
+  store: RedisStore,
+  waiting: Waiting,
+  token: string,
+  handed: Handed,
+  handover: Handover | undefined,
+): Lease | undefined {
+  const { ttl, fencing } = store.settings;
   if (!Lease.fresh(handed.sent, ttl)) {
     store.forget(token);
     return undefined;

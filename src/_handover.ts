@@ -231,7 +231,7 @@ async function handOverEagerly(
 
 // Deletes the key if it holds `token`, publishing the release, then wakes
 // the local head (after `quiet` ms, when yielding).
-async function deleteKey(
+function deleteKey(
   store: HoldStore,
   token: string,
   queue?: LocalQueue,
@@ -239,10 +239,11 @@ async function deleteKey(
 ): Promise<boolean> {
   const { lock, released, line, seats } = store.keys;
   sendHandovers(store);
-  const reply = await store.settle(
+  return store.settle(
     runScript(store.client, RELEASE, [lock, released, line, seats], [token]),
-  );
-  if (quiet > 0) queue?.wakeLater(quiet);
-  else queue?.wake();
-  return readOwner(reply) === "ours";
+  ).then((reply) => {
+    if (quiet > 0) queue?.wakeLater(quiet);
+    else queue?.wake();
+    return readOwner(reply) === "ours";
+  });
 }
