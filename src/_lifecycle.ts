@@ -1,18 +1,10 @@
-import { LockLostError, LockTimeoutError } from "./errors.ts";
-import { Lease } from "./_lease.ts";
-import type { Grant, LifecycleSettings, Store } from "./_store.ts";
+import { LockTimeoutError } from "./errors.ts";
+import { Holding } from "./_holding.ts";
+import type { LifecycleSettings, Store } from "./_store.ts";
 import { now } from "./_timers.ts";
 import { Stop, type StopSignal } from "./_stop.ts";
 import { endOperation, startOperation } from "./_deadlines.ts";
-import {
-  type Handover,
-  type HoldRecord,
-  outcomeOf,
-  recordHold,
-  recording,
-  recordWait,
-  Subject,
-} from "./_telemetry.ts";
+import { outcomeOf, recording, recordWait, Subject } from "./_telemetry.ts";
 import {
   checkInteger,
   checkOptionKeys,
@@ -57,19 +49,10 @@ export class Lifecycle {
   #kind: Kind;
   // What telemetry says about this handle: built when first recorded.
   #subject: Subject | undefined;
-  // The current hold's record, while a telemetry provider is registered.
-  #holdRecord: HoldRecord | undefined;
-  // Made when first read, if that comes before the first grant.
-  #token: string | undefined;
-  #fence: number | undefined;
-  // The current or last acquisition's lease; ended once released or lost.
-  #lease: Lease | undefined;
-  // Granted and not yet released: release() must ask Redis.
-  #acquired = false;
+  // What it holds: token, fence, lease, signal.
+  #holding: Holding;
   // The acquire() in progress, and how to call it off.
   #pending: Pending | undefined;
-  // `signal`'s controller, made when first needed (read, or a loss).
-  #controller: AbortController | undefined;
 
   /**
    * A handle on `name` whose Redis side is `store`; validated settings;
@@ -85,6 +68,7 @@ export class Lifecycle {
     this.#kind = kind;
     this.#settings = settings;
     this.#store = store;
+    this.#holding = new Holding(name, settings, store, () => this.#telemetry());
   }
 
   // `lock "name"`, `semaphore "name"`: built only for a message.
@@ -103,33 +87,27 @@ export class Lifecycle {
 
   /** The token of the current or last acquisition. */
   get token(): string {
-    // Read while held, it may be passed on (to `adopt` elsewhere): Redis
-    // must know it by then.
-    if (this.#acquired) this.#store.reveal?.();
-    return this.#token ??= crypto.randomUUID();
+    return this.#holding.token;
   }
 
   /** Whether the handle owns the lock now. */
   get held(): boolean {
-    return this.#lease?.isActive() ?? false;
+    return this.#holding.held;
   }
 
   /** Aborts with a {@linkcode LockLostError} when ownership is lost. */
   get signal(): AbortSignal {
-    // The lease's timer may be late (the event loop blocked): a signal read
-    // past the lease's validity must have aborted already.
-    this.#lease?.expireIfDue();
-    return (this.#controller ??= new AbortController()).signal;
+    return this.#holding.signal;
   }
 
   /** The fence of the current acquisition, if one was issued. */
   get fence(): number | undefined {
-    return this.#fence;
+    return this.#holding.fence;
   }
 
   /** Until when (monotonic ms) ownership is guaranteed; `0` before acquiring. */
   get validUntil(): number {
-    return this.#lease?.validUntil ?? 0;
+    return this.#holding.validUntil;
   }
 
   /** Waits for the lock (see `Lock.acquire`). */
@@ -205,7 +183,7 @@ export class Lifecycle {
     // From the call's bound to the lease's alarm, one timer (`_deadlines.ts`).
     startOperation();
     // The usual case, one promise layer less: nothing to release first.
-    const attempt = this.#acquired
+    const attempt = this.#holding.acquired
       ? this.#release().catch(noop).then(() => this.#attempt(how, stop))
       : this.#attempt(how, stop);
     this.#pending = { stop, attempt };
@@ -232,9 +210,10 @@ export class Lifecycle {
   // The store's wait by `how`, or its adoption of the hold of the token `how`.
   #attempt(how: WaitSettings | string, stop: StopSignal): Promise<unknown> {
     try {
+      const { grant } = this.#holding;
       return typeof how === "string"
-        ? this.#store.adopt!(how, stop, this.#grant)
-        : this.#store.acquire(how, stop, this.#grant);
+        ? this.#store.adopt!(how, stop, grant)
+        : this.#store.acquire(how, stop, grant);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -262,13 +241,14 @@ export class Lifecycle {
   async extend(ttl: number = this.#settings.ttl): Promise<boolean> {
     const action = `Cannot extend ${this.#what()}`;
     checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS);
-    if (!this.#acquired) {
+    const holding = this.#holding;
+    if (!holding.acquired) {
       throw new Error(`${action} as this handle does not hold it`);
     }
-    const lease = this.#lease!;
+    const lease = holding.lease!;
     if (!lease.isActive()) return false;
     const sent = now();
-    const renewal = await this.#store.extend(this.#token!, ttl, {
+    const renewal = await this.#store.extend(holding.granted!, ttl, {
       timeout: this.#settings.commandTimeout,
     });
     if (!lease.isActive()) return false;
@@ -292,12 +272,13 @@ export class Lifecycle {
     if (!this.held) {
       throw new Error(`${action} as this handle does not hold it`);
     }
-    const lease = this.#lease!;
-    this.#acquired = false;
+    const holding = this.#holding;
+    const lease = holding.lease!;
+    holding.acquired = false;
     lease.end();
-    this.#holdRecord?.end("detached");
+    holding.record?.end("detached");
     this.#store.lost?.(lease);
-    return this.#token!;
+    return holding.granted!;
   }
 
   /** Calls off a pending `acquire()`, then releases the hold (see `Lock.release`). */
@@ -321,10 +302,11 @@ export class Lifecycle {
   }
 
   async #release(): Promise<boolean> {
-    if (!this.#acquired) return false;
-    this.#acquired = false;
-    const lease = this.#lease!;
-    const record = this.#holdRecord;
+    const holding = this.#holding;
+    if (!holding.acquired) return false;
+    holding.acquired = false;
+    const lease = holding.lease!;
+    const record = holding.record;
     // From the lease's alarm to the call's bound, one timer (`_deadlines.ts`).
     startOperation();
     try {
@@ -332,7 +314,11 @@ export class Lifecycle {
       // is first noticed here (say, after a long block of the event loop).
       const valid = lease.isActive();
       lease.end();
-      const released = await this.#store.release(this.#token!, lease, valid);
+      const released = await this.#store.release(
+        holding.granted!,
+        lease,
+        valid,
+      );
       // A valid hold whose key was gone or another's at its release was
       // lost all the same, only noticed now. (One already lost has ended.)
       if (released) record?.end("released");
@@ -343,56 +329,12 @@ export class Lifecycle {
       return released;
     } catch (error) {
       // Let a later release() try again, unless the handle moved on.
-      if (this.#lease === lease) this.#acquired = true;
+      if (holding.lease === lease) holding.acquired = true;
       throw error;
     } finally {
       endOperation();
     }
   }
-
-  #grant: Grant = (token, sent, fence, handover?: Handover) => {
-    const record = this.#holdRecord = recording()
-      ? recordHold(this.#telemetry(), handover, fence)
-      : undefined;
-    this.#token = token;
-    this.#fence = fence;
-    this.#acquired = true;
-    // A new grant after a loss gets a new signal.
-    if (this.#controller?.signal.aborted) this.#controller = undefined;
-    const {
-      ttl,
-      autoExtend,
-      renewInterval,
-      retryDelay,
-      maxRetryDelay,
-      commandTimeout,
-    } = this.#settings;
-    const lease: Lease = new Lease(sent, {
-      ttl,
-      autoExtend,
-      renewInterval,
-      retryDelay,
-      maxRetryDelay,
-      commandTimeout,
-      extend: (ttl, timeout) =>
-        this.#store.extend(token, ttl, { timeout, background: true }),
-      onRenewal: record && ((outcome) => record.renewal(outcome)),
-      onLost: (message, cause, loss) => {
-        this.#store.lost?.(lease);
-        // This grant's: only an active lease is lost, and the next grant
-        // comes after it has ended.
-        (this.#controller ??= new AbortController()).abort(
-          new LockLostError(
-            this.name,
-            message,
-            cause === undefined ? undefined : { cause },
-          ),
-        );
-        record?.lost(loss, message);
-      },
-    });
-    return this.#lease = lease;
-  };
 }
 
 const noop = (): void => {};
