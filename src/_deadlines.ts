@@ -5,17 +5,18 @@
  * A timer per deadline costs a runtime timer set and cleared for every
  * Redis call and every hold, and on a loopback connection that was 7% (Node)
  * to 11% (Deno) of an uncontended acquire and release. Here the deadlines
- * wait in a heap, and one timer is set for the earliest. A deadline that is
- * met (the usual case: the call answered, the lock released) leaves the
- * timer alone while others remain: if it fires with nothing due, it is set
- * again for what is due next.
+ * wait in a heap, and one timer is set for the earliest (at most a second
+ * ahead, see `STEP`). A deadline that is met (the usual case: the call
+ * answered, the lock released) leaves the timer alone while others remain:
+ * if it fires with nothing due, it is set again for what is due next.
  *
  * No timer outlives what deadbolt is doing (Deno's test sanitizers count
  * every timer left at the end of a test, and a timer could delay a
  * process's exit): when the last deadline goes, the timer is cleared. An
  * acquisition or a release, which goes from a call's bound to a lease's
- * alarm or the other way, holds the timer meanwhile ({@linkcode startOperation}), so
- * an uncontended acquire and release set one timer, not three.
+ * alarm or the other way, holds the timer meanwhile
+ * ({@linkcode startOperation}), so an uncontended acquire and release set
+ * one timer, not three.
  *
  * The timer keeps the process alive exactly while a deadline that must
  * (`keepAlive`: a call's bound) is scheduled, as its own timer would.
@@ -63,9 +64,14 @@ export class Alarm implements Deadline {
 
 type Timer = ReturnType<typeof setTimeout>;
 
-// The largest delay every runtime's setTimeout takes (2^31 ms would fire at
-// once); a later deadline is reached by setting the timer again.
-const MAX_DELAY = 2 ** 31 - 1;
+// The timer is set at most this far ahead (ms), and set again when it fires
+// with nothing due. A call's bound (5 s by default) comes first in an
+// acquisition and a lease's renewal (a third of its ttl) next: the timer
+// set for the bound must not have to move for the renewal, which it would
+// for a ttl under 15 s. A step of 1 s covers a ttl of 3 s and more; a hold
+// pays a timer a second. It also keeps delays far below 2^31 ms, which
+// every runtime's setTimeout would fire at once.
+const STEP = 1_000;
 
 // A binary min-heap by `at`.
 const heap: Deadline[] = [];
@@ -169,15 +175,17 @@ function place(deadline: Deadline, slot: number): void {
   deadline.slot = slot;
 }
 
-// Sets the timer for the earliest deadline, unless it fires no later.
+// Sets the timer for the earliest deadline, unless it fires no later: at
+// most a STEP ahead, so that a deadline set soon after (a lease's renewal
+// after its call's bound) rarely comes before it.
 function arm(): void {
   const first = heap[0];
   if (first === undefined) return;
   if (timer === undefined || timerAt > first.at) {
     if (timer !== undefined) clearTimeout(timer);
-    timerAt = first.at;
-    const delay = Math.min(MAX_DELAY, Math.max(0, Math.ceil(first.at - now())));
-    timer = setTimeout(fire, delay);
+    const at = now();
+    timerAt = Math.min(first.at, at + STEP);
+    timer = setTimeout(fire, Math.max(0, Math.ceil(timerAt - at)));
     timerKeepsAlive = true;
   }
   keepAlive(keptAlive > 0);

@@ -87,25 +87,31 @@ Deno.test("an alarm beyond setTimeout's range (2^31 ms) neither rings at once no
   far.alarm.clear();
 });
 
-Deno.test("an uncontended acquire and release set one timer, not one per Redis call and one per lease", async () => {
+Deno.test("an uncontended acquire and release set one timer, not one per Redis call and one per lease", async (t) => {
   await using server = await startRedis();
   await using conn = await server.connect();
   const redis = new DbRedisShape(conn);
   await (await Lock.acquire(redis, "one-timer")).release(); // loads the scripts
-  const rounds = 20;
-  let released = 0;
-  const timers = await within(
-    countingTimers(async () => {
-      for (let round = 0; round < rounds; round++) {
-        const lock = await Lock.acquire(redis, "one-timer");
-        if (await lock.release()) released++;
-      }
-    }),
-    5_000,
-    `${rounds} acquisitions and releases`,
-  );
-  assert.equal(released, rounds);
-  // One more: within()'s own. Three a round before: each call's bound and
-  // the lease's alarm.
-  assert.ok(timers <= rounds + 1, `${timers} timers for ${rounds} rounds`);
+  // The default lease renews after its call's bound (10 s, 5 s); a 10 s
+  // lease renews before it (3.3 s), which must not move the timer.
+  for (const ttl of [30_000, 10_000]) {
+    await t.step(`ttl ${ttl} ms`, async () => {
+      const rounds = 20;
+      let released = 0;
+      const timers = await within(
+        countingTimers(async () => {
+          for (let round = 0; round < rounds; round++) {
+            const lock = await Lock.acquire(redis, "one-timer", { ttl });
+            if (await lock.release()) released++;
+          }
+        }),
+        5_000,
+        `${rounds} acquisitions and releases`,
+      );
+      assert.equal(released, rounds);
+      // One more: within()'s own. Three a round before: each call's bound
+      // and the lease's alarm.
+      assert.ok(timers <= rounds + 1, `${timers} timers for ${rounds} rounds`);
+    });
+  }
 });
