@@ -89,7 +89,7 @@ for (let round = 0; round < ROUNDS; round++) {
       total.calls += calls;
       total.perProcess.push(spread(r.perProcess));
       total.perWorker.push(spread(r.perWorker));
-      total.waits.push(...r.waits);
+      for (const wait of r.waits) total.waits.push(wait);
       totals.set(key, total);
       console.error(
         `round ${round + 1}, ${section} ms, ${id}: per process ${

@@ -576,7 +576,7 @@ function addUp(
   total.seconds += r.seconds;
   total.sent += r.sent;
   total.server += r.server;
-  total.waits.push(...r.waits);
+  for (const wait of r.waits) total.waits.push(wait);
   total.gaveUp += r.gaveUp;
   total.spread.push({ least: r.least, most: r.most });
   totals.set(id, total);
@@ -684,7 +684,7 @@ for (let round = 0; round < ROUNDS; round++) {
       total.rate.push(acquisitions / (2 * SECONDS));
       total.perProcess.push(spread(r.perProcess));
       total.perWorker.push(spread(r.perWorker));
-      total.waits.push(...r.waits);
+      for (const wait of r.waits) total.waits.push(wait);
       fairResults.set(key, total);
       progress(
         `  4 processes × 4 workers, ${section} ms ${id}: ${
