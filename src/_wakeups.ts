@@ -5,9 +5,13 @@ import { reportSubscriberError } from "./diagnostics.ts";
 /**
  * One queue's wake-up subscription: from the first `watch()` until `stop()`,
  * every message on the lock's channel (a release, here or elsewhere) calls
- * `onMessage`. It never delays a waiter: until the subscription is set up, a
- * release costs the head a backoff sleep, as without one; if it fails, that
- * is reported on `diagnostics` and the head keeps its backoff.
+ * `onMessage`. It never delays a waiter. A release made while the
+ * subscription is being set up goes unheard, so once it is set up
+ * `onMessage` is called once without a message: the head asks again then
+ * rather than at the end of its backoff sleep (a wait whose holder released
+ * meanwhile would otherwise sleep up to its backoff: the 1–3 ms tail of
+ * handoffs between processes that subscribe anew for each wait). If it
+ * fails, that is reported on `diagnostics` and the head keeps its backoff.
  */
 export class WakeUps {
   #client: ScriptClient;
@@ -30,7 +34,10 @@ export class WakeUps {
     const watching = this.#watching = new AbortController();
     this.#unsubscribe = subscribe(channel, onMessage, watching.signal).then(
       (unsubscribe) => {
-        if (this.#watching === watching) this.#live = true;
+        if (this.#watching === watching) {
+          this.#live = true;
+          onMessage();
+        }
         return unsubscribe;
       },
       (error) => {

@@ -252,3 +252,47 @@ Deno.test("after its wake-up connection is killed, a waiter is woken by a later 
     await redis.quit();
   }
 });
+
+Deno.test("a release made while the wake-up subscription was being set up is caught as soon as it is set up, not at the end of a backoff sleep", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  await using side = await server.connect();
+  // A subscription that is set up only when the test says so, and then
+  // hears nothing: the release comes before it.
+  let setUp!: () => void;
+  const settingUp = new Promise<void>((resolve) => setUp = resolve);
+  let asked!: () => void;
+  const subscribing = new Promise<void>((resolve) => asked = resolve);
+  const client = {
+    ...evalClient(conn),
+    deadbolt: {
+      subscribe: async () => {
+        asked();
+        await settingUp;
+        return async () => {};
+      },
+    },
+  };
+  const holder = await Lock.acquire(evalClient(side), "missed-release");
+  // Every backoff sleep at its longest: a second.
+  const random = Math.random;
+  Math.random = () => 0.999;
+  try {
+    const waiting = Lock.acquire(client, "missed-release", {
+      timeout: 10_000,
+      retryDelay: 1_000,
+      maxRetryDelay: 1_000,
+    });
+    await within(subscribing, 2_000, "the subscription's start");
+    assert.equal(await holder.release(), true);
+    const since = performance.now();
+    setUp();
+    await using lock = await within(waiting, 2_000, "the grant");
+    const took = performance.now() - since;
+    // Without a wake-up once subscribed, up to a second (the backoff).
+    assert.ok(took < 250, `acquired ${Math.round(took)} ms after set-up`);
+    assert.equal(await side.send("GET", lock.key), lock.token);
+  } finally {
+    Math.random = random;
+  }
+});
