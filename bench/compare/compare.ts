@@ -2,14 +2,18 @@
  * deadbolt side by side with the Redis locks people use from npm, on one
  * redis-server that this script starts and stops.
  *
- * Usage: `deno run -A bench/compare/compare.ts [--rounds N] [--seconds S] [--handoffs H] [--runtime node [--node PATH]]`
+ * Usage: `deno run -A bench/compare/compare.ts [--rounds N] [--seconds S] [--handoffs H] [--own-handoffs H] [--runtime node [--node PATH]]`
  *   --rounds N    rounds (default 3); each round runs every workload for
  *                 every library, in an order rotated by one each round, so
  *                 machine noise hits all alike (within a round, uncontended
  *                 runs take turns in 10 slices, handoffs one by one)
  *   --seconds S   measuring window: S for uncontended, 2·S for each contended
  *                 workload (default 1)
- *   --handoffs H  handoffs per library over all rounds (default 60)
+ *   --handoffs H  handoffs per peer library over all rounds (default 60)
+ *   --own-handoffs H  handoffs over all rounds for deadbolt's rows and the
+ *                 references without a library (default 300): a p99 of 60
+ *                 is nearly their maximum, and these rows take milliseconds
+ *                 each where a peer's take up to 300
  *   --runtime node  run the comparison under Node 24 instead (Deno still
  *                 runs the redis-server; see `_under_node.ts`)
  * With the defaults a run takes about three minutes on 2 cores. It prints
@@ -78,6 +82,7 @@ const { values: flags } = parseArgs({
     rounds: { type: "string", default: "3" },
     seconds: { type: "string", default: "1" },
     handoffs: { type: "string", default: "60" },
+    "own-handoffs": { type: "string", default: "300" },
     runtime: { type: "string", default: "deno" },
     node: { type: "string" },
     port: { type: "string" },
@@ -90,6 +95,7 @@ if (isDeno && flags.runtime === "node") {
 const ROUNDS = positive("rounds", flags.rounds);
 const SECONDS = positive("seconds", flags.seconds);
 const HANDOFFS = positive("handoffs", flags.handoffs);
+const OWN_HANDOFFS = positive("own-handoffs", flags["own-handoffs"]);
 const WORKERS = 32;
 const SLICES = 10;
 
@@ -636,14 +642,18 @@ for (let round = 0; round < ROUNDS; round++) {
   }
   // Handoffs take turns across variants too; the first of each variant in
   // a round loads its scripts and warms up, and is not counted.
+  // Peers stop at their count; deadbolt's rows and the references go on,
+  // still taking turns with each other.
   const perRound = Math.ceil(HANDOFFS / ROUNDS);
-  for (let i = 0; i <= perRound; i++) {
+  const ownPerRound = Math.ceil(OWN_HANDOFFS / ROUNDS);
+  for (let i = 0; i <= Math.max(perRound, ownPerRound); i++) {
     for (
       const v of rotate(
         [...VARIANTS, ...HANDOFF_SEMAPHORE_VARIANTS, ...HANDOFF_REFERENCES],
         round,
       )
     ) {
+      if (i > (v.peer ? perRound : ownPerRound)) continue;
       const r = await handoff(holder, waiter, v, `handoff:${v.id}:${round}`);
       if (i === 0) continue;
       const total = handoffResults.get(v.id) ?? { latencies: [], gaveUp: 0 };
@@ -652,7 +662,9 @@ for (let round = 0; round < ROUNDS; round++) {
       handoffResults.set(v.id, total);
     }
   }
-  progress(`  ${perRound} handoffs for each library`);
+  progress(
+    `  ${perRound} handoffs for each peer, ${ownPerRound} for deadbolt and the references`,
+  );
   const rate = await callRate(server.port, SECONDS * 1000);
   callRates.push(rate);
   progress(
