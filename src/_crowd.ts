@@ -228,9 +228,15 @@ export class Crowd {
   watch(subscribe: Subscribe, channel: string): void {
     this.#wakeUps ??= new WakeUps(this.#client);
     // A message that names another process's seat is its turn, not ours.
-    this.#wakeUps.watch(subscribe, channel, (message) => {
-      if (!message || message === this.#seat?.id) this.wake();
-    });
+    // Once set up, a release elsewhere made meanwhile went unheard: ask.
+    this.#wakeUps.watch(
+      subscribe,
+      channel,
+      (message) => {
+        if (!message || message === this.#seat?.id) this.wake();
+      },
+      () => this.wake(),
+    );
   }
 
   /** Whether the crowd hears releases elsewhere by pub/sub now. */

@@ -19,7 +19,8 @@
  * one timer, not three.
  *
  * The timer keeps the process alive exactly while a deadline that must
- * (`keepAlive`: a call's bound) is scheduled, as its own timer would.
+ * (`keepAlive`: the bound of a call not made in the background) is
+ * scheduled, as its own timer would.
  *
  * @module
  */

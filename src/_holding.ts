@@ -57,7 +57,7 @@ export class Holding {
     return this.#token ??= crypto.randomUUID();
   }
 
-  /** The token of the current or last grant, as Redis has it; none before. */
+  /** The token the current or last grant came with (read while acquired). */
   get granted(): string | undefined {
     return this.#token;
   }

@@ -205,13 +205,23 @@ export class LocalQueue {
 
   /**
    * Wakes the head on every message to `channel` that names this queue's
-   * seat, or nobody, until the queue empties.
+   * seat, or nobody, until the queue empties; and once the subscription is
+   * set up, unless a hold of this process has the lock (only its release,
+   * handed over here, can free it): a release elsewhere made meanwhile went
+   * unheard.
    */
   watch(subscribe: Subscribe, channel: string): void {
     this.#wakeUps ??= new WakeUps(this.#client);
-    this.#wakeUps.watch(subscribe, channel, (message) => {
-      if (!message || message === this.#seat?.id) this.wake();
-    });
+    this.#wakeUps.watch(
+      subscribe,
+      channel,
+      (message) => {
+        if (!message || message === this.#seat?.id) this.wake();
+      },
+      () => {
+        if (!this.#holder) this.wake();
+      },
+    );
   }
 
   /**

@@ -64,11 +64,16 @@ export class Stop implements StopSignal {
     this.#followed = undefined;
   }
 
-  /** Calls it off with `reason`, once: each listener is called once. */
+  /**
+   * Calls it off with `reason`, once: each listener is called once. The
+   * caller's signal, if it has aborted, gives its own reason (as with
+   * `AbortSignal.any`, even when one of its listeners calls this first).
+   */
   abort(reason: unknown): void {
     if (this.aborted) return;
     this.aborted = true;
-    this.reason = reason;
+    const followed = this.#followed;
+    this.reason = followed?.aborted ? followed.reason : reason;
     this.unfollow();
     const first = this.#listener;
     const more = this.#more;

@@ -6,12 +6,10 @@ import { reportSubscriberError } from "./diagnostics.ts";
  * One queue's wake-up subscription: from the first `watch()` until `stop()`,
  * every message on the lock's channel (a release, here or elsewhere) calls
  * `onMessage`. It never delays a waiter. A release made while the
- * subscription is being set up goes unheard, so once it is set up
- * `onMessage` is called once without a message: the head asks again then
- * rather than at the end of its backoff sleep (a wait whose holder released
- * meanwhile would otherwise sleep up to its backoff: the 1–3 ms tail of
- * handoffs between processes that subscribe anew for each wait). If it
- * fails, that is reported on `diagnostics` and the head keeps its backoff.
+ * subscription is being set up goes unheard, so once it is set up `onLive`
+ * is called (in a microtask of its own): the queue may then have its head
+ * ask again rather than sleep out its backoff. If it fails, that is
+ * reported on `diagnostics` and the head keeps its backoff.
  */
 export class WakeUps {
   #client: ScriptClient;
@@ -29,6 +27,7 @@ export class WakeUps {
     subscribe: Subscribe,
     channel: string,
     onMessage: (message?: string) => void,
+    onLive: () => void,
   ): void {
     if (this.#unsubscribe) return;
     const watching = this.#watching = new AbortController();
@@ -36,7 +35,10 @@ export class WakeUps {
       (unsubscribe) => {
         if (this.#watching === watching) {
           this.#live = true;
-          onMessage();
+          // Apart, so that what it does can never lose `unsubscribe`.
+          queueMicrotask(() => {
+            if (this.#watching === watching) onLive();
+          });
         }
         return unsubscribe;
       },

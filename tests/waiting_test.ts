@@ -367,3 +367,23 @@ Deno.test("the caller's signal keeps no listener of deadbolt's once an acquisiti
   assert.equal(listening, 0, "after a timeout and a call-off");
   assert.equal(holder.held, true);
 });
+
+Deno.test("acquire() rejects with the caller's reason when the caller's abort listener calls release() first", async () => {
+  await using env = await setup();
+  await using holder = await Lock.acquire(env.client, "abort-release");
+  const controller = new AbortController();
+  const waiter = new Lock(env.client, "abort-release");
+  // Registered before acquire() listens: it runs first.
+  controller.signal.addEventListener("abort", () => void waiter.release());
+  const waiting = waiter.acquire({
+    signal: controller.signal,
+    timeout: 10_000,
+  });
+  const reason = new Error("the caller's reason");
+  controller.abort(reason);
+  await assert.rejects(within(waiting, 2_000, "the rejection"), (error) => {
+    assert.equal(error, reason);
+    return true;
+  });
+  assert.equal(holder.held, true);
+});

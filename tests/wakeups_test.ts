@@ -296,3 +296,34 @@ Deno.test("a release made while the wake-up subscription was being set up is cau
     Math.random = random;
   }
 });
+
+Deno.test("a waiter behind a holder of its own process asks Redis nothing while it waits, also once its wake-up subscription is set up", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  let scripts = 0;
+  const plain = evalClient(conn);
+  let live!: () => void;
+  const subscribed = new Promise<void>((resolve) => live = resolve);
+  const client = {
+    eval: (script: string, keys: string[], args: string[]) => {
+      scripts++;
+      return plain.eval(script, keys, args);
+    },
+    deadbolt: {
+      subscribe: () => {
+        live();
+        return Promise.resolve(async () => {});
+      },
+    },
+  };
+  const holder = await Lock.acquire(client, "held-here");
+  const waiting = Lock.acquire(client, "held-here", { timeout: 10_000 });
+  await within(subscribed, 2_000, "the waiter's subscription");
+  const before = scripts;
+  // Only the holder's release can free the lock; it hands it over here.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(scripts - before, 0, "scripts sent while the holder held");
+  assert.equal(await holder.release(), true);
+  await using lock = await within(waiting, 2_000, "the handover");
+  assert.equal(lock.held, true);
+});
