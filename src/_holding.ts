@@ -90,21 +90,10 @@ export class Holding {
     this.acquired = true;
     // A new grant after a loss gets a new signal.
     if (this.#controller?.signal.aborted) this.#controller = undefined;
-    const {
-      ttl,
-      autoExtend,
-      renewInterval,
-      retryDelay,
-      maxRetryDelay,
-      commandTimeout,
-    } = this.#settings;
+    // The handle's settings hold the lease's (ttl, renewals, retries, the
+    // call's timeout); the lease reads only those.
     const lease: Lease = new Lease(sent, {
-      ttl,
-      autoExtend,
-      renewInterval,
-      retryDelay,
-      maxRetryDelay,
-      commandTimeout,
+      ...this.#settings,
       extend: (ttl, timeout) =>
         this.#store.extend(token, ttl, { timeout, background: true }),
       onRenewal: record && ((outcome) => record.renewal(outcome)),
