@@ -47,6 +47,11 @@ export function runScript(
 }
 
 // runScript's first call of a script, or its retries while a slot migrates.
+// A script whose SHA-1 is not known yet goes out with EVAL at once (which
+// also loads it) while the SHA-1 is computed for the next calls: waiting
+// for Web Crypto first would let later calls on the client overtake this
+// one (a line's LEAVE overtaken by the next attempt, which then found the
+// process's own seat still in line).
 function runSlowly(
   client: ScriptClient,
   script: LuaScript,
@@ -55,14 +60,26 @@ function runSlowly(
 ): Promise<unknown> {
   return whileMigrating(async () => {
     if (client.evalsha) {
-      script.sha ??= await sha1(script.source);
-      try {
-        return await client.evalsha(script.sha, keys, args);
-      } catch (error) {
-        if (!isNoScript(error)) throw error;
-      }
+      if (script.sha) {
+        try {
+          return await client.evalsha(script.sha, keys, args);
+        } catch (error) {
+          if (!isNoScript(error)) throw error;
+        }
+      } else learnSha(script);
     }
     return await client.eval(script.source, keys, args);
+  });
+}
+
+const learning = new WeakSet<LuaScript>();
+
+// Computes `script.sha` in the background, once.
+function learnSha(script: LuaScript): void {
+  if (learning.has(script)) return;
+  learning.add(script);
+  sha1(script.source).then((sha) => script.sha = sha, () => {
+    learning.delete(script);
   });
 }
 
