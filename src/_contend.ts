@@ -14,6 +14,7 @@ import type { Handover } from "./_telemetry.ts";
 import type { StopSignal } from "./_stop.ts";
 
 const noop = (): void => {};
+const PATIENCE = String(PATIENCE_MS);
 
 /**
  * Asks Redis until the lock is granted, sleeping between attempts (at the
@@ -67,7 +68,7 @@ export async function contend(
       fencing ? "1" : "0",
       seat,
       String(place),
-      String(PATIENCE_MS),
+      PATIENCE,
     ]);
     let reply: AcquireReply;
     try {
@@ -86,10 +87,13 @@ export async function contend(
       queue.seat.place(leave);
     }
     if (reply.status === "granted") {
-      const lease = await adoptGrant(store, waiting, token, {
+      let lease = adoptGrant(store, waiting, token, {
         sent,
         fence: reply.fence,
       }, refused ? "remote" : undefined);
+      // Awaited only when it is a promise (replicas to wait for): an await
+      // costs a turn of the microtask queue even on a value.
+      if (lease instanceof Promise) lease = await lease;
       if (lease) return lease;
       // The grant arrived with no validity left: retry afresh.
       token = crypto.randomUUID();

@@ -128,6 +128,10 @@ function messageOf(error: unknown): string {
  * rewrites replies, or a proxy in the way).
  */
 export function toIntegers(reply: unknown, length: number): number[] {
+  // Most clients answer numbers already: read those as they are.
+  if (Array.isArray(reply) && reply.length === length && allSafe(reply)) {
+    return reply;
+  }
   const items = Array.isArray(reply) ? reply : [reply];
   const numbers = items.map(toNumber);
   if (numbers.length !== length || !numbers.every(Number.isSafeInteger)) {
@@ -138,6 +142,11 @@ export function toIntegers(reply: unknown, length: number): number[] {
     );
   }
   return numbers;
+}
+
+function allSafe(items: unknown[]): items is number[] {
+  for (const item of items) if (!Number.isSafeInteger(item)) return false;
+  return true;
 }
 
 function toNumber(value: unknown): number {

@@ -10,6 +10,7 @@ import {
   type AcquireOptions,
   LOCK_KEYS,
   type LockOptions,
+  type LockSettings,
   lockSettings,
 } from "./options.ts";
 
@@ -72,12 +73,13 @@ export class Lock extends LockHandle {
   constructor(client: RedisClient, name: string, options: LockOptions = {}) {
     checkOptionKeys("Cannot lock", options, LOCK_KEYS);
     checkName("Cannot lock", "name", name);
-    const action = `Cannot lock ${JSON.stringify(name)}`;
-    const settings = lockSettings(action, options);
+    const settings = checkedLockSettings(name, options);
     const scriptClient = toScriptClient(client);
     if (settings.waitReplicas > 0 && !scriptClient.deadbolt?.wait) {
       throw new TypeError(
-        `${action} as 'waitReplicas' needs a client that can send WAIT (pass @db/redis through fromDbRedis): current value is ${settings.waitReplicas}`,
+        `${
+          lockAction(name)
+        } as 'waitReplicas' needs a client that can send WAIT (pass @db/redis through fromDbRedis): current value is ${settings.waitReplicas}`,
       );
     }
     const keys = lockKeys(settings.prefix, name);
@@ -254,5 +256,20 @@ export class Lock extends LockHandle {
    */
   detach(): string {
     return this.#life.detach();
+  }
+}
+
+// The action in the messages of a lock `name`'s checks.
+const lockAction = (name: string): string =>
+  `Cannot lock ${JSON.stringify(name)}`;
+
+// Checks the options as `lockSettings` does, naming the lock only in an
+// error: quoting the name for every handle cost more than the checks.
+function checkedLockSettings(name: string, options: LockOptions): LockSettings {
+  try {
+    return lockSettings("", options);
+  } catch {
+    // The same checks again, to throw the same error with the lock's name.
+    return lockSettings(lockAction(name), options);
   }
 }

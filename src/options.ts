@@ -162,7 +162,7 @@ export function lockSettings(
     replicaTimeout = 1_000,
     telemetryName = "",
   } = options;
-  return {
+  const settings: LockSettings = {
     ttl: checkInteger(action, "ttl", ttl, MIN_TTL, MAX_TIMER_MS),
     autoExtend: checkBoolean(action, "autoExtend", autoExtend),
     renewInterval: options.renewInterval === undefined ? ttl / 3 : checkInteger(
@@ -191,13 +191,23 @@ export function lockSettings(
       MAX_TIMER_MS,
     ),
     telemetryName: checkTelemetryName(action, telemetryName),
-    ...waitSettings(action, options, {
-      timeout: 10_000,
-      retryDelay: 5,
-      maxRetryDelay: 1_000,
-    }),
+    timeout: 0,
+    retryDelay: 0,
+    maxRetryDelay: 0,
   };
+  // Filled in, not spread in: a spread cost an object per lock.
+  const wait = waitSettings(action, options, LOCK_WAIT_DEFAULTS);
+  settings.timeout = wait.timeout;
+  settings.retryDelay = wait.retryDelay;
+  settings.maxRetryDelay = wait.maxRetryDelay;
+  return settings;
 }
+
+const LOCK_WAIT_DEFAULTS: WaitSettings = {
+  timeout: 10_000,
+  retryDelay: 5,
+  maxRetryDelay: 1_000,
+};
 
 // At most this many characters: an attribute value, not a payload.
 const MAX_TELEMETRY_NAME = 256;

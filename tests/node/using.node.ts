@@ -59,3 +59,31 @@ test("await using releases the lock on scope exit, also when the body throws (no
     await redis.close();
   }
 });
+
+test("acquisitions one after another set about one timer a second, and the timer left set keeps Node alive for nobody (ioredis 6 on Node)", async () => {
+  const redis = new Redis(url);
+  const original = globalThis.setTimeout;
+  const set: { hasRef(): boolean }[] = [];
+  try {
+    await (await Lock.acquire(redis, "node timers")).release(); // loads the scripts
+    globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
+      const timer = original(...args);
+      set.push(timer);
+      return timer;
+    }) as typeof setTimeout;
+    const rounds = 50;
+    let released = 0;
+    for (let round = 0; round < rounds; round++) {
+      await using lock = await Lock.acquire(redis, "node timers");
+      if (await lock.release()) released++;
+    }
+    globalThis.setTimeout = original;
+    assert.equal(released, rounds);
+    // One per round before: set at the acquisition, cleared at the release.
+    assert.ok(set.length <= 2, `${set.length} timers for ${rounds} rounds`);
+    for (const timer of set) assert.equal(timer.hasRef(), false);
+  } finally {
+    globalThis.setTimeout = original;
+    await redis.quit();
+  }
+});
