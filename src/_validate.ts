@@ -79,7 +79,7 @@ export function checkName(
       value,
     );
   }
-  if (/\p{Surrogate}/u.test(value)) {
+  if (!value.isWellFormed()) {
     fail(
       TypeError,
       action,
@@ -102,7 +102,7 @@ export function checkName(
 /** The key prefix: braces would move every lock's hash tag into the prefix. */
 export function checkPrefix(action: string, value: unknown): string {
   const prefix = checkName(action, "prefix", value, true);
-  if (/[{}]/.test(prefix)) {
+  if (prefix.includes("{") || prefix.includes("}")) {
     fail(TypeError, action, "prefix", "free of '{' and '}'", prefix);
   }
   return prefix;

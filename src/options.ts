@@ -142,16 +142,16 @@ export type WaitSettings = Required<Omit<AcquireOptions, "signal">>;
 export type LockSettings = Required<LockOptions>;
 
 /**
- * Validates the constructor's options and fills in the defaults.
+ * Validates the constructor's options and fills in the defaults; the caller
+ * has checked that every key is one of its kind's.
  *
- * @throws {TypeError} on an unknown key or a value of the wrong type.
+ * @throws {TypeError} on a value of the wrong type.
  * @throws {RangeError} on a number out of range.
  */
 export function lockSettings(
   action: string,
   options: LockOptions,
 ): LockSettings {
-  checkOptionKeys(action, options, LOCK_KEYS);
   const {
     ttl = 30_000,
     autoExtend = true,
