@@ -8,6 +8,7 @@ import {
   type Owner,
   readHandover,
 } from "./scripts.ts";
+import { nextTurn } from "./_timers.ts";
 
 /**
  * Runs of eager handovers (rule 3 of `_handover.ts`): an eager handover's
@@ -53,7 +54,8 @@ interface Unsent {
   /** The script's answer, which each release of the run awaits. */
   reply: Deferred<HandoverReply>;
   state: RunState;
-  timer: ReturnType<typeof setTimeout>;
+  /** Cancels the send at the next turn of the event loop. */
+  cancel: () => void;
 }
 
 const unsentOf = new WeakMap<ScriptClient, Map<string, Unsent>>();
@@ -98,7 +100,7 @@ export function joinRun(
     reply,
     state,
     // At the next turn of the event loop, unless sent before.
-    timer: setTimeout(() => sendHandovers(store), 0),
+    cancel: nextTurn(() => sendHandovers(store)),
   });
   return reply.promise;
 }
@@ -113,7 +115,7 @@ export function sendHandovers(store: RunStore): void {
   const unsent = byKey?.get(store.keys.lock);
   if (!unsent) return;
   byKey!.delete(store.keys.lock);
-  clearTimeout(unsent.timer);
+  unsent.cancel();
   let call: Promise<unknown>;
   try {
     // EVAL, not EVALSHA: a NOSCRIPT answer would make the script run after

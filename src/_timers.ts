@@ -1,5 +1,27 @@
 import type { StopSignal } from "./_stop.ts";
 
+type Immediate = (callback: () => void) => unknown;
+const { setImmediate, clearImmediate } = globalThis as {
+  setImmediate?: Immediate;
+  clearImmediate?: (id: unknown) => void;
+};
+
+/**
+ * Calls `callback` at the next turn of the event loop, after the microtasks
+ * queued meanwhile and any I/O that is ready; returns what cancels it.
+ * `setImmediate` where the runtime has it (Deno, Node, Bun): a
+ * `setTimeout(…, 0)` waits for the timer's granularity, 1 ms in Node and 2
+ * ms in Deno on the benchmark machine (see docs/decisions.md).
+ */
+export function nextTurn(callback: () => void): () => void {
+  if (setImmediate && clearImmediate) {
+    const id = setImmediate(callback);
+    return () => clearImmediate(id);
+  }
+  const timer = setTimeout(callback, 0);
+  return () => clearTimeout(timer);
+}
+
 /** Milliseconds on the monotonic clock; wall-clock jumps do not move it. */
 export const now = (): number => performance.now();
 

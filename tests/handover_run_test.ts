@@ -114,6 +114,34 @@ Deno.test("a holder handed the lock eagerly is known to Redis by the next turn o
   });
 });
 
+Deno.test("a release that hands the lock over in this process sends its script at the next turn of the event loop, not after a timer (1-2 ms here)", async () => {
+  await using env = await setup();
+  const { redis, side } = env;
+  const holder = await Lock.acquire(redis, "soon");
+  const waiting = Lock.acquire(redis, "soon", { timeout: 10_000 });
+  await lineUp(redis, "soon", 1);
+  const original = globalThis.setTimeout;
+  const delays: number[] = [];
+  globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
+    delays.push(args[1] ?? 0);
+    return original(...args);
+  }) as typeof setTimeout;
+  let released: boolean;
+  try {
+    // Nothing else is sent about the lock: only the next turn sends it.
+    released = await within(holder.release(), 5_000, "the release");
+  } finally {
+    globalThis.setTimeout = original;
+  }
+  assert.equal(released, true);
+  const lock = await within(waiting, 5_000, "the waiter's grant");
+  assert.equal(await side.send("GET", "deadbolt:{soon}"), lock.token);
+  // The release waited for Redis, and for no 0 ms timer (a timer's
+  // granularity delayed every handover's answer by 1-2 ms).
+  assert.deepEqual(delays.filter((ms) => ms < 1), []);
+  assert.equal(await lock.release(), true);
+});
+
 Deno.test("a run of handovers from a holder whose key was gone: every holder of it is told, and the one holding loses the lock", async () => {
   await using env = await setup();
   const { redis, side } = env;
