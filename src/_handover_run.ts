@@ -8,7 +8,7 @@ import {
   type Owner,
   readHandover,
 } from "./scripts.ts";
-import { nextTurn } from "./_timers.ts";
+import { atNextTurn } from "./_timers.ts";
 
 /**
  * Runs of eager handovers (rule 3 of `_handover.ts`): an eager handover's
@@ -100,7 +100,7 @@ export function joinRun(
     reply,
     state,
     // At the next turn of the event loop, unless sent before.
-    cancel: nextTurn(() => sendHandovers(store)),
+    cancel: atNextTurn(() => sendHandovers(store)),
   });
   return reply.promise;
 }

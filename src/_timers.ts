@@ -13,7 +13,7 @@ const { setImmediate, clearImmediate } = globalThis as {
  * `setTimeout(…, 0)` waits for the timer's granularity, 1 ms in Node and 2
  * ms in Deno on the benchmark machine (see docs/decisions.md).
  */
-export function nextTurn(callback: () => void): () => void {
+export function atNextTurn(callback: () => void): () => void {
   if (setImmediate && clearImmediate) {
     const id = setImmediate(callback);
     return () => clearImmediate(id);
