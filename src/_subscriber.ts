@@ -90,7 +90,7 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
   };
 
   const close = async (opening: Opening): Promise<void> => {
-    opening.abort.abort();
+    opening.abort.abort(CLOSED);
     const connection = await opening.connection.catch(() => undefined);
     // Closing unsubscribes from everything; no UNSUBSCRIBE first, which a
     // stalled server would never answer.
@@ -145,6 +145,13 @@ export function sharedSubscriber(open: OpenSubscriber): Subscribe {
     return stop;
   };
 }
+
+// Why a connection being opened is called off: made once (see
+// `_wakeups.ts`: an abort() without a reason captures a stack each time).
+const CLOSED = new DOMException(
+  "deadbolt no longer needs this connection",
+  "AbortError",
+);
 
 /** Settles with `promise`, or rejects with `signal.reason` once it aborts. */
 function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -327,3 +327,42 @@ Deno.test("a waiter behind a holder of its own process asks Redis nothing while 
   await using lock = await within(waiting, 2_000, "the handover");
   assert.equal(lock.held, true);
 });
+
+Deno.test("a wait's grant reaches its caller before its wake-up subscription starts closing, which the next release still awaits", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  await using side = await server.connect();
+  const events: string[] = [];
+  let closed!: () => void;
+  const closing = new Promise<void>((resolve) => closed = resolve);
+  const client = {
+    ...evalClient(conn),
+    deadbolt: {
+      subscribe: () =>
+        Promise.resolve(async () => {
+          events.push("closing");
+          // A connection that takes a while to close.
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          events.push("closed");
+          closed();
+        }),
+    },
+  };
+  const holder = await Lock.acquire(evalClient(side), "grant-first");
+  const waiting = Lock.acquire(client, "grant-first", { timeout: 10_000 });
+  // Released from another client: the waiter gets it from Redis.
+  await until(
+    async () => await side.send("EXISTS", "deadbolt:{grant-first}:line") === 1,
+    2_000,
+    "the waiter in line",
+  );
+  assert.equal(await holder.release(), true);
+  const lock = await within(waiting, 2_000, "the grant");
+  events.push("granted");
+  // Closing the connection on the way to the caller cost it 60-80 us.
+  assert.deepEqual(events, ["granted"]);
+  assert.equal(await within(lock.release(), 2_000, "the release"), true);
+  // Nothing deadbolt opened outlives the release that ends its use.
+  assert.deepEqual(events, ["granted", "closing", "closed"]);
+  await within(closing, 1_000, "the close");
+});
