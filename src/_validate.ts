@@ -152,3 +152,21 @@ export function checkSignal(
   }
   return value;
 }
+
+/**
+ * Runs `check` (settings checks that take the action their messages start
+ * with), naming the action only when a check fails: quoting a lock's name
+ * for every handle cost more than the checks themselves. `check` must have
+ * no effect but its result and its error.
+ */
+export function checkedAs<T>(
+  action: () => string,
+  check: (action: string) => T,
+): T {
+  try {
+    return check("");
+  } catch {
+    // The same checks again, to throw the same error with the action.
+    return check(action());
+  }
+}

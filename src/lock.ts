@@ -4,13 +4,17 @@ import { Lifecycle } from "./_lifecycle.ts";
 import { LockHandle } from "./handle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { RedisStore } from "./_redis_store.ts";
-import { checkName, checkOptionKeys, checkPrefix } from "./_validate.ts";
+import {
+  checkedAs,
+  checkName,
+  checkOptionKeys,
+  checkPrefix,
+} from "./_validate.ts";
 import {
   ACQUIRE_KEYS,
   type AcquireOptions,
   LOCK_KEYS,
   type LockOptions,
-  type LockSettings,
   lockSettings,
 } from "./options.ts";
 
@@ -73,7 +77,10 @@ export class Lock extends LockHandle {
   constructor(client: RedisClient, name: string, options: LockOptions = {}) {
     checkOptionKeys("Cannot lock", options, LOCK_KEYS);
     checkName("Cannot lock", "name", name);
-    const settings = checkedLockSettings(name, options);
+    const settings = checkedAs(
+      () => lockAction(name),
+      (action) => lockSettings(action, options),
+    );
     const scriptClient = toScriptClient(client);
     if (settings.waitReplicas > 0 && !scriptClient.deadbolt?.wait) {
       throw new TypeError(
@@ -262,14 +269,3 @@ export class Lock extends LockHandle {
 // The action in the messages of a lock `name`'s checks.
 const lockAction = (name: string): string =>
   `Cannot lock ${JSON.stringify(name)}`;
-
-// Checks the options as `lockSettings` does, naming the lock only in an
-// error: quoting the name for every handle cost more than the checks.
-function checkedLockSettings(name: string, options: LockOptions): LockSettings {
-  try {
-    return lockSettings("", options);
-  } catch {
-    // The same checks again, to throw the same error with the lock's name.
-    return lockSettings(lockAction(name), options);
-  }
-}

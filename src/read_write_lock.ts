@@ -8,7 +8,7 @@ import { Lifecycle } from "./_lifecycle.ts";
 import { LockHandle } from "./handle.ts";
 import { ScriptedStore } from "./_scripted_store.ts";
 import { readScripts, writeScripts } from "./_rw_scripts.ts";
-import { checkName, checkOptionKeys } from "./_validate.ts";
+import { checkedAs, checkName, checkOptionKeys } from "./_validate.ts";
 import {
   ACQUIRE_KEYS,
   type AcquireOptions,
@@ -68,8 +68,10 @@ export class ReadWriteLock {
     options: ReadWriteLockOptions = {},
   ) {
     this.name = checkName("Cannot open a read-write lock", "name", name);
-    const action = `Cannot open read-write lock ${JSON.stringify(name)}`;
-    this.#settings = readWriteSettings(action, options);
+    this.#settings = checkedAs(
+      () => `Cannot open read-write lock ${JSON.stringify(name)}`,
+      (action) => readWriteSettings(action, options),
+    );
     this.#client = toScriptClient(client);
     this.#keys = lockKeys(`${this.#settings.prefix}rw:`, name);
   }

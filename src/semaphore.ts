@@ -5,7 +5,7 @@ import { LockHandle } from "./handle.ts";
 import { acquireNew, tryAcquireNew } from "./_entry.ts";
 import { ScriptedStore } from "./_scripted_store.ts";
 import { permitScripts } from "./_permit_scripts.ts";
-import { checkName } from "./_validate.ts";
+import { checkedAs, checkName } from "./_validate.ts";
 import {
   ACQUIRE_KEYS,
   type AcquireOptions,
@@ -61,10 +61,10 @@ export class Semaphore extends LockHandle {
    */
   constructor(client: RedisClient, name: string, options: SemaphoreOptions) {
     checkName("Cannot open a semaphore", "name", name);
-    const action = `Cannot open semaphore ${JSON.stringify(name)}`;
-    const settings = semaphoreSettings(
-      action,
-      options ?? ({} as SemaphoreOptions),
+    const settings = checkedAs(
+      () => `Cannot open semaphore ${JSON.stringify(name)}`,
+      (action) =>
+        semaphoreSettings(action, options ?? ({} as SemaphoreOptions)),
     );
     const keys = lockKeys(`${settings.prefix}semaphore:`, name);
     super(
