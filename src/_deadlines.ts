@@ -128,14 +128,21 @@ export function unschedule(deadline: Deadline): void {
 }
 
 // Whether the timer is left to fire when nothing is scheduled, rather than
-// cleared: everywhere but Deno, whose test sanitizers would fail a test
-// that ends with it pending (or sees it fire).
+// cleared: where it can keep nobody alive (Node's and Bun's have unref()),
+// but not under Deno, whose test sanitizers would fail a test that ends
+// with it pending (or sees it fire).
 const LINGER = !("Deno" in globalThis);
+// Whether the timer set now was left to fire (see `arm`).
+let left = false;
 
 function stop(): void {
   if (timer === undefined) return;
-  // Left to fire: it keeps nobody alive, and finds nothing due.
-  if (LINGER) return keepAlive(false);
+  const handle = timer as unknown as { unref?: unknown };
+  if (LINGER && typeof handle.unref === "function") {
+    // Left to fire: it keeps nobody alive, and finds nothing due.
+    left = true;
+    return keepAlive(false);
+  }
   clearTimeout(timer);
   timer = undefined;
   timerAt = Infinity;
@@ -192,6 +199,12 @@ function place(deadline: Deadline, slot: number): void {
 function arm(): void {
   const first = heap[0];
   if (first === undefined) return;
+  if (left) {
+    left = false;
+    // A timer left to fire that is a step past its time without firing was
+    // dropped (fake timers uninstalled, say): set a new one.
+    if (timerAt < now() - STEP) timer = undefined;
+  }
   if (timer === undefined || timerAt > first.at) {
     if (timer !== undefined) clearTimeout(timer);
     const at = now();
@@ -228,6 +241,7 @@ function keepAlive(on: boolean): void {
 function fire(): void {
   timer = undefined;
   timerAt = Infinity;
+  left = false;
   try {
     const at = now();
     while (heap.length > 0 && heap[0].at <= at) {

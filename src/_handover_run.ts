@@ -126,7 +126,8 @@ export function sendHandovers(store: RunStore): void {
       [unsent.from, unsent.to, String(unsent.ttl)],
     ));
   } catch (error) {
-    // A client of one's own may throw; this may run from a timer.
+    // A client of one's own may throw; this may run at the next turn of the
+    // event loop, where nothing would catch it.
     call = Promise.reject(error);
   }
   store.settle(call).then(

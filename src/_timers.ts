@@ -9,9 +9,10 @@ const { setImmediate, clearImmediate } = globalThis as {
 /**
  * Calls `callback` at the next turn of the event loop, after the microtasks
  * queued meanwhile and any I/O that is ready; returns what cancels it.
- * `setImmediate` where the runtime has it (Deno, Node, Bun): a
- * `setTimeout(…, 0)` waits for the timer's granularity, 1 ms in Node and 2
- * ms in Deno on the benchmark machine (see docs/decisions.md).
+ * `setImmediate` where the runtime has it (Node, Bun, and Deno 2.9 at
+ * least): a `setTimeout(…, 0)` waits for the timer's granularity, 1 ms in
+ * Node and 2 ms in Deno on the benchmark machine (see docs/decisions.md).
+ * Elsewhere (older Deno, Workers) that timer stands in.
  */
 export function atNextTurn(callback: () => void): () => void {
   if (setImmediate && clearImmediate) {

@@ -32,7 +32,11 @@ export class WakeUps {
   ): void {
     if (this.#unsubscribe) return;
     const watching = this.#watching = new AbortController();
-    this.#unsubscribe = subscribe(channel, onMessage, watching.signal).then(
+    // Heard only until stop(): the connection may close a turn later.
+    const listener = (message?: string) => {
+      if (this.#watching === watching) onMessage(message);
+    };
+    this.#unsubscribe = subscribe(channel, listener, watching.signal).then(
       (unsubscribe) => {
         if (this.#watching === watching) {
           this.#live = true;

@@ -41,8 +41,8 @@ Deno.test("Lock passes the core cases with ioredis 5 and 6 and node-redis 5 and 
   assert.equal(code, 0, `node --test failed:\n${log}${hint}`);
   const count = (what: string) =>
     Number(new RegExp(`^\\S* ?${what} (\\d+)$`, "m").exec(log)?.[1] ?? -1);
-  // Every case, for each client, plus the three tests of using.node.ts.
-  assert.equal(count("pass"), CORE_CASES.length * NODE_CLIENTS + 3, log);
+  // Every case, for each client, plus the four tests of using.node.ts.
+  assert.equal(count("pass"), CORE_CASES.length * NODE_CLIENTS + 4, log);
   assert.equal(count("fail"), 0, log);
 });
 

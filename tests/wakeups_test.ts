@@ -366,3 +366,46 @@ Deno.test("a wait's grant reaches its caller before its wake-up subscription sta
   assert.deepEqual(events, ["granted", "closing", "closed"]);
   await within(closing, 1_000, "the close");
 });
+
+Deno.test("a message heard between a wait's grant and the close of its subscription does not send the next waiter behind that holder to Redis", async () => {
+  await using server = await startRedis();
+  await using conn = await server.connect();
+  await using side = await server.connect();
+  let scripts = 0;
+  const plain = evalClient(conn);
+  // The waiters' subscription: its listener stays callable, as a real
+  // connection's would until it is closed.
+  let hear: ((message?: string) => void) | undefined;
+  const client = {
+    eval: (script: string, keys: string[], args: string[]) => {
+      scripts++;
+      return plain.eval(script, keys, args);
+    },
+    deadbolt: {
+      subscribe: (_channel: string, listener: (message?: string) => void) => {
+        hear = listener;
+        return Promise.resolve(async () => {});
+      },
+    },
+  };
+  // Held elsewhere, so that the first waiter subscribes and gets it from Redis.
+  const other = await Lock.acquire(evalClient(side), "late-message");
+  const first = Lock.acquire(client, "late-message", { timeout: 10_000 });
+  await until(
+    () => Promise.resolve(hear !== undefined),
+    2_000,
+    "the first waiter's subscription",
+  );
+  assert.equal(await other.release(), true);
+  const holder = await within(first, 2_000, "the first waiter's grant");
+  // The release's message, heard in the same turn as the grant.
+  hear!("");
+  const before = scripts;
+  const next = Lock.acquire(client, "late-message", { timeout: 10_000 });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  // Only the holder's release can free the lock: it hands it over here.
+  assert.equal(scripts - before, 0, "scripts sent while this process held");
+  assert.equal(await holder.release(), true);
+  await using lock = await within(next, 2_000, "the handover");
+  assert.equal(lock.held, true);
+});
