@@ -132,7 +132,7 @@ export function unschedule(deadline: Deadline): void {
 // but not under Deno, whose test sanitizers would fail a test that ends
 // with it pending (or sees it fire).
 const LINGER = !("Deno" in globalThis);
-// Whether the timer set now was left to fire (see `arm`).
+// Whether the timer now set was left to fire by `stop` (see `arm`).
 let left = false;
 
 function stop(): void {
@@ -199,15 +199,17 @@ function place(deadline: Deadline, slot: number): void {
 function arm(): void {
   const first = heap[0];
   if (first === undefined) return;
+  let at: number | undefined;
   if (left) {
     left = false;
+    at = now();
     // A timer left to fire that is a step past its time without firing was
     // dropped (fake timers uninstalled, say): set a new one.
-    if (timerAt < now() - STEP) timer = undefined;
+    if (timerAt < at - STEP) timer = undefined;
   }
   if (timer === undefined || timerAt > first.at) {
     if (timer !== undefined) clearTimeout(timer);
-    const at = now();
+    at ??= now();
     timerAt = Math.min(first.at, at + STEP);
     timer = setTimeout(fire, Math.max(0, Math.ceil(timerAt - at)));
     timerKeepsAlive = true;
