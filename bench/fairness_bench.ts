@@ -33,7 +33,7 @@ interface Windows {
   perWorker: number[];
 }
 const results = new Map<string, Windows>();
-let window = 0;
+let runs = 0;
 
 for (const section of SECTIONS) {
   for (const id of IDS) {
@@ -49,7 +49,7 @@ for (const section of SECTIONS) {
         const run = await fairnessRun(
           server.port,
           id,
-          `fairness-bench:${id}:${section}:${window++}`,
+          `fairness-bench:${id}:${section}:${runs++}`,
           section,
           { ms: WINDOW_MS },
         );
