@@ -54,8 +54,8 @@ export interface HoldScripts {
   readGrant(reply: unknown): GrantReply;
   /** Renews the hold of `token` to `ttl` ms. */
   extend(token: string, ttl: number): ScriptCall;
-  /** Releases the hold of `token`, waking waiters; `quiet`: do not publish. */
-  release(token: string, quiet: boolean): ScriptCall;
+  /** Releases the hold of `token`, waking waiters if it freed one. */
+  release(token: string): ScriptCall;
   /** Reads an extend or release reply. */
   readOwner(reply: unknown): Owner;
   /** Why a hold is lost, by what `extend` found. */

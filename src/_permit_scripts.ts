@@ -250,9 +250,9 @@ export function permitScripts(
       keys: [lock],
       args: [token, String(ttl)],
     }),
-    release: (token, quiet) => ({
+    release: (token) => ({
       script: RELEASE_PERMIT,
-      keys: quiet ? [lock] : [lock, released, line, seats],
+      keys: [lock, released, line, seats],
       args: [token],
     }),
     readOwner: readPermitOwner,

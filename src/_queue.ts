@@ -226,9 +226,12 @@ export class LocalQueue {
 
   /**
    * Wakes the head only after `ms`, ignoring wake-ups until then (so that
-   * waiters elsewhere, told at once by pub/sub, get to ask first).
+   * waiters elsewhere, told at once by pub/sub, get to ask first). Nothing,
+   * when nobody waits: a timer set then would outlive the release that set
+   * it (its waiter gave up meanwhile), and nobody would clear it.
    */
   wakeLater(ms: number): void {
+    if (this.#line.size === 0) return;
     this.#quietUntil = now() + ms;
     clearTimeout(this.#later);
     this.#later = setTimeout(() => {
@@ -237,8 +240,13 @@ export class LocalQueue {
     }, ms);
   }
 
-  /** Tells the head that the lock was just released (here or elsewhere). */
+  /**
+   * Tells the head that the lock was just released (here or elsewhere):
+   * one asleep asks now, one whose attempt is on its way asks again at once.
+   * Nothing, when nobody waits: the next head asks Redis first anyway.
+   */
   wake(): void {
+    if (this.#line.size === 0) return;
     if (this.#quietUntil > 0 && now() < this.#quietUntil) return;
     const sleeper = this.#sleeper;
     if (!sleeper) this.#woken = true;

@@ -146,10 +146,22 @@ export class RedisStore implements Store {
     sendHandovers(this);
   }
 
-  /** Deletes the key if it holds `token`, in the background. */
+  /**
+   * Deletes the key if it holds `token`, in the background: a grant nobody
+   * took (its waiter gave up, its call was abandoned, it came too late).
+   * Freeing it wakes waiters as a release does, by its message elsewhere and
+   * directly here, or they would sleep out their backoff beside a free lock.
+   */
   forget(token: string): void {
     sendHandovers(this);
-    runScript(this.client, RELEASE, [this.keys.lock], [token]).then(noop, noop);
+    const { lock, released, line, seats } = this.keys;
+    runScript(this.client, RELEASE, [lock, released, line, seats], [token])
+      .then((reply) => {
+        if (readOwner(reply) === "ours") {
+          existingQueue(this.client, lock)?.wake();
+        }
+      })
+      .catch(noop);
   }
 
   /** Bounds `call` by `timeout`, `commandTimeout` by default (see `boundedCall`). */

@@ -140,9 +140,9 @@ export function readScripts(
       keys: [readers],
       args: [token, String(ttl)],
     }),
-    release: (token, quiet) => ({
+    release: (token) => ({
       script: RELEASE_PERMIT,
-      keys: quiet ? [readers] : [readers, released, waiting],
+      keys: [readers, released, waiting],
       args: [token],
     }),
     readOwner: readPermitOwner,
@@ -191,9 +191,9 @@ export function writeScripts(
       keys: [lock],
       args: [token, String(ttl)],
     }),
-    release: (token, quiet) => ({
+    release: (token) => ({
       script: RELEASE,
-      keys: quiet ? [lock] : [lock, released, waiting],
+      keys: [lock, released, waiting],
       args: [token],
     }),
     readOwner,

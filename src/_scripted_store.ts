@@ -28,8 +28,6 @@ import type {
 } from "./_hold_scripts.ts";
 import type { StopSignal } from "./_stop.ts";
 
-const noop = (): void => {};
-
 /**
  * The Redis side of holds made of a few scripts on one client (a
  * semaphore's permits, a read-write lock's holds). Waiters of one process
@@ -183,7 +181,7 @@ export class ScriptedStore implements Store {
       let reply: unknown;
       try {
         reply = await this.settle(
-          this.run(this.scripts.release(token, false)),
+          this.run(this.scripts.release(token)),
         );
       } finally {
         if (crowd) {
@@ -246,9 +244,7 @@ export class ScriptedStore implements Store {
     crowd.turns.passing = true;
     // The waiter has gone (aborted) meanwhile: its permit is freed, and
     // then another waiter woken.
-    if (!offer.deliver({ sent, fence: 0 })) {
-      this.forget(offer.token, () => crowd.wake());
-    }
+    if (!offer.deliver({ sent, fence: 0 })) this.forget(offer.token);
     return true;
   }
 
@@ -267,11 +263,14 @@ export class ScriptedStore implements Store {
   }
 
   /**
-   * Frees the hold of `token`, in the background (no wake-up message), and
-   * then calls `then`.
+   * Frees the hold of `token`, in the background: a grant nobody took (its
+   * waiter gave up, its call was abandoned, it came too late). Freeing it
+   * wakes waiters as a release does, by its message elsewhere and through
+   * the crowd here, or they would sleep out their backoff beside a free hold.
    */
-  forget(token: string, then: () => void = noop): void {
-    this.run(this.scripts.release(token, true)).then(then, then);
+  forget(token: string): void {
+    const wake = () => existingCrowd(this.client, this.scripts.lineKey)?.wake();
+    this.run(this.scripts.release(token)).then(wake, wake);
   }
 
   /** Bounds `call` by `timeout`, `commandTimeout` by default (see `boundedCall`). */
