@@ -113,7 +113,8 @@ const BAD_FENCE = { status: "bad fence" } as const;
  * one round trip: KEYS: lock, fence counter, line of waiting processes.
  * ARGV: the holder's token, the waiter's token, the waiter's ttl in ms, "1"
  * to issue a fence. Replies {1, fence, waiting} handed over (also when run
- * again after it did: the key holds the waiter's token), where waiting
+ * again after it did: the key holds the waiter's token, whose ttl then
+ * counts from this run), where waiting
  * is 1 when other processes wait in line, {0, 0, 0}
  * the key is gone, {-1, 0, 0} another owner holds it (both left alone),
  * {3, 0, 0} the fence counter is unusable (the holder's key is then deleted,
@@ -122,8 +123,11 @@ const BAD_FENCE = { status: "bad fence" } as const;
 export const HANDOVER: LuaScript = {
   source: `local holder = redis.pcall('GET', KEYS[1])
 if holder == ARGV[2] then
-  -- Run twice (a client resent it after a reconnect): handed over already,
-  -- and nobody has taken the lock since, so the counter is the waiter's fence.
+  -- Run twice (a client resent it after a reconnect, or a release retried
+  -- after its call timed out): handed over already, and nobody has taken the
+  -- lock since, so the counter is the waiter's fence. The waiter counts its
+  -- lease from this call: so does the key.
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
   local waiting = redis.pcall('EXISTS', KEYS[3]) == 1 and 1 or 0
   if ARGV[4] == '1' then
     return {1, tonumber(redis.call('GET', KEYS[2]) or '0'), waiting}
@@ -156,13 +160,15 @@ return {1, 0, waiting}`,
  * every time (an eager handover must never take a NOSCRIPT detour, see
  * `Lock`): KEYS: lock, line of waiting processes. ARGV: the holder's token, the
  * waiter's token, the waiter's ttl in ms. Replies {1, 0, waiting} handed
- * over (also when run again after it did), {0, 0, 0} the key is gone,
+ * over (also when run again after it did, the ttl then counting from that
+ * run), {0, 0, 0} the key is gone,
  * {-1, 0, 0} another owner holds it.
  */
 export const EAGER_HANDOVER: LuaScript = {
   source: `local holder = redis.pcall('GET', KEYS[1])
 if holder == ARGV[2] then
-  -- Run twice (a client resent it after a reconnect): handed over already.
+  -- Run twice: handed over already; the lease counts from this call.
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {1, 0, redis.pcall('EXISTS', KEYS[2]) == 1 and 1 or 0}
 end
 if holder ~= ARGV[1] then

@@ -3,7 +3,7 @@ import { Redis } from "npm:ioredis@6";
 import { fromIoredis, Lock, LockLostError, type ScriptClient } from "../mod.ts";
 import { EAGER_HANDOVER, HANDOVER } from "../src/scripts.ts";
 import { startRedis } from "./_redis.ts";
-import { abortedAt, lineUp, until, within } from "./_util.ts";
+import { abortedAt, lineUp, sleep, until, within } from "./_util.ts";
 
 // Eager handovers in one process go out at the next turn of the event loop
 // (or before anything else the process sends about the lock): a run of
@@ -284,4 +284,35 @@ Deno.test("a handover run twice (a client resent it after a reconnect) reports t
   const once = await fenced();
   assert.deepEqual(await fenced(), once);
   assert.equal(await side.send("GET", key), "next");
+});
+
+Deno.test("a handover run again counts the waiter's ttl from that run, as the waiter counts its validity from its own send", async () => {
+  await using env = await setup();
+  const { side } = env;
+  const key = "deadbolt:{again}";
+  const run = (script: string, keys: string[], args: (string | number)[]) =>
+    side.send("EVAL", script, keys.length, ...keys, ...args);
+  const plain = () =>
+    run(HANDOVER.source, [key, `${key}:fence`, `${key}:line`], [
+      "holder",
+      "head",
+      10_000,
+      "0",
+    ]);
+  const eager = () =>
+    run(EAGER_HANDOVER.source, [key, `${key}:line`], [
+      "holder",
+      "head",
+      10_000,
+    ]);
+  for (const handover of [plain, eager]) {
+    await side.send("SET", key, "holder", "PX", 10_000);
+    assert.deepEqual(await handover(), [1, 0, 0]);
+    await sleep(300);
+    // Run again (a release retried after its first call timed out, and
+    // landed late): the head counts its lease from this call's send.
+    assert.deepEqual(await handover(), [1, 0, 0]);
+    const pttl = Number(await side.send("PTTL", key));
+    assert.ok(pttl > 9_900, `the key expires in ${pttl} ms, not 10,000`);
+  }
 });
