@@ -36,7 +36,16 @@ export class WakeUps {
     const listener = (message?: string) => {
       if (this.#watching === watching) onMessage(message);
     };
-    this.#unsubscribe = subscribe(channel, listener, watching.signal).then(
+    let subscribed: Promise<(() => Promise<void>) | undefined>;
+    try {
+      // A hook of one's own may throw, or return no promise.
+      subscribed = Promise.resolve(
+        subscribe(channel, listener, watching.signal),
+      );
+    } catch (error) {
+      subscribed = Promise.reject(error);
+    }
+    this.#unsubscribe = subscribed.then(
       (unsubscribe) => {
         if (this.#watching === watching) {
           this.#live = true;

@@ -254,6 +254,52 @@ Deno.test("a waiter whose wake-up subscription is refused falls back to backoff 
   }
 });
 
+Deno.test("a subscribe hook of one's own that throws is reported on diagnostics, and the wait goes on by backoff", async () => {
+  await using server = await startRedis();
+  const holder = new Redis(server.port, "127.0.0.1");
+  const redis = new Redis(server.port, "127.0.0.1");
+  const failure = new Error("no subscriber today");
+  const client: ScriptClient = {
+    eval: (script, keys, args) =>
+      redis.eval(script, keys.length, ...keys, ...args),
+    deadbolt: {
+      subscribe: () => {
+        throw failure;
+      },
+    },
+  };
+  const errors: unknown[] = [];
+  const onError = (event: unknown) => {
+    if (event instanceof SubscriberErrorEvent) errors.push(event.error);
+  };
+  diagnostics.addEventListener("subscribererror", onError);
+  try {
+    const held = await Lock.acquire(holder, "own-hook");
+    // Before: the hook's throw rejected the acquire().
+    const waiting = Lock.acquire(client, "own-hook", {
+      timeout: 10_000,
+      maxRetryDelay: 50,
+    });
+    await within(
+      (async () => {
+        while (errors.length === 0) {
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+      })(),
+      5_000,
+      "the report of the hook's failure",
+    );
+    assert.equal(errors[0], failure);
+    assert.equal(await held.release(), true);
+    const next = await within(waiting, 5_000, "the grant by backoff");
+    assert.equal(await next.release(), true);
+  } finally {
+    diagnostics.removeEventListener("subscribererror", onError);
+    await holder.quit();
+    await redis.quit();
+  }
+});
+
 Deno.test("with ioredis' keyPrefix, a release in another process still wakes a waiter, over sharded and plain pub/sub", async (t) => {
   const noSharded = [
     "--rename-command",
