@@ -209,6 +209,8 @@ export class Lifecycle {
 
   // The store's wait by `how`, or its adoption of the hold of the token `how`.
   #attempt(how: WaitSettings | string, stop: StopSignal): Promise<unknown> {
+    // Called off while a lost hold's key was being deleted first.
+    if (stop.aborted) return Promise.reject(stop.reason);
     try {
       const { grant } = this.#holding;
       return typeof how === "string"

@@ -7,7 +7,14 @@ import {
   type ScriptClient,
 } from "../mod.ts";
 import { redisEnv } from "./_env.ts";
-import { abortedAt, CountingClient, lineUp, sleep, within } from "./_util.ts";
+import {
+  abortedAt,
+  CountingClient,
+  lineUp,
+  scriptKind,
+  sleep,
+  within,
+} from "./_util.ts";
 
 // Core semantics against a real redis-server. The client is the @db/redis
 // shape over a Deno socket, so the sanitizers see its resources too.
@@ -428,6 +435,32 @@ Deno.test("acquire() after a loss deletes the stale lease and hands out a fresh 
   assert.equal(lost.aborted, true);
   assert.equal(lock.signal.aborted, false);
   assert.equal(await lock.release(), true);
+});
+
+Deno.test("release() while acquire() first deletes a lost hold's key sends no attempt for the wait it called off", async () => {
+  await using env = await setup();
+  // The kind of each script call (a NOSCRIPT retry repeats its kind).
+  const kinds: string[] = [];
+  const client: ScriptClient = {
+    eval: (script, keys, args) => {
+      kinds.push(scriptKind(script));
+      return env.redis.eval(script, keys, args);
+    },
+  };
+  const lock = new Lock(client, "called-off", { ttl: 200, autoExtend: false });
+  await lock.acquire();
+  await abortedAt(lock.signal);
+  kinds.length = 0;
+  const acquiring = lock.acquire();
+  assert.equal(await lock.release(), false);
+  await assert.rejects(
+    acquiring,
+    (error) => (error as Error).name === "AbortError",
+  );
+  // The lost hold's delete only. Before, the attempt went out as well, and
+  // the key it may have won was deleted once it answered.
+  assert.deepEqual(kinds, ["release"]);
+  assert.equal(await env.side.send("EXISTS", lock.key), 0);
 });
 
 Deno.test("renewInterval sets how often the lease is renewed; a third of ttl by default", async () => {
