@@ -83,7 +83,8 @@ export interface ClientHooks {
    * at its next backoff attempt. Pass each message's payload to `listener`:
    * a release names the seat of the process first in line, whose turn it
    * is, so that only its waiters wake (a listener called without it wakes
-   * every waiter).
+   * every waiter). If it throws or rejects, deadbolt reports that on
+   * `diagnostics` (a `SubscriberErrorEvent`) and waiters keep their backoff.
    */
   subscribe?(
     channel: string,
