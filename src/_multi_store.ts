@@ -165,8 +165,14 @@ export class MultiStore implements Store {
         try {
           reply = readAll(await this.#settle(call, signal));
         } catch (error) {
-          // What may have been taken is given back once the call settled.
-          const forget = () => this.#forget(token);
+          // The groups taken before this one (on a cluster, other masters)
+          // are given back now; this one once its call has settled, since
+          // its script may still run.
+          for (const taken of this.#groups.slice(0, i)) {
+            this.#releaseGroup(taken, token).then(noop, noop);
+          }
+          const forget = () =>
+            this.#releaseGroup(group, token).then(noop, noop);
           call.then(forget, forget);
           throw error;
         }
@@ -193,7 +199,19 @@ export class MultiStore implements Store {
             refused ? "remote" : undefined,
           );
         }
+        // Too late to leave any validity: give it back, and wait as if
+        // turned away (within the deadline, as a lock does).
         this.#forget(token);
+        const left = deadline - now();
+        if (left <= 0) {
+          throw new DOMException(
+            `Cannot acquire the locks ${this.#label} as Redis answered too slowly to leave any of the ${ttl} ms lease`,
+            "TimeoutError",
+          );
+        }
+        const pause = backoff(attempt, wait.retryDelay, wait.maxRetryDelay);
+        if (queue) await queue.sleep(Math.min(pause, left), signal);
+        else await delay(Math.min(pause, left), signal);
         continue;
       }
       // Hold nothing while waiting: give back the groups taken (awaited,

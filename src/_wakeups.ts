@@ -4,17 +4,23 @@ import { reportSubscriberError } from "./diagnostics.ts";
 import { atNextTurn } from "./_timers.ts";
 
 /**
- * One queue's wake-up subscription: from the first `watch()` until `stop()`,
- * every message on the lock's channel (a release, here or elsewhere) calls
- * `onMessage`. It never delays a waiter. A release made while the
- * subscription is being set up goes unheard, so once it is set up `onLive`
- * is called (in a microtask of its own): the queue may then have its head
- * ask again rather than sleep out its backoff. If it fails, that is
- * reported on `diagnostics` and the head keeps its backoff.
+ * One queue's wake-up subscriptions: from the first `watch()` until
+ * `stop()`, every message on a channel watched (a release, here or
+ * elsewhere) calls that watch's `onMessage`. A lock's queue watches its one
+ * channel; a `MultiLock`'s, the channel of each name that turned it away,
+ * so that the release of whichever is busy now is heard. It never delays a
+ * waiter. A release made while a subscription is being set up goes unheard,
+ * so once it is set up `onLive` is called (in a microtask of its own): the
+ * queue may then have its head ask again rather than sleep out its backoff.
+ * If it fails, that is reported on `diagnostics` and the head keeps its
+ * backoff.
  */
 export class WakeUps {
   #client: ScriptClient;
-  #unsubscribe: Promise<(() => Promise<void>) | undefined> | undefined;
+  #unsubscribes = new Map<
+    string,
+    Promise<(() => Promise<void>) | undefined>
+  >();
   #watching: AbortController | undefined;
   #live = false;
 
@@ -23,15 +29,15 @@ export class WakeUps {
     this.#client = client;
   }
 
-  /** Subscribes to `channel`, unless already subscribed. */
+  /** Subscribes to `channel`, unless already subscribed to it. */
   watch(
     subscribe: Subscribe,
     channel: string,
     onMessage: (message?: string) => void,
     onLive: () => void,
   ): void {
-    if (this.#unsubscribe) return;
-    const watching = this.#watching = new AbortController();
+    if (this.#unsubscribes.has(channel)) return;
+    const watching = this.#watching ??= new AbortController();
     // Heard only until stop(): the connection may close a turn later.
     const listener = (message?: string) => {
       if (this.#watching === watching) onMessage(message);
@@ -45,45 +51,53 @@ export class WakeUps {
     } catch (error) {
       subscribed = Promise.reject(error);
     }
-    this.#unsubscribe = subscribed.then(
-      (unsubscribe) => {
-        if (this.#watching === watching) {
-          this.#live = true;
-          // Apart, so that what it does can never lose `unsubscribe`.
-          queueMicrotask(() => {
-            if (this.#watching === watching) onLive();
-          });
-        }
-        return unsubscribe;
-      },
-      (error) => {
-        if (!watching.signal.aborted) reportSubscriberError(error);
-        return undefined;
-      },
+    this.#unsubscribes.set(
+      channel,
+      subscribed.then(
+        (unsubscribe) => {
+          if (this.#watching === watching) {
+            this.#live = true;
+            // Apart, so that what it does can never lose `unsubscribe`.
+            queueMicrotask(() => {
+              if (this.#watching === watching) onLive();
+            });
+          }
+          return unsubscribe;
+        },
+        (error) => {
+          if (!watching.signal.aborted) reportSubscriberError(error);
+          return undefined;
+        },
+      ),
     );
   }
 
-  /** Whether the subscription is set up: a release now is heard. */
+  /** Whether a subscription is set up: a release now is heard. */
   get live(): boolean {
     return this.#live;
   }
 
   /**
-   * Ends the subscription (one still being set up is called off); the end
+   * Ends the subscriptions (one still being set up is called off); the end
    * is recorded until done, for {@linkcode unwatched}.
    */
   stop(): void {
-    const unsubscribe = this.#unsubscribe;
-    this.#unsubscribe = undefined;
     this.#live = false;
     this.#watching?.abort(STOPPED);
     this.#watching = undefined;
-    if (!unsubscribe) return;
+    if (this.#unsubscribes.size === 0) return;
+    const unsubscribes = [...this.#unsubscribes.values()];
+    this.#unsubscribes.clear();
     // At the next turn of the event loop: the grant that ended the wait
     // resolves first (closing the connection took 60-80 us in its way).
-    const stopped = unsubscribe.then((stop) =>
-      new Promise<void>((resolve) => atNextTurn(resolve)).then(() => stop?.())
-    ).catch(() => {});
+    const stopped = new Promise<void>((resolve) => atNextTurn(resolve)).then(
+      () =>
+        Promise.all(
+          unsubscribes.map((unsubscribe) =>
+            unsubscribe.then((stop) => stop?.()).catch(() => {})
+          ),
+        ),
+    ).then(() => {}, () => {});
     let pending = stopping.get(this.#client);
     if (!pending) stopping.set(this.#client, pending = new Set());
     const each = pending;

@@ -1,8 +1,16 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
-import { Lock, LockLostError, MultiLock } from "../mod.ts";
+import { Lock, LockLostError, MultiLock, type ScriptClient } from "../mod.ts";
+import { ACQUIRE_ALL } from "../src/_multi_scripts.ts";
 import { redisEnv } from "./_env.ts";
-import { abortedAt, CountingClient, within } from "./_util.ts";
+import {
+  abortedAt,
+  CountingClient,
+  lineUp,
+  sleep,
+  until,
+  within,
+} from "./_util.ts";
 
 // MultiLock against a real redis-server: every name or none, no deadlock
 // between overlapping sets asked in any order, one signal for the set.
@@ -107,4 +115,119 @@ Deno.test("bad name lists are a TypeError or RangeError, before any Redis comman
       error instanceof TypeError && /fencing/.test(error.message),
   );
   assert.equal(calls.calls, 0);
+});
+
+/** Backoff sleeps as long as their bound allows, for the test's length. */
+function longestBackoff(): Disposable {
+  const random = Math.random;
+  Math.random = () => 0.999;
+  return { [Symbol.dispose]: () => Math.random = random };
+}
+
+Deno.test("a MultiLock waiter hears the release of whichever name turned it away last, not only the first", async () => {
+  await using env = await setup();
+  const here = new Redis(env.server.port, "127.0.0.1");
+  const elsewhere = new Redis(env.server.port, "127.0.0.1");
+  try {
+    using _ = longestBackoff();
+    const first = await Lock.acquire(elsewhere, "first-busy");
+    const second = await Lock.acquire(elsewhere, "then-busy");
+    const handle = new MultiLock(here, ["first-busy", "then-busy"], {
+      timeout: 20_000,
+      retryDelay: 4_000,
+      maxRetryDelay: 4_000,
+    });
+    const set = handle.acquire().then(() => handle);
+    // Turned away by the first name, subscribed to its channel, asleep.
+    const line = `multi\u0000${handle.keys.join("\u0000")}`;
+    await lineUp(here, "the set", 1, 5_000, line);
+    await sleep(200);
+    // Its release wakes the set, which the second name now turns away.
+    assert.equal(await first.release(), true);
+    await sleep(300);
+    const released = performance.now();
+    assert.equal(await second.release(), true);
+    // Before: only the first name's channel was heard, and the set slept out
+    // its backoff (about 4 s) beside free names.
+    const all = await within(set, 2_000, "the set after the second release");
+    assert.ok(performance.now() - released < 2_000);
+    assert.equal(await all.release(), true);
+  } finally {
+    await here.quit();
+    await elsewhere.quit();
+  }
+});
+
+Deno.test("a MultiLock whose every grant comes too late to leave any validity gives up at its deadline, as a lock does", async () => {
+  await using env = await setup();
+  // Every answer comes 60 ms late: longer than a 50 ms lease.
+  const late = (reply: Promise<unknown>) =>
+    new Promise((resolve, reject) =>
+      reply.then(
+        (value) => setTimeout(() => resolve(value), 60),
+        (error) => setTimeout(() => reject(error), 60),
+      )
+    );
+  const client: ScriptClient = {
+    eval: (script, keys, args) => late(env.redis.eval(script, keys, args)),
+  };
+  // Before: both went on asking, two scripts a round trip, until aborted.
+  await assert.rejects(
+    within(
+      MultiLock.tryAcquire(client, ["late-a", "late-b"], { ttl: 50 }),
+      2_000,
+      "tryAcquire()",
+    ),
+    (error) => (error as Error).name === "TimeoutError",
+  );
+  await assert.rejects(
+    within(
+      MultiLock.acquire(client, ["late-a", "late-b"], {
+        ttl: 50,
+        timeout: 300,
+      }),
+      2_000,
+      "acquire() with a 300 ms timeout",
+    ),
+    (error) => (error as Error).name === "TimeoutError",
+  );
+  await sleep(200); // the last late grant's delete
+  for (const name of ["late-a", "late-b"]) {
+    assert.equal(await env.side.send("EXISTS", Lock.keys(name).lock), 0);
+  }
+});
+
+Deno.test("on a cluster, a MultiLock whose attempt fails on one master gives back the names it took on the others at once", async () => {
+  await using env = await setup();
+  // A client that says it reaches a cluster (one script per slot's names)
+  // and whose second master never answers.
+  let attempts = 0;
+  const client: ScriptClient = {
+    eval: (script, keys, args) => {
+      if (script === ACQUIRE_ALL.source && ++attempts === 2) {
+        return new Promise(() => {});
+      }
+      return env.redis.eval(script, keys, args);
+    },
+    deadbolt: { cluster: true },
+  };
+  const set = new MultiLock(client, ["slot-a", "slot-b"], {
+    commandTimeout: 200,
+  });
+  await assert.rejects(
+    within(set.acquire({ timeout: 5_000 }), 2_000, "acquire()"),
+    (error) => (error as Error).name === "TimeoutError",
+  );
+  // Before: the first master's names stayed held by a token nobody owned
+  // until that call settled: never, for a master that does not answer.
+  await until(
+    async () => {
+      for (const key of set.keys) {
+        if (await env.side.send("EXISTS", key) !== 0) return false;
+      }
+      return true;
+    },
+    1_000,
+    "the names taken on the first master given back",
+  );
 });
