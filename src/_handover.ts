@@ -170,18 +170,23 @@ async function handOver(
   }
   const { lock, fence, line } = store.keys;
   sendHandovers(store);
+  const call = runScript(
+    store.client,
+    HANDOVER,
+    [lock, fence, line],
+    [token, offer.token, String(offer.ttl), offer.fencing ? "1" : "0"],
+  );
   let reply: HandoverReply;
   try {
-    reply = readHandover(
-      await store.settle(runScript(
-        store.client,
-        HANDOVER,
-        [lock, fence, line],
-        [token, offer.token, String(offer.ttl), offer.fencing ? "1" : "0"],
-      )),
-    );
+    reply = readHandover(await store.settle(call));
   } catch (error) {
-    offer.deliver(null);
+    // The script may have run, or may run yet: a waiter that has gone
+    // would hold the lock with nobody to release it. (One still here asks
+    // again with the same token, and gets what the script gave it.)
+    if (!offer.deliver(null)) {
+      const forget = () => store.forget(offer.token);
+      call.then(forget, forget);
+    }
     throw error;
   }
   state.waitingElsewhere = reply.status === "handed" && reply.waiting;

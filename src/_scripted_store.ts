@@ -225,13 +225,18 @@ export class ScriptedStore implements Store {
     crowd: Crowd,
   ): Promise<boolean | undefined> {
     const sent = now();
+    const call = this.run(this.scripts.transfer!(token, offer));
     let reply: TransferReply;
     try {
-      reply = this.scripts.readTransfer!(
-        await this.settle(this.run(this.scripts.transfer!(token, offer))),
-      );
+      reply = this.scripts.readTransfer!(await this.settle(call));
     } catch (error) {
-      if (!offer.deliver(null)) crowd.wake();
+      if (!offer.deliver(null)) {
+        crowd.wake();
+        // The script may have run, or may run yet: a waiter that has gone
+        // would hold the permit with nobody to release it.
+        const forget = () => this.forget(offer.token);
+        call.then(forget, forget);
+      }
       throw error;
     }
     if (reply.status === "gone") {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { Lock, type ScriptClient, Semaphore } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
-import { lineUp, sleep, within } from "./_util.ts";
+import { lineUp, sleep, until, within } from "./_util.ts";
 
 // A hold freed any way but by its holder's release (handed to a waiter that
 // gave up meanwhile) wakes waiters as a release does: elsewhere by its
@@ -199,5 +199,80 @@ Deno.test("a release that lets another process have a turn leaves no timer behin
   } finally {
     await here.quit();
     await there.quit();
+  }
+});
+
+Deno.test("a hold or permit handed over by a script whose answer was lost is freed once the script has run, when its waiter gave up meanwhile", async (t) => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  const redis = new Redis(server.port, "127.0.0.1");
+  try {
+    // A waiter that wants a fence is handed a lock by a script whose answer
+    // its holder waits for; a semaphore's waiter, always.
+    const kinds = [
+      {
+        kind: "lock",
+        hold: () => Lock.acquire(redis, "lost-answer", { commandTimeout: 200 }),
+        wait: (signal: AbortSignal) =>
+          Lock.acquire(redis, "lost-answer", {
+            fencing: true,
+            timeout: 10_000,
+            signal,
+          }),
+        line: () => lineUp(redis, "lost-answer", 1),
+        holders: async () =>
+          await side.send("EXISTS", Lock.keys("lost-answer").lock),
+      },
+      {
+        kind: "semaphore",
+        hold: () =>
+          Semaphore.acquire(redis, "lost-answer", {
+            limit: 1,
+            commandTimeout: 200,
+          }),
+        wait: (signal: AbortSignal) =>
+          Semaphore.acquire(redis, "lost-answer", {
+            limit: 1,
+            timeout: 10_000,
+            signal,
+          }),
+        line: () =>
+          lineUp(
+            redis,
+            "lost-answer",
+            1,
+            5_000,
+            "deadbolt:semaphore:{lost-answer}",
+          ),
+        holders: async () =>
+          await side.send("ZCARD", "deadbolt:semaphore:{lost-answer}"),
+      },
+    ];
+    for (const { kind, hold, wait, line, holders } of kinds) {
+      await t.step(kind, async () => {
+        const holder = await hold();
+        const controller = new AbortController();
+        const waiting = wait(controller.signal);
+        await line();
+        // The handover script waits in the server past the holder's bound.
+        await side.send("CLIENT", "PAUSE", "600", "ALL");
+        const releasing = holder.release();
+        controller.abort(new Error("gave up"));
+        await assert.rejects(waiting);
+        await assert.rejects(
+          releasing,
+          (error) => (error as Error).name === "TimeoutError",
+        );
+        // Before: it ran after the pause and handed the hold to the waiter
+        // that had gone, and nobody freed it for its whole ttl (30 s).
+        await until(
+          async () => await holders() === 0,
+          3_000,
+          `the ${kind} handed to nobody freed`,
+        );
+      });
+    }
+  } finally {
+    await redis.quit();
   }
 });
