@@ -31,6 +31,12 @@ export interface HoldScripts {
   readonly parallel: number;
   /** Whether a release lets every waiter in (readers), not one. */
   readonly wakeAll: boolean;
+  /**
+   * The line of the other kind of hold on the same lock (a read-write
+   * lock's writers for its readers, and back), whose waiters in this
+   * process a freed hold may let in too.
+   */
+  readonly alsoWakes?: string;
   /** The channel a release publishes on, which wakes waiters. */
   readonly channel: string;
   /** The keys a foreign value is reported at (`LockKeyError`). */

@@ -127,6 +127,7 @@ export function readScripts(
     // Readers hold together: several may ask at once.
     parallel: MAX_PARALLEL,
     wakeAll: true,
+    alsoWakes: lock,
     channel: released,
     keys: { lock: readers, fence },
     acquire: (token) => ({
@@ -166,6 +167,7 @@ export function writeScripts(
     lineKey: lock,
     parallel: 1,
     wakeAll: false,
+    alsoWakes: readers,
     channel: released,
     keys,
     // A writer turned away marks the lock until its next attempt is due,

@@ -190,6 +190,7 @@ export class ScriptedStore implements Store {
           // permit is free; otherwise the longest sleeper does.
           if (!offer?.deliver(null)) crowd.wake();
         }
+        this.#wakeOtherKind();
       }
       return this.scripts.readOwner(reply) === "ours";
     } finally {
@@ -254,12 +255,21 @@ export class ScriptedStore implements Store {
   }
 
   lost(lease: Lease): void {
+    this.#wakeOtherKind();
     const crowd = existingCrowd(this.client, this.scripts.lineKey);
     if (!crowd) return;
     crowd.ended(lease);
     crowd.turns.passing = false;
     // A hold whose lease ended is free, or will be when Redis sees it.
     crowd.wake();
+  }
+
+  // The waiters of the other kind of hold in this process (readers for a
+  // writer's release, and back): on a client that cannot subscribe they
+  // would sleep out their backoff, as a lock's would not.
+  #wakeOtherKind(): void {
+    const other = this.scripts.alsoWakes;
+    if (other !== undefined) existingCrowd(this.client, other)?.wake();
   }
 
   /** Runs one script call. */
@@ -274,7 +284,10 @@ export class ScriptedStore implements Store {
    * the crowd here, or they would sleep out their backoff beside a free hold.
    */
   forget(token: string): void {
-    const wake = () => existingCrowd(this.client, this.scripts.lineKey)?.wake();
+    const wake = () => {
+      existingCrowd(this.client, this.scripts.lineKey)?.wake();
+      this.#wakeOtherKind();
+    };
     this.run(this.scripts.release(token)).then(wake, wake);
   }
 

@@ -159,3 +159,30 @@ Deno.test("bad read-write lock options are a TypeError or RangeError naming the 
   }
   assert.equal(calls.calls, 0);
 });
+
+Deno.test("a release of one kind wakes the waiters of the other kind in the same process, on a client that cannot subscribe", async () => {
+  await using env = await setup();
+  const random = Math.random;
+  // Backoff sleeps as long as their bound allows: about 4 s.
+  Math.random = () => 0.999;
+  try {
+    const rw = new ReadWriteLock(env.redis, "kinds", {
+      timeout: 20_000,
+      retryDelay: 4_000,
+      maxRetryDelay: 4_000,
+    });
+    const reader = await rw.read();
+    const writing = rw.write();
+    await lineUp(env.redis, "kinds", 1, 5_000, rw.writer().key);
+    assert.equal(await reader.release(), true);
+    // Before: each slept out its backoff, where a lock's waiter is woken.
+    const writer = await within(writing, 2_000, "the writer's grant");
+    const reading = rw.read();
+    await lineUp(env.redis, "kinds", 1, 5_000, rw.reader().key);
+    assert.equal(await writer.release(), true);
+    const again = await within(reading, 2_000, "the reader's grant");
+    assert.equal(await again.release(), true);
+  } finally {
+    Math.random = random;
+  }
+});
