@@ -34,11 +34,12 @@ export async function contendInCrowd(
   const terms = termsOf(store);
   const want = (token: string): CrowdWant | undefined =>
     terms && { token, ...terms };
-  // For kinds with a line: gives the crowd's place up, once it empties.
+  // For kinds with a line: gives the crowd's place up, once it empties
+  // (a writer's, its mark with it: readers here may go on).
   const leave = store.scripts.leave;
   const seat = crowd?.seat;
   const leaveLine = seat && leave
-    ? () => store.run(leave(seat.id)).then(noop, noop)
+    ? () => store.run(leave(seat.id)).then(() => store.wakeOtherKind(), noop)
     : undefined;
   // Starts the lease of a hold handed over in this process; `undefined`
   // when it came too late to leave any validity (then freed).

@@ -18,7 +18,7 @@ import {
   readOwner,
   RELEASE,
 } from "./scripts.ts";
-import { LEAVE, LINE } from "./_line_scripts.ts";
+import { LINE } from "./_line_scripts.ts";
 import { PATIENCE_MS } from "./_seat.ts";
 import type { ReadWriteLockSettings } from "./options.ts";
 
@@ -110,6 +110,24 @@ local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
 return {0, tonumber(first[2]) - now}`,
 };
 
+/**
+ * KEYS: the line of waiting writers' processes, when their seats lapse, the
+ * writer-waiting mark, and the channel that wakes waiters. ARGV: a seat.
+ * Takes a writer's seat out of line (its process no longer waits); when no
+ * writer is left in line, takes the mark away too and says so on the
+ * channel (as a release does, see `PUBLISH_RELEASE`), so that readers it
+ * kept out need not wait for it to lapse. Replies 1.
+ */
+export const LEAVE_WRITE: LuaScript = {
+  source: `redis.pcall('ZREM', KEYS[1], ARGV[1])
+redis.pcall('ZREM', KEYS[2], ARGV[1])
+if redis.pcall('ZCARD', KEYS[1]) == 0 and redis.pcall('DEL', KEYS[3]) == 1 then
+  local sent = redis.pcall('SPUBLISH', KEYS[4], '')
+  if type(sent) == 'table' or sent == 0 then redis.pcall('PUBLISH', KEYS[4], '') end
+end
+return 1`,
+};
+
 /** The readers' sorted set of the read-write lock whose keys are `keys`. */
 export const readersKey = (keys: LockKeys): string => `${keys.lock}:readers`;
 
@@ -186,7 +204,11 @@ export function writeScripts(
         String(PATIENCE_MS),
       ],
     }),
-    leave: (seat) => ({ script: LEAVE, keys: [line, seats], args: [seat] }),
+    leave: (seat) => ({
+      script: LEAVE_WRITE,
+      keys: [line, seats, waiting, released],
+      args: [seat],
+    }),
     readGrant: readPermit,
     extend: (token, ttl) => ({
       script: EXTEND,

@@ -190,7 +190,7 @@ export class ScriptedStore implements Store {
           // permit is free; otherwise the longest sleeper does.
           if (!offer?.deliver(null)) crowd.wake();
         }
-        this.#wakeOtherKind();
+        this.wakeOtherKind();
       }
       return this.scripts.readOwner(reply) === "ours";
     } finally {
@@ -255,7 +255,7 @@ export class ScriptedStore implements Store {
   }
 
   lost(lease: Lease): void {
-    this.#wakeOtherKind();
+    this.wakeOtherKind();
     const crowd = existingCrowd(this.client, this.scripts.lineKey);
     if (!crowd) return;
     crowd.ended(lease);
@@ -264,10 +264,12 @@ export class ScriptedStore implements Store {
     crowd.wake();
   }
 
-  // The waiters of the other kind of hold in this process (readers for a
-  // writer's release, and back): on a client that cannot subscribe they
-  // would sleep out their backoff, as a lock's would not.
-  #wakeOtherKind(): void {
+  /**
+   * Wakes the waiters of the other kind of hold in this process (readers
+   * for a writer's release, and back): on a client that cannot subscribe
+   * they would sleep out their backoff, as a lock's would not.
+   */
+  wakeOtherKind(): void {
     const other = this.scripts.alsoWakes;
     if (other !== undefined) existingCrowd(this.client, other)?.wake();
   }
@@ -286,7 +288,7 @@ export class ScriptedStore implements Store {
   forget(token: string): void {
     const wake = () => {
       existingCrowd(this.client, this.scripts.lineKey)?.wake();
-      this.#wakeOtherKind();
+      this.wakeOtherKind();
     };
     this.run(this.scripts.release(token)).then(wake, wake);
   }

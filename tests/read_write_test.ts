@@ -186,3 +186,45 @@ Deno.test("a release of one kind wakes the waiters of the other kind in the same
     Math.random = random;
   }
 });
+
+Deno.test("a writer that gives up takes its mark away with its place, and readers kept out by it get the lock at once, here and elsewhere", async (t) => {
+  await using env = await setup();
+  const random = Math.random;
+  // Backoff sleeps as long as their bound allows: about 4 s.
+  Math.random = () => 0.999;
+  const elsewhere = new Redis(env.server.port, "127.0.0.1");
+  try {
+    const options = {
+      timeout: 20_000,
+      retryDelay: 4_000,
+      maxRetryDelay: 4_000,
+    };
+    const cases = [
+      // A reader in another process hears of it by pub/sub.
+      ["elsewhere", elsewhere, "marked-elsewhere"],
+      // One of the writer's own process, on a client that cannot subscribe.
+      ["here", env.redis, "marked-here"],
+    ] as const;
+    for (const [where, client, name] of cases) {
+      await t.step(where, async () => {
+        const rw = new ReadWriteLock(env.redis, name, options);
+        const first = await rw.read();
+        const controller = new AbortController();
+        const writing = rw.write({ signal: controller.signal });
+        await lineUp(env.redis, name, 1, 5_000, rw.writer().key);
+        const second = new ReadWriteLock(client, name, options).read();
+        await lineUp(client, name, 1, 5_000, rw.reader().key);
+        controller.abort(new Error("gave up"));
+        await assert.rejects(writing);
+        // Before: the mark stood until it lapsed (about 4 s), and no reader
+        // was let in though only readers held the lock.
+        const reader = await within(second, 2_000, "the second reader");
+        assert.equal(await reader.release(), true);
+        assert.equal(await first.release(), true);
+      });
+    }
+  } finally {
+    Math.random = random;
+    await elsewhere.quit();
+  }
+});
