@@ -9,23 +9,55 @@ import { evalClient, lineUp, until, within } from "./_util.ts";
 // The wake-up connection's edges: one that never finishes opening, a wait
 // called off by release(), channels left and rejoined, stale readings.
 
-/** A TCP listener that accepts connections and never answers. */
+/**
+ * A TCP listener that accepts connections and never answers; `open` counts
+ * those the other side has not closed.
+ */
 function blackhole() {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const accepted: Deno.Conn[] = [];
+  const reading: Promise<void>[] = [];
+  let open = 0;
+  // Reads until the other side closes (what it sends goes unanswered).
+  const drain = async (conn: Deno.Conn) => {
+    open++;
+    try {
+      const buffer = new Uint8Array(1024);
+      while (await conn.read(buffer) !== null) {
+        // unanswered
+      }
+    } catch {
+      // reset, or closed here
+    } finally {
+      open--;
+    }
+  };
   const accepting = (async () => {
     try {
-      for await (const conn of listener) accepted.push(conn);
+      for await (const conn of listener) {
+        accepted.push(conn);
+        reading.push(drain(conn));
+      }
     } catch {
       // closed
     }
   })();
   return {
     port: listener.addr.port,
+    get open() {
+      return open;
+    },
     async [Symbol.asyncDispose]() {
       listener.close();
-      for (const conn of accepted) conn.close();
+      for (const conn of accepted) {
+        try {
+          conn.close();
+        } catch {
+          // closed by the other side's end already
+        }
+      }
       await accepting;
+      await Promise.all(reading);
     },
   };
 }
@@ -54,6 +86,47 @@ Deno.test("a wake-up connection that never finishes opening neither hangs the wa
     assert.equal(await holder.release(), true);
   } finally {
     await waiter.quit();
+  }
+});
+
+Deno.test("a wake-up connection whose server never answers its handshake is closed once the wait has ended (node-redis)", async () => {
+  await using server = await startRedis();
+  await using hole = blackhole();
+  await using side = await server.connect();
+  const waiter = createClient({
+    socket: { host: "127.0.0.1", port: server.port },
+  });
+  waiter.on("error", () => {});
+  await waiter.connect();
+  // deadbolt's subscriber goes to a server that accepts and never answers.
+  const duplicate = waiter.duplicate.bind(waiter);
+  // deno-lint-ignore no-explicit-any
+  (waiter as any).duplicate = (overrides: any) =>
+    duplicate({
+      ...overrides,
+      socket: { ...overrides?.socket, host: "127.0.0.1", port: hole.port },
+    });
+  try {
+    const holder = await Lock.acquire(evalClient(side), "unanswered-sub");
+    await assert.rejects(
+      within(
+        Lock.acquire(waiter, "unanswered-sub", { timeout: 300 }),
+        5_000,
+        "the timeout",
+      ),
+      LockTimeoutError,
+    );
+    // Before: node-redis' connect() never settled, deadbolt waited for it
+    // before closing, and the socket stayed open (a process that could not
+    // exit).
+    await until(
+      () => Promise.resolve(hole.open === 0),
+      3_000,
+      "the unanswered wake-up connection closed",
+    );
+    assert.equal(await holder.release(), true);
+  } finally {
+    await waiter.close();
   }
 });
 

@@ -42,6 +42,10 @@ export interface DbRedisOptions {
    * releases. deadbolt opens it while some lock of this process is waited
    * for through this client, and closes it before the call that ended the
    * wait (or `release()`) resolves. Without it, waiters poll with backoff.
+   * Open it with `maxRetryCount: 0`: deadbolt opens a new one when it needs
+   * one, and one that retries on its own cannot be called off (its retries
+   * go on after the wait, with a timer; after a restart of Redis it
+   * reconnects and subscribes again though deadbolt closed it).
    * @default {undefined}
    */
   connect?: () => Promise<DbRedisSubscriberClient>;
@@ -66,7 +70,8 @@ export interface DbRedisOptions {
  *
  * const options = { hostname: "127.0.0.1", port: 6379 };
  * const redis = fromDbRedis(await connect(options), {
- *   connect: () => connect(options), // wake waiters as soon as a lock is released
+ *   // Wake waiters as soon as a lock is released; deadbolt reconnects itself.
+ *   connect: () => connect({ ...options, maxRetryCount: 0 }),
  * });
  * await using lock = await Lock.acquire(redis, "report");
  * ```

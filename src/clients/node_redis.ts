@@ -137,6 +137,23 @@ export function fromNodeRedis(client: NodeRedisClient): ScriptClient {
 // poll meanwhile, and known, so a close can outwait the pending one.
 const retryDelay = (retries: number) => Math.min(50 * 2 ** retries, 500);
 
+// How long a close waits for the wake-up connection's connect() to settle
+// before destroying it anyway: well within the 3 s for which the call that
+// ended the wait awaits the close.
+const HANDSHAKE_BOUND_MS = 1_000;
+
+// Resolves once `promise` settles, or after `ms`, whichever comes first.
+function settledWithin(promise: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    promise.then(done, done);
+  });
+}
+
 function openSubscriber(client: NodeRedisClient): OpenSubscriber {
   return async ({ deliver, fail, signal }) => {
     // node-redis waits for a reconnection attempt with a timer nothing can
@@ -155,11 +172,13 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     // Until connect() settles, its rejection says what went wrong.
     let connected = false;
     subscriber.on("error", (error) => connected && fail(error));
-    // Destroyed only once connect() has settled: node-redis 5 loses a
-    // socket destroyed while it is being opened (the connection comes up
-    // after all, unseen, and keeps the process alive), and a destroy during
-    // its handshake leaves connect() pending forever. Meanwhile `closing`
-    // stops any reconnection.
+    // Destroyed once connect() has settled: node-redis 5 loses a socket
+    // destroyed while it is being opened (the connection comes up after
+    // all, unseen, and keeps the process alive). But on a server that never
+    // answers the handshake, connect() never settles: past a bound the
+    // socket is open, and is destroyed all the same (connect() is then left
+    // pending, which holds nothing). Meanwhile `closing` stops any
+    // reconnection.
     const destroy = () => {
       try {
         if (subscriber.destroy) subscriber.destroy();
@@ -171,7 +190,7 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     let connecting: Promise<unknown> | undefined;
     const close = async () => {
       closing = true;
-      await connecting?.catch(() => {});
+      if (connecting) await settledWithin(connecting, HANDSHAKE_BOUND_MS);
       destroy();
       const pending = retryUntil - performance.now();
       if (pending > 0) {
