@@ -249,18 +249,31 @@ async function runHolding(
     return ExitCode.LOST;
   }
   const released = await release(lock, reporter);
+  const status = `the command exited with status ${exit.status}${
+    exit.signal ? ` (${exit.signal})` : ""
+  }`;
+  if (released === false) {
+    // Lost before any renewal noticed (one comes every third of the ttl):
+    // the command ran, maybe beside another holder. Never silent.
+    reporter.error(
+      `Lost lock '${lock.name}' while the command ran: its key was gone or another owner's at its release; ${status}`,
+    );
+    return ExitCode.LOST;
+  }
   reporter.info(
-    `${released ? "released" : "could not release"} ${
-      what(args)
-    }; the command exited with status ${exit.status}${
-      exit.signal ? ` (${exit.signal})` : ""
-    }`,
+    `${released ? "released" : "could not release"} ${what(args)}; ${status}`,
   );
   return exit.status;
 }
 
-/** Releases `lock`; a failure is reported, not thrown: the lease runs out by itself. */
-async function release(lock: Held, reporter: Reporter): Promise<boolean> {
+/**
+ * Releases `lock`: whether the key was its own, or `undefined` when the
+ * release failed (reported, not thrown: the lease runs out by itself).
+ */
+async function release(
+  lock: Held,
+  reporter: Reporter,
+): Promise<boolean | undefined> {
   try {
     return await lock.release();
   } catch (error) {
@@ -269,7 +282,7 @@ async function release(lock: Held, reporter: Reporter): Promise<boolean> {
         describeError(error)
       }`,
     );
-    return false;
+    return undefined;
   }
 }
 

@@ -380,6 +380,34 @@ Deno.test("deadbolt run stops the command's process group and exits 79 when the 
     assert.equal(result.code, 79, result.stderr);
     assert.equal(await read(`${dir.path}/released`), "TERM\n");
   });
+
+  await t.step(
+    "another owner takes the key and the command ends before a renewal: the release finds the loss",
+    async () => {
+      await side.send("DEL", key("lost"));
+      // A renewal every 10 s: the command is done long before.
+      await using run = CliProcess.start([
+        "run",
+        "lost",
+        "--redis",
+        server.url,
+        "--",
+        ...sh(`echo started; read line; echo done`),
+      ], { stdin: true });
+      assert.equal(await run.line(), "started");
+      await side.send("SET", key("lost"), "thief", "PX", "20000");
+      await run.write("go\n");
+      await run.closeStdin();
+      // Before: exit 0 and nothing said (a -v line at most).
+      const result = await run.exit();
+      assert.equal(result.code, 79, result.stderr);
+      assert.match(
+        result.stderr,
+        /^deadbolt: Lost lock 'lost' while the command ran: its key was gone or another owner's at its release; the command exited with status 0/,
+      );
+      assert.equal(await side.send("GET", key("lost")), "thief", "left alone");
+    },
+  );
 });
 
 Deno.test("deadbolt run passes SIGTERM, SIGINT and SIGHUP on to the command", async (t) => {
