@@ -105,6 +105,18 @@ export class Lease {
     return now() < sent + validity(ttl) - lossMargin(ttl);
   }
 
+  /**
+   * An extension to `ttl` ms goes out at `sent`: where it would end the
+   * lease sooner than now known, the lease ends that sooner from now on,
+   * answered or not (Redis may run it though its answer is lost or late).
+   */
+  shorten(sent: number, ttl: number): void {
+    const until = sent + validity(ttl);
+    if (this.#active && until < this.#validUntil) {
+      this.#setValidity(sent, until);
+    }
+  }
+
   /** Records an extension to `ttl` ms, requested at `sent`. */
   extended(sent: number, ttl: number): void {
     // Replies can overtake each other on pooled clients: keep the newest.

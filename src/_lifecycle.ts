@@ -250,6 +250,7 @@ export class Lifecycle {
     const lease = holding.lease!;
     if (!lease.isActive()) return false;
     const sent = now();
+    lease.shorten(sent, ttl);
     const renewal = await this.#store.extend(holding.granted!, ttl, {
       timeout: this.#settings.commandTimeout,
     });

@@ -201,6 +201,42 @@ Deno.test("lock.signal aborts when another owner took the key, whose key release
   assert.equal(await env.side.send("GET", lock.key), "someone-else");
 });
 
+Deno.test("extend() to a shorter lease counts validity down to it as the script goes out, even when its answer is lost", async () => {
+  await using env = await setup();
+  // Every extend's answer comes a second late: past its 300 ms bound.
+  const client: ScriptClient = {
+    eval: (script, keys, args) => {
+      const reply = env.redis.eval(script, keys, args);
+      if (scriptKind(script) !== "extend") return reply;
+      return reply.then((value) =>
+        new Promise((resolve) => setTimeout(() => resolve(value), 1_000))
+      );
+    },
+  };
+  const lock = await Lock.acquire(client, "shorter", {
+    ttl: 10_000,
+    commandTimeout: 300,
+    autoExtend: false,
+  });
+  const sent = performance.now();
+  await assert.rejects(
+    lock.extend(1_000),
+    (error) => (error as Error).name === "TimeoutError",
+  );
+  // Redis ran it: the key now expires a second after it was sent at the
+  // latest. Before: validUntil stayed 10 s away, and the lock held on past
+  // its key, beside the next owner.
+  const pttl = Number(await env.side.send("PTTL", lock.key));
+  assert.ok(pttl > 0 && pttl <= 1_000, `the script ran: PTTL ${pttl}`);
+  assert.ok(
+    lock.validUntil <= sent + 1_000,
+    `valid ${Math.round(lock.validUntil - sent)} ms after the extend's send`,
+  );
+  const lost = await abortedAt(lock.signal, 3_000);
+  assert.ok(lost <= sent + 1_000);
+  await lock.release();
+});
+
 Deno.test("extend() renews the lease and moves validUntil; after loss it returns false", async () => {
   await using env = await setup();
   const lock = await Lock.acquire(env.redis, "ext", {
