@@ -204,8 +204,12 @@ function arm(): void {
     left = false;
     at = now();
     // A timer left to fire that is a step past its time without firing was
-    // dropped (fake timers uninstalled, say): set a new one.
-    if (timerAt < at - STEP) timer = undefined;
+    // dropped (fake timers uninstalled, say), or is late (a blocked event
+    // loop): set a new one, and make sure the old one never fires.
+    if (timerAt < at - STEP) {
+      clearTimeout(timer);
+      timer = undefined;
+    }
   }
   if (timer === undefined || timerAt > first.at) {
     if (timer !== undefined) clearTimeout(timer);

@@ -129,3 +129,41 @@ test("a timer left to fire that was dropped (fake timers uninstalled, say) does 
     await redis.quit();
   }
 });
+
+test("a timer left to fire that is only late (a blocked event loop) is replaced, not left to run beside the new one (ioredis 6 on Node)", async () => {
+  const redis = new Redis(url);
+  const { setTimeout: set, clearTimeout: clear } = globalThis;
+  const live = new Set<unknown>();
+  try {
+    // A timer left set by an earlier test has fired by then.
+    await new Promise((resolve) => set(resolve, 1_100));
+    globalThis.setTimeout = ((callback: () => void, ms?: number) => {
+      const timer = set(() => {
+        live.delete(timer);
+        callback();
+      }, ms);
+      live.add(timer);
+      return timer;
+    }) as typeof setTimeout;
+    globalThis.clearTimeout = ((timer?: Parameters<typeof clear>[0]) => {
+      live.delete(timer);
+      clear(timer);
+    }) as typeof clearTimeout;
+    await (await Lock.acquire(redis, "late timer")).release();
+    // The event loop is blocked past the timer's time and a second more.
+    const until = performance.now() + 2_200;
+    while (performance.now() < until) {
+      // busy
+    }
+    const lock = await Lock.acquire(redis, "late timer");
+    // Let the late timer's turn come.
+    await new Promise((resolve) => set(resolve, 50));
+    // Before: the late one fired too, and two timers ran from then on.
+    assert.equal(live.size, 1, `${live.size} timers while one lock is held`);
+    assert.equal(await lock.release(), true);
+  } finally {
+    globalThis.setTimeout = set;
+    globalThis.clearTimeout = clear;
+    await redis.quit();
+  }
+});
