@@ -178,10 +178,16 @@ export function registered(): Registered | undefined {
  * before building what a record needs, so that none costs nothing more.
  */
 export function recording(): boolean {
-  const api = registered();
-  // The API's disable() deletes the providers and keeps the slot.
-  return api !== undefined &&
-    (api.metrics !== undefined || api.trace !== undefined);
+  // A slot set to something else, or whose getters throw, records nothing:
+  // it must never change what a lock does.
+  try {
+    const api = registered();
+    // The API's disable() deletes the providers and keeps the slot.
+    return api != null &&
+      (api.metrics !== undefined || api.trace !== undefined);
+  } catch {
+    return false;
+  }
 }
 
 /**

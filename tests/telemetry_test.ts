@@ -100,9 +100,16 @@ Deno.test("telemetry: a registered implementation that throws everywhere changes
         },
         trace: { getTracer: () => ({ startSpan: () => span }) },
       },
+      // A slot set to something other than the API, or whose getters throw.
+      null,
+      "throwing getter",
     ]
   ) {
-    slots[slot] = { version: "1.9.1", ...broken };
+    slots[slot] = broken === null
+      ? null
+      : broken === "throwing getter"
+      ? Object.defineProperty({ version: "1.9.1" }, "metrics", { get: fail })
+      : { version: "1.9.1", ...broken as object };
     try {
       // Acquire, renew, wait, time out, lose, and release.
       const lock = await Lock.acquire(redis, "sturdy", {
