@@ -409,7 +409,7 @@ export function parseArgs(
     timeout: flags.has("--no-wait")
       ? 0
       : values.has("--timeout")
-      ? parseDuration("--timeout", values.get("--timeout")!)
+      ? duration("--timeout", 0, 0)
       : Infinity,
     killAfter: duration("--kill-after", 5_000, 0),
     fencing: flags.has("--fencing"),

@@ -103,6 +103,10 @@ Deno.test("deadbolt exits 64 on a usage error, before any Redis I/O", async () =
   const cases: [string[], RegExp][] = [
     [["run", "job", "--ttl", "5x", "--", "true"], /--ttl must be a duration/],
     [["run", "job", "--timeout", "-1", "--", "true"], /--timeout must be/],
+    [
+      ["run", "job", "--timeout", "3000000000h", "--", "true"],
+      /--timeout must be from 0 ms to 2147483647 ms/,
+    ],
     [["run", "job", "--kill-after=soon", "--", "true"], /--kill-after/],
     [["run", "job", "--ttl", "5ms", "--", "true"], /--ttl must be from 10/],
     [["run", "job", "true"], /missing '--' before the command/],
