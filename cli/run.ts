@@ -236,7 +236,19 @@ async function runHolding(
     }, args.killAfter);
   };
   lock.signal.addEventListener("abort", onLost, { once: true });
+  // Ctrl-Z (SIGTSTP) stops deadbolt, and with it the lease's renewals: the
+  // command, in a group of its own, stops too, or it would run on
+  // unprotected. Once deadbolt is continued, a lease that ran out meanwhile
+  // is lost (its loss sends SIGTERM first), and the command goes on.
+  const onStop = () => {
+    command.signalGroup("SIGSTOP");
+    process.kill(process.pid, "SIGSTOP");
+    if (!lock.held) reporter.info("the lease ran out while stopped");
+    command.signalGroup("SIGCONT");
+  };
+  process.on("SIGTSTP", onStop);
   const exit = await command.exited;
+  process.off("SIGTSTP", onStop);
   lock.signal.removeEventListener("abort", onLost);
   if (exit.error) reporter.error(exit.error);
 

@@ -5,7 +5,7 @@ import { parseArgs, parseDuration, UsageError } from "../cli/args.ts";
 import { formatDuration, waitingLine } from "../cli/reporter.ts";
 import { cli, CliProcess, isDead, tempDir } from "./_cli.ts";
 import { freePort, startRedis } from "./_redis.ts";
-import { until } from "./_util.ts";
+import { sleep, until } from "./_util.ts";
 
 const key = (name: string) => lockKeys("deadbolt:", name).lock;
 const noStackTrace = (text: string) =>
@@ -760,4 +760,80 @@ Deno.test("deadbolt status --rw tells readers, a writer and a waiting writer apa
   assert.doesNotMatch(written.stdout, /secret-token/);
   const both = await cli(["status", "catalog", "--rw", "--limit", "2"]);
   assert.equal(both.code, 64);
+});
+
+Deno.test("deadbolt run stopped by SIGTSTP (Ctrl-Z) stops the command too; once continued, the command goes on only while the lock is held", async (t) => {
+  await using server = await startRedis();
+  await using dir = await tempDir();
+  const size = async (file: string) => (await read(file)).length;
+
+  for (
+    const [step, ttl, stopped] of [["continued in time", "10s", 300], [
+      "the lease ran out while stopped",
+      "1s",
+      2_500,
+    ]] as const
+  ) {
+    await t.step(step, async () => {
+      const ticks = `${dir.path}/ticks-${ttl}`;
+      const done = `${dir.path}/done-${ttl}`;
+      await using run = CliProcess.start([
+        "run",
+        `stopped-${ttl}`,
+        "--redis",
+        server.url,
+        "--ttl",
+        ttl,
+        "--kill-after",
+        "200ms",
+        "--",
+        // At most 10 s of ticks, so that a broken run cannot hang the test.
+        ...sh(
+          `echo started; i=0; while [ ! -e "$2" ] && [ $i -lt 500 ]; do echo . >> "$1"; i=$((i + 1)); sleep 0.02; done`,
+          ticks,
+          done,
+        ),
+      ]);
+      // The command stops at the end of the step, whatever happened.
+      await using _ = {
+        [Symbol.asyncDispose]: () => Deno.writeTextFile(done, ""),
+      };
+      assert.equal(await run.line(), "started");
+      await until(async () => await size(ticks) > 0, 5_000, "the first tick");
+      run.kill("SIGTSTP");
+      await sleep(100);
+      const before = await size(ticks);
+      await sleep(stopped);
+      // Before: only deadbolt stopped, its renewals with it, and the command
+      // ran on unprotected (another run got the lock and ran beside it).
+      assert.equal(await size(ticks), before, "the command ran on");
+      if (ttl === "1s") {
+        const other = await cli([
+          "run",
+          `stopped-${ttl}`,
+          "--redis",
+          server.url,
+          "--no-wait",
+          "--",
+          "true",
+        ]);
+        assert.equal(other.code, 0, other.stderr);
+      }
+      run.kill("SIGCONT");
+      if (ttl === "10s") {
+        await until(
+          async () => await size(ticks) > before,
+          5_000,
+          "the command going on",
+        );
+        await Deno.writeTextFile(done, "");
+        const result = await run.exit();
+        assert.equal(result.code, 0, result.stderr);
+      } else {
+        const result = await run.exit();
+        assert.equal(result.code, 79, result.stderr);
+        assert.equal(await size(ticks), before, "the command went on");
+      }
+    });
+  }
 });
