@@ -52,6 +52,17 @@ export function scriptKind(sourceOrSha: string): ScriptKind {
   return found[0];
 }
 
+/**
+ * Pins `Math.random` near 1 until disposed, so that every full-jitter
+ * backoff waits (almost) its whole bound: a waiter that gets the lock sooner
+ * than that was woken.
+ */
+export function slowBackoff(): Disposable {
+  const random = Math.random;
+  Math.random = () => 0.999;
+  return { [Symbol.dispose]: () => Math.random = random };
+}
+
 /** Resolves after `ms` (only for waiting out real time, never to synchronize). */
 export const sleep = (ms: number): Promise<void> =>
   new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));

@@ -25,7 +25,7 @@ import {
   readRegister,
   sharedNow,
 } from "./_checkers.ts";
-import { abortedAt, sleep, until, within } from "./_util.ts";
+import { abortedAt, sleep, slowBackoff, until, within } from "./_util.ts";
 
 // deadbolt on a real Redis Cluster (3 masters, 3 replicas on loopback) with
 // the two Node cluster clients passed as they are: slots, sharded wake-ups,
@@ -224,13 +224,8 @@ async function errorCount(
  * that was woken.
  */
 async function withSlowBackoff<T>(fn: () => Promise<T>): Promise<T> {
-  const random = Math.random;
-  Math.random = () => 0.999;
-  try {
-    return await fn();
-  } finally {
-    Math.random = random;
-  }
+  using _ = slowBackoff();
+  return await fn();
 }
 
 Deno.test("Lock on a Redis Cluster of 3 masters and 3 replicas", async (t) => {

@@ -2,19 +2,12 @@ import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { Lock, type ScriptClient, Semaphore } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
-import { lineUp, sleep, until, within } from "./_util.ts";
+import { lineUp, sleep, slowBackoff, until, within } from "./_util.ts";
 
 // A hold freed any way but by its holder's release (handed to a waiter that
 // gave up meanwhile) wakes waiters as a release does: elsewhere by its
 // message, here directly; and what a release arms for a local waiter does
 // not outlive it when that waiter gives up.
-
-/** Backoff sleeps as long as their bound allows, for the test's length. */
-function longestBackoff(): Disposable {
-  const random = Math.random;
-  Math.random = () => 0.999;
-  return { [Symbol.dispose]: () => Math.random = random };
-}
 
 /** `redis` as a client that runs calls in order and cannot subscribe (as Bun's). */
 function orderedWithoutWakeUps(redis: Redis): ScriptClient {
@@ -35,7 +28,7 @@ Deno.test("a hold handed to a waiter that gave up meanwhile is freed with a rele
   const here = new Redis(server.port, "127.0.0.1");
   const elsewhere = new Redis(server.port, "127.0.0.1");
   try {
-    using _ = longestBackoff();
+    using _ = slowBackoff();
     const holder = await Lock.acquire(here, "gave-up");
     // Another client stands for another process: turned away, subscribed,
     // first in line, asleep for its backoff.
@@ -74,7 +67,7 @@ Deno.test("a permit handed to a waiter that gave up meanwhile is freed with a re
   const elsewhere = new Redis(server.port, "127.0.0.1");
   const key = "deadbolt:semaphore:{pool}";
   try {
-    using _ = longestBackoff();
+    using _ = slowBackoff();
     const holder = await Semaphore.acquire(here, "pool", { limit: 1 });
     const remote = Semaphore.acquire(elsewhere, "pool", { limit: 1, ...LONG });
     await lineUp(elsewhere, "pool", 1, 5_000, key);
@@ -104,7 +97,7 @@ Deno.test("a hold handed to a waiter that gave up meanwhile wakes the next waite
   await using server = await startRedis();
   const redis = new Redis(server.port, "127.0.0.1");
   try {
-    using _ = longestBackoff();
+    using _ = slowBackoff();
     const client = orderedWithoutWakeUps(redis);
     const holder = await Lock.acquire(client, "next-here");
     const controller = new AbortController();
@@ -158,7 +151,7 @@ Deno.test("a release that lets another process have a turn leaves no timer behin
   const here = new Redis(server.port, "127.0.0.1");
   const there = new Redis(server.port, "127.0.0.1");
   try {
-    using _ = longestBackoff();
+    using _ = slowBackoff();
     const client = orderedWithoutWakeUps(here);
     let holder = await Lock.acquire(client, "turns");
     // Another process, first in line, asleep: its turn comes after 16

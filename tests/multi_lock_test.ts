@@ -8,6 +8,7 @@ import {
   CountingClient,
   lineUp,
   sleep,
+  slowBackoff,
   until,
   within,
 } from "./_util.ts";
@@ -117,19 +118,12 @@ Deno.test("bad name lists are a TypeError or RangeError, before any Redis comman
   assert.equal(calls.calls, 0);
 });
 
-/** Backoff sleeps as long as their bound allows, for the test's length. */
-function longestBackoff(): Disposable {
-  const random = Math.random;
-  Math.random = () => 0.999;
-  return { [Symbol.dispose]: () => Math.random = random };
-}
-
 Deno.test("a MultiLock waiter hears the release of whichever name turned it away last, not only the first", async () => {
   await using env = await setup();
   const here = new Redis(env.server.port, "127.0.0.1");
   const elsewhere = new Redis(env.server.port, "127.0.0.1");
   try {
-    using _ = longestBackoff();
+    using _ = slowBackoff();
     const first = await Lock.acquire(elsewhere, "first-busy");
     const second = await Lock.acquire(elsewhere, "then-busy");
     const handle = new MultiLock(here, ["first-busy", "then-busy"], {

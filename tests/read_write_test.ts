@@ -2,7 +2,13 @@ import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
 import { LockLostError, LockTimeoutError, ReadWriteLock } from "../mod.ts";
 import { redisEnv } from "./_env.ts";
-import { abortedAt, CountingClient, lineUp, within } from "./_util.ts";
+import {
+  abortedAt,
+  CountingClient,
+  lineUp,
+  slowBackoff,
+  within,
+} from "./_util.ts";
 
 // ReadWriteLock against a real redis-server: many readers or one writer,
 // never both, writers not starved, and Lock's promises for every hold.
@@ -162,36 +168,30 @@ Deno.test("bad read-write lock options are a TypeError or RangeError naming the 
 
 Deno.test("a release of one kind wakes the waiters of the other kind in the same process, on a client that cannot subscribe", async () => {
   await using env = await setup();
-  const random = Math.random;
   // Backoff sleeps as long as their bound allows: about 4 s.
-  Math.random = () => 0.999;
-  try {
-    const rw = new ReadWriteLock(env.redis, "kinds", {
-      timeout: 20_000,
-      retryDelay: 4_000,
-      maxRetryDelay: 4_000,
-    });
-    const reader = await rw.read();
-    const writing = rw.write();
-    await lineUp(env.redis, "kinds", 1, 5_000, rw.writer().key);
-    assert.equal(await reader.release(), true);
-    // Before: each slept out its backoff, where a lock's waiter is woken.
-    const writer = await within(writing, 2_000, "the writer's grant");
-    const reading = rw.read();
-    await lineUp(env.redis, "kinds", 1, 5_000, rw.reader().key);
-    assert.equal(await writer.release(), true);
-    const again = await within(reading, 2_000, "the reader's grant");
-    assert.equal(await again.release(), true);
-  } finally {
-    Math.random = random;
-  }
+  using _ = slowBackoff();
+  const rw = new ReadWriteLock(env.redis, "kinds", {
+    timeout: 20_000,
+    retryDelay: 4_000,
+    maxRetryDelay: 4_000,
+  });
+  const reader = await rw.read();
+  const writing = rw.write();
+  await lineUp(env.redis, "kinds", 1, 5_000, rw.writer().key);
+  assert.equal(await reader.release(), true);
+  // Before: each slept out its backoff, where a lock's waiter is woken.
+  const writer = await within(writing, 2_000, "the writer's grant");
+  const reading = rw.read();
+  await lineUp(env.redis, "kinds", 1, 5_000, rw.reader().key);
+  assert.equal(await writer.release(), true);
+  const again = await within(reading, 2_000, "the reader's grant");
+  assert.equal(await again.release(), true);
 });
 
 Deno.test("a writer that gives up takes its mark away with its place, and readers kept out by it get the lock at once, here and elsewhere", async (t) => {
   await using env = await setup();
-  const random = Math.random;
   // Backoff sleeps as long as their bound allows: about 4 s.
-  Math.random = () => 0.999;
+  using _ = slowBackoff();
   const elsewhere = new Redis(env.server.port, "127.0.0.1");
   try {
     const options = {
@@ -224,7 +224,6 @@ Deno.test("a writer that gives up takes its mark away with its place, and reader
       });
     }
   } finally {
-    Math.random = random;
     await elsewhere.quit();
   }
 });

@@ -207,6 +207,33 @@ Deno.test("release() and extend() reject after commandTimeout when Redis stalls,
   assert.equal(await env.side.send("EXISTS", lock.key), 0);
 });
 
+/**
+ * Collects the errors reported on `diagnostics` until disposed; `first()`
+ * waits (5 s at most) for one and returns it.
+ */
+function subscriberErrors(): Disposable & { first(): Promise<unknown> } {
+  const errors: unknown[] = [];
+  const onError = (event: unknown) => {
+    if (event instanceof SubscriberErrorEvent) errors.push(event.error);
+  };
+  diagnostics.addEventListener("subscribererror", onError);
+  return {
+    first: () =>
+      within(
+        (async () => {
+          while (errors.length === 0) {
+            await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+          return errors[0];
+        })(),
+        5_000,
+        "a report on diagnostics",
+      ),
+    [Symbol.dispose]: () =>
+      diagnostics.removeEventListener("subscribererror", onError),
+  };
+}
+
 Deno.test("a waiter whose wake-up subscription is refused falls back to backoff and says so on diagnostics (ioredis)", async () => {
   await using server = await startRedis();
   await using side = await server.connect();
@@ -223,32 +250,18 @@ Deno.test("a waiter whose wake-up subscription is refused falls back to backoff 
     username: "nosub",
     password: "secret",
   });
-  const errors: unknown[] = [];
-  const onError = (event: unknown) => {
-    if (event instanceof SubscriberErrorEvent) errors.push(event.error);
-  };
-  diagnostics.addEventListener("subscribererror", onError);
+  using errors = subscriberErrors();
   try {
     const held = await Lock.acquire(holder, "refused");
     const waiting = Lock.acquire(waiter, "refused", {
       timeout: 10_000,
       maxRetryDelay: 50,
     });
-    await within(
-      (async () => {
-        while (errors.length === 0) {
-          await new Promise((resolve) => setTimeout(resolve, 5));
-        }
-      })(),
-      5_000,
-      "the report of the refused subscription",
-    );
-    assert.match(String(errors[0]), /NOPERM|no permissions/i);
+    assert.match(String(await errors.first()), /NOPERM|no permissions/i);
     assert.equal(await held.release(), true);
     const next = await within(waiting, 5_000, "the grant by backoff");
     assert.equal(await next.release(), true);
   } finally {
-    diagnostics.removeEventListener("subscribererror", onError);
     await holder.quit();
     await waiter.quit();
   }
@@ -268,11 +281,7 @@ Deno.test("a subscribe hook of one's own that throws is reported on diagnostics,
       },
     },
   };
-  const errors: unknown[] = [];
-  const onError = (event: unknown) => {
-    if (event instanceof SubscriberErrorEvent) errors.push(event.error);
-  };
-  diagnostics.addEventListener("subscribererror", onError);
+  using errors = subscriberErrors();
   try {
     const held = await Lock.acquire(holder, "own-hook");
     // Before: the hook's throw rejected the acquire().
@@ -280,21 +289,11 @@ Deno.test("a subscribe hook of one's own that throws is reported on diagnostics,
       timeout: 10_000,
       maxRetryDelay: 50,
     });
-    await within(
-      (async () => {
-        while (errors.length === 0) {
-          await new Promise((resolve) => setTimeout(resolve, 5));
-        }
-      })(),
-      5_000,
-      "the report of the hook's failure",
-    );
-    assert.equal(errors[0], failure);
+    assert.equal(await errors.first(), failure);
     assert.equal(await held.release(), true);
     const next = await within(waiting, 5_000, "the grant by backoff");
     assert.equal(await next.release(), true);
   } finally {
-    diagnostics.removeEventListener("subscribererror", onError);
     await holder.quit();
     await redis.quit();
   }
