@@ -181,7 +181,10 @@ export class MultiStore implements Store {
           refused = true;
           busy = { pttl: reply.pttl, channel: group.channels[reply.index] };
         } else if (reply.status === "wrong type") {
-          this.#forget(token);
+          // This group took nothing; the groups taken before it (on a
+          // cluster, other masters) are given back before the error, as
+          // when busy (awaited, within commandTimeout).
+          await this.#giveBack(token, this.#groups.slice(0, i));
           const key = group.keys[reply.index];
           throw new LockKeyError(
             key,
@@ -239,9 +242,9 @@ export class MultiStore implements Store {
     ]);
   }
 
-  async #giveBack(token: string): Promise<void> {
+  async #giveBack(token: string, groups = this.#groups): Promise<void> {
     await Promise.all(
-      this.#groups.map((group) =>
+      groups.map((group) =>
         this.#settle(this.#releaseGroup(group, token)).catch(noop)
       ),
     );

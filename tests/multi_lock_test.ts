@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { Redis } from "npm:ioredis@6";
-import { Lock, LockLostError, MultiLock, type ScriptClient } from "../mod.ts";
-import { ACQUIRE_ALL } from "../src/_multi_scripts.ts";
+import {
+  Lock,
+  LockKeyError,
+  LockLostError,
+  MultiLock,
+  type ScriptClient,
+} from "../mod.ts";
+import { ACQUIRE_ALL, RELEASE_ALL } from "../src/_multi_scripts.ts";
+import { keySlot } from "../src/keys.ts";
 import { redisEnv } from "./_env.ts";
 import {
   abortedAt,
@@ -224,4 +231,55 @@ Deno.test("on a cluster, a MultiLock whose attempt fails on one master gives bac
     1_000,
     "the names taken on the first master given back",
   );
+});
+
+Deno.test("on a cluster, a MultiLock that finds a key of another type gives back the names it took on the other masters before it rejects", async () => {
+  await using env = await setup();
+  // "type-a" is taken first (lower slot); "type-b" is a hash.
+  const [a, b] = [Lock.keys("type-a").lock, Lock.keys("type-b").lock];
+  assert.ok(keySlot(a) < keySlot(b));
+  await env.side.send("HSET", b, "field", "value");
+  // A client that says it reaches a cluster, whose give-backs take 300 ms
+  // (a slow link to the first master) or, once `silent`, never answer.
+  let silent = false;
+  const client: ScriptClient = {
+    eval: async (script, keys, args) => {
+      if (script === RELEASE_ALL.source) {
+        if (silent) return await new Promise(() => {});
+        await sleep(300);
+      }
+      return env.redis.eval(script, keys, args);
+    },
+    deadbolt: { cluster: true },
+  };
+  const isKeyError = (error: unknown) =>
+    error instanceof LockKeyError && error.key === b;
+  await assert.rejects(
+    within(
+      MultiLock.acquire(client, ["type-a", "type-b"], { timeout: 1_000 }),
+      2_000,
+      "acquire()",
+    ),
+    isKeyError,
+  );
+  // Before: it rejected at once, sending the give-back without awaiting it:
+  // "type-a" was still held by a token nobody owns (and stayed so for the
+  // whole ttl had the give-back failed or the process exited meanwhile).
+  assert.equal(await env.side.send("EXISTS", a), 0, "type-a still held");
+  // A give-back that never answers holds the error back commandTimeout only.
+  silent = true;
+  const started = performance.now();
+  await assert.rejects(
+    within(
+      MultiLock.acquire(client, ["type-a", "type-b"], {
+        timeout: 1_000,
+        commandTimeout: 200,
+      }),
+      2_000,
+      "acquire() with a silent give-back",
+    ),
+    isKeyError,
+  );
+  assert.ok(performance.now() - started < 1_500);
+  await env.side.send("DEL", a);
 });
