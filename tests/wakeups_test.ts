@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
-import { Redis } from "npm:ioredis@6";
+import net from "node:net";
+import { Cluster, Redis } from "npm:ioredis@6";
 import { createClient } from "npm:redis@6";
 import { Lock, LockTimeoutError } from "../mod.ts";
 import { sharedSubscriber } from "../src/_subscriber.ts";
+import { startCluster } from "./_cluster.ts";
 import { freePort, startRedis } from "./_redis.ts";
 import { evalClient, lineUp, until, within } from "./_util.ts";
 
@@ -58,6 +60,72 @@ function blackhole() {
       }
       await accepting;
       await Promise.all(reading);
+    },
+  };
+}
+
+/**
+ * A TCP listener that never accepts, its accept queue filled: the kernel
+ * drops every further SYN (no SYN-ACK, no RST), so a connect to it stays
+ * pending, as to a host behind a firewall that drops packets.
+ */
+async function droppingSyns() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  const queued: net.Socket[] = [];
+  const connected = (socket: net.Socket) =>
+    new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 250);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  try {
+    // Completed on loopback at once while the queue has room.
+    for (let i = 0; i < 10_000; i++) {
+      const socket = net.createConnection({ host: "127.0.0.1", port });
+      socket.on("error", () => {});
+      if (!await connected(socket)) {
+        socket.destroy();
+        break;
+      }
+      queued.push(socket);
+    }
+  } catch (error) {
+    for (const socket of queued) socket.destroy();
+    listener.close();
+    throw error;
+  }
+  return {
+    port,
+    [Symbol.dispose]() {
+      for (const socket of queued) socket.destroy();
+      listener.close();
+    },
+  };
+}
+
+/**
+ * Records every TCP socket that a Node client opens (through
+ * `net.createConnection`, as ioredis does) until disposed.
+ */
+function trackSockets() {
+  const sockets: net.Socket[] = [];
+  const create = net.createConnection;
+  const tracking = (...args: Parameters<typeof net.createConnection>) => {
+    const socket = create(...args);
+    sockets.push(socket);
+    return socket;
+  };
+  // deno-lint-ignore no-explicit-any
+  (net as any).createConnection = tracking;
+  return {
+    /** Sockets opened since, and not yet destroyed. */
+    open: () => sockets.filter((socket) => !socket.destroyed).length,
+    [Symbol.dispose]() {
+      // deno-lint-ignore no-explicit-any
+      (net as any).createConnection = create;
     },
   };
 }
@@ -130,6 +198,48 @@ Deno.test("a wake-up connection whose server never answers its handshake is clos
   }
 });
 
+Deno.test("a wake-up connection whose connect never completes (SYN dropped) is closed before the wait's end resolves (node-redis)", async () => {
+  using dropping = await droppingSyns();
+  await using server = await startRedis();
+  await using side = await server.connect();
+  // Its default connectTimeout (5 s).
+  const waiter = createClient({
+    socket: { host: "127.0.0.1", port: server.port },
+  });
+  waiter.on("error", () => {});
+  await within(waiter.connect(), 2_000, "the waiter's connect");
+  // deadbolt's subscriber goes to a server that never completes the connect.
+  const duplicate = waiter.duplicate.bind(waiter);
+  // deno-lint-ignore no-explicit-any
+  (waiter as any).duplicate = (overrides: any) =>
+    duplicate({
+      ...overrides,
+      socket: { ...overrides?.socket, host: "127.0.0.1", port: dropping.port },
+    });
+  try {
+    const holder = await within(
+      Lock.acquire(evalClient(side), "dropped-sub"),
+      2_000,
+      "the holder's acquire",
+    );
+    using sockets = trackSockets();
+    await assert.rejects(
+      within(
+        Lock.acquire(waiter, "dropped-sub", { timeout: 300 }),
+        2_500,
+        "the timeout",
+      ),
+      LockTimeoutError,
+    );
+    // Before: destroy() cannot reach a socket still connecting; it stayed
+    // until node-redis' connectTimeout, 5 s after it was opened.
+    assert.equal(sockets.open(), 0, "wake-up sockets still open");
+    assert.equal(await within(holder.release(), 2_000, "the release"), true);
+  } finally {
+    await within(waiter.close(), 2_000, "the waiter's close");
+  }
+});
+
 Deno.test("a wake-up connection that is refused neither hangs the wait nor leaves it reconnecting (node-redis)", async () => {
   await using server = await startRedis();
   await using side = await server.connect();
@@ -158,6 +268,63 @@ Deno.test("a wake-up connection that is refused neither hangs the wait nor leave
     assert.equal(await holder.release(), true);
   } finally {
     await waiter.close();
+  }
+});
+
+Deno.test("an ioredis Cluster's wake-up connection is gone at once after the wait, also on a node slow to close its side (default disconnectTimeout)", async () => {
+  // A stalled master is never failed over meanwhile.
+  await using cluster = await startCluster({ nodeTimeout: 30_000 });
+  const name = "cluster-slow-close";
+  const master = await cluster.masterFor(Lock.keys(name).lock);
+  await using side = await master.server.connect();
+  // The user's own options: ioredis' default disconnectTimeout (2 s).
+  const waiter = new Cluster(cluster.startupNodes);
+  waiter.on("error", () => {});
+  waiter.on("node error", () => {});
+  let stopped = false;
+  try {
+    const holder = await within(
+      Lock.acquire(evalClient(side), name),
+      2_000,
+      "the holder's acquire",
+    );
+    // The waiter's own connection to the lock's master, opened before.
+    assert.equal(
+      await within(Lock.tryAcquire(waiter, name), 5_000, "the waiter's try"),
+      null,
+    );
+    using sockets = trackSockets();
+    const waiting = Lock.acquire(waiter, name, { timeout: 10_000 });
+    waiting.catch(() => {});
+    await until(
+      async () =>
+        (await side.send("PUBSUB", "SHARDNUMSUB", Lock.keys(name).released) as [
+          string,
+          number,
+        ])[1] === 1,
+      5_000,
+      "the waiter's sharded subscription",
+    );
+    assert.ok(sockets.open() > 0);
+    assert.equal(await within(holder.release(), 2_000, "the release"), true);
+    const lock = await within(waiting, 2_000, "the grant");
+    // Before the wake-up connection starts closing (at the next turn), its
+    // server stops answering: it will not close its side.
+    master.signal("SIGSTOP");
+    stopped = true;
+    // Before: each of its sockets was destroyed by ioredis' 2 s disconnect
+    // timer, which kept the process alive until then.
+    await until(
+      () => Promise.resolve(sockets.open() === 0),
+      1_000,
+      "the close of the wake-up connection's sockets",
+    );
+    master.signal("SIGCONT");
+    stopped = false;
+    assert.equal(await within(lock.release(), 2_000, "the release"), true);
+  } finally {
+    if (stopped) master.signal("SIGCONT");
+    await within(waiter.quit(), 5_000, "the waiter's quit");
   }
 });
 

@@ -37,8 +37,14 @@ export interface IoredisClient {
   readonly slots?: readonly (readonly string[] | undefined)[];
   /** A `Cluster`'s node connections. */
   nodes?(role: "master"): IoredisNode[];
-  /** The client's options; deadbolt reads `keyPrefix`. */
-  readonly options?: { readonly keyPrefix?: string };
+  /**
+   * The client's options; deadbolt reads `keyPrefix`, and a `Cluster`'s
+   * `redisOptions`, which its duplicate for wake-ups starts from.
+   */
+  readonly options?: {
+    readonly keyPrefix?: string;
+    readonly redisOptions?: object;
+  };
 }
 
 /** One node connection of an ioredis `Cluster`. */
@@ -132,12 +138,18 @@ function openSubscriber(
     // SUBSCRIBE never races it. A Cluster subscribes to sharded channels only
     // through its own per-shard subscribers, which shardedSubscribers turns
     // on. disconnectTimeout 0: a close does not leave ioredis a 2 s timer
-    // for a server that is slow to close its side. autoResubscribe off:
+    // for a server that is slow to close its side; a Cluster's node
+    // connections and sharded subscribers take it from its redisOptions
+    // (merged here: ioredis 5's duplicate replaces them). autoResubscribe off:
     // ioredis resubscribes after a reconnection without handling the
     // promise, which a close at that moment rejects (unhandled, fatal on
     // Deno); deadbolt resubscribes itself on "ready", handling the errors.
     const subscriber = cluster
-      ? duplicate([], { shardedSubscribers: true, lazyConnect: true })
+      ? duplicate([], {
+        shardedSubscribers: true,
+        lazyConnect: true,
+        redisOptions: { ...client.options?.redisOptions, disconnectTimeout: 0 },
+      })
       : duplicate({
         lazyConnect: true,
         disconnectTimeout: 0,

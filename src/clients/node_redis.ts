@@ -142,6 +142,23 @@ const retryDelay = (retries: number) => Math.min(50 * 2 ** retries, 500);
 // ended the wait awaits the close.
 const HANDSHAKE_BOUND_MS = 1_000;
 
+// How long the wake-up connection's TCP (or TLS) connect may take, at most:
+// destroy() reaches only a connected socket, so one still connecting (its SYN
+// dropped) is closed by node-redis' own connectTimeout alone. Short of the
+// handshake bound, so that connect() has settled, socket closed, by the time a
+// close gives up waiting for it.
+const CONNECT_BOUND_MS = 800;
+
+// The duplicate's connectTimeout: the client's own when shorter (node-redis
+// takes 0 for none, and defaults to 5 s).
+function connectTimeout(socket: object | undefined): number {
+  const own = (socket as { connectTimeout?: unknown } | undefined)
+    ?.connectTimeout;
+  return typeof own === "number" && own > 0 && own < CONNECT_BOUND_MS
+    ? own
+    : CONNECT_BOUND_MS;
+}
+
 // Resolves once `promise` settles, or after `ms`, whichever comes first.
 function settledWithin(promise: Promise<unknown>, ms: number): Promise<void> {
   return new Promise((resolve) => {
@@ -167,7 +184,11 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
       return delay;
     };
     const subscriber = client.duplicate!({
-      socket: { ...client.options?.socket, reconnectStrategy },
+      socket: {
+        ...client.options?.socket,
+        reconnectStrategy,
+        connectTimeout: connectTimeout(client.options?.socket),
+      },
     } as never);
     // Until connect() settles, its rejection says what went wrong.
     let connected = false;
@@ -177,8 +198,8 @@ function openSubscriber(client: NodeRedisClient): OpenSubscriber {
     // all, unseen, and keeps the process alive). But on a server that never
     // answers the handshake, connect() never settles: past a bound the
     // socket is open, and is destroyed all the same (connect() is then left
-    // pending, which holds nothing). Meanwhile `closing` stops any
-    // reconnection.
+    // pending, which holds nothing); one still connecting has timed out by
+    // then (CONNECT_BOUND_MS). Meanwhile `closing` stops any reconnection.
     const destroy = () => {
       try {
         if (subscriber.destroy) subscriber.destroy();
