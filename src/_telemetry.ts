@@ -122,29 +122,30 @@ export class WaitRecord {
     if (this.#ended) return;
     this.#ended = true;
     if (this.#waiting) this.#subject.waiters.count--;
-    guarded(() => this.#record(outcome, error));
+    // Each part on its own: a recording that throws must not keep the
+    // span from ending.
+    if (this.#instruments) guarded(() => this.#measure(outcome, error));
+    const span = this.#span;
+    if (span) endSpan(span, () => this.#annotate(span, outcome, error));
   }
 
-  #record(outcome: Outcome, error: unknown): void {
+  #measure(outcome: Outcome, error: unknown): void {
     const attributes = outcome === "error"
       ? this.#subject.with({
         "deadbolt.acquire.outcome": outcome,
         "error.type": errorType(error),
       })
       : this.#subject.and("deadbolt.acquire.outcome", outcome);
-    const found = this.#instruments;
-    if (found) {
-      found.wait.record((performance.now() - this.#started) / 1000, attributes);
-      if (outcome === "timeout") found.timeouts.add(1, this.#subject.with());
-    }
-    const span = this.#span;
-    if (span) {
-      span.setAttribute("deadbolt.acquire.outcome", outcome);
-      if (outcome === "timeout" || outcome === "error") {
-        span.setAttribute("error.type", errorType(error));
-        span.setStatus({ code: ERROR, message: messageOf(error) });
-      }
-      span.end();
+    const found = this.#instruments!;
+    found.wait.record((performance.now() - this.#started) / 1000, attributes);
+    if (outcome === "timeout") found.timeouts.add(1, this.#subject.with());
+  }
+
+  #annotate(span: Span, outcome: Outcome, error: unknown): void {
+    span.setAttribute("deadbolt.acquire.outcome", outcome);
+    if (outcome === "timeout" || outcome === "error") {
+      span.setAttribute("error.type", errorType(error));
+      span.setStatus({ code: ERROR, message: messageOf(error) });
     }
   }
 }
@@ -184,11 +185,13 @@ export class HoldRecord {
   /** Ends the hold as lost: the loss counter, and an event on its span. */
   lost(loss: Loss, message: string): void {
     if (this.#ended) return;
-    guarded(() => {
+    guarded(() =>
       this.#instruments?.losses.add(
         1,
         this.#subject.and("deadbolt.loss.reason", loss),
-      );
+      )
+    );
+    guarded(() => {
       this.#span?.addEvent("deadbolt.lock.lost", {
         "deadbolt.loss.reason": loss,
         "deadbolt.loss.message": message,
@@ -202,14 +205,14 @@ export class HoldRecord {
   end(how: HoldEnd): void {
     if (this.#ended) return;
     this.#ended = true;
-    guarded(() => {
+    guarded(() =>
       this.#instruments?.hold.record(
         (performance.now() - this.#started) / 1000,
         this.#subject.and("deadbolt.hold.end", how),
-      );
-      this.#span?.setAttribute("deadbolt.hold.end", how);
-      this.#span?.end();
-    });
+      )
+    );
+    const span = this.#span;
+    if (span) endSpan(span, () => span.setAttribute("deadbolt.hold.end", how));
   }
 }
 
@@ -221,9 +224,9 @@ export function recordWait(
   subject: Subject,
   waiting: boolean,
 ): WaitRecord | undefined {
-  const api = registered();
-  if (!api) return undefined;
   try {
+    const api = registered();
+    if (!api) return undefined;
     const found = instruments(api.metrics);
     const span = tracer(api.trace)?.startSpan(`acquire ${subject.noun}`, {
       attributes: subject.with(),
@@ -244,29 +247,38 @@ export function recordHold(
   handover: Handover | undefined,
   fence: number | undefined,
 ): HoldRecord | undefined {
-  const api = registered();
-  if (!api) return undefined;
+  let found: Instruments | undefined;
+  let span: Span | undefined;
   try {
-    const found = instruments(api.metrics);
+    const api = registered();
+    if (!api) return undefined;
+    found = instruments(api.metrics);
     const attributes = subject.with(
       fence === undefined ? undefined : { "deadbolt.lock.fence": fence },
     );
-    const span = tracer(api.trace)?.startSpan(`hold ${subject.noun}`, {
+    span = tracer(api.trace)?.startSpan(`hold ${subject.noun}`, {
       attributes: handover
         ? { ...attributes, "deadbolt.handover.type": handover }
         : attributes,
     });
-    if (!found && !span) return undefined;
-    if (found) {
-      found.acquisitions.add(1, subject.with());
-      if (handover) {
-        found.handovers.add(1, subject.and("deadbolt.handover.type", handover));
-      }
-    }
-    return new HoldRecord(subject, found, span);
   } catch {
     return undefined;
   }
+  if (!found && !span) return undefined;
+  // Past the span's start, nothing may throw: its record must end it.
+  if (found) {
+    const counters = found;
+    guarded(() => {
+      counters.acquisitions.add(1, subject.with());
+      if (handover) {
+        counters.handovers.add(
+          1,
+          subject.and("deadbolt.handover.type", handover),
+        );
+      }
+    });
+  }
+  return new HoldRecord(subject, found, span);
 }
 
 /**
@@ -287,6 +299,21 @@ export function outcomeOf(
   // left unanswered, once the wait's time has run out: the wait ran out.
   const late = error instanceof DOMException && error.name === "TimeoutError";
   return late && timeout > 0 && waited >= timeout ? "timeout" : "error";
+}
+
+// Ends `span` after `annotate`, even when that throws: a span started is
+// ended once. What either throws is swallowed.
+function endSpan(span: Span, annotate: () => void): void {
+  try {
+    annotate();
+  } catch {
+    // The span ends without its attributes.
+  }
+  try {
+    span.end();
+  } catch {
+    // Telemetry is lost; the lock is not.
+  }
 }
 
 function errorType(error: unknown): string {
