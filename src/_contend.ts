@@ -8,6 +8,7 @@ import type { RedisStore } from "./_redis_store.ts";
 import { runScript, toIntegers } from "./_run_script.ts";
 import { ACQUIRE, type AcquireReply, readAcquire } from "./scripts.ts";
 import { LEAVE } from "./_line_scripts.ts";
+import { grantedByRedis } from "./_handover.ts";
 import { delay, now } from "./_timers.ts";
 import { PATIENCE_MS, placeFor } from "./_seat.ts";
 import type { Handover } from "./_telemetry.ts";
@@ -59,6 +60,9 @@ export async function contend(
     firstSend = now();
   }
   for (let attempt = 0;; attempt++) {
+    // Called off after a wake-up ended its sleep (or its turn came), in the
+    // same tick: an attempt now could only take a lock nobody would hold.
+    if (signal.aborted) throw signal.reason;
     const sent = attempt === 0 ? firstSend : now();
     // The place lasts until this waiter's next attempt at the latest.
     const place = placeFor(wait, attempt);
@@ -80,7 +84,10 @@ export async function contend(
       call.then(forget, forget);
       throw error;
     }
-    if (queue && reply.status === "granted") queue.seat.granted();
+    if (queue && reply.status === "granted") {
+      queue.seat.granted();
+      grantedByRedis(queue);
+    }
     if (queue && reply.status === "held") {
       leave ??= () =>
         runScript(store.client, LEAVE, [line, seats], [seat]).then(noop, noop);

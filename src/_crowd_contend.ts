@@ -65,6 +65,9 @@ export async function contendInCrowd(
   // Whether the hold was busy at an attempt: a grant then is a handover.
   let refused = false;
   for (let attempt = 0;; attempt++) {
+    // Called off after a wake-up ended its sleep (or its turn came), in the
+    // same tick: an attempt now could only take a hold nobody would keep.
+    if (signal.aborted) throw signal.reason;
     const sent = now();
     // Patient: a hold of this process will be handed over, or its release
     // wake a sleeper, and a release elsewhere wakes it by pub/sub (heard

@@ -59,8 +59,10 @@ import { now } from "./_timers.ts";
  *    by pub/sub) gets it, and this process's head, which asks only
  *    `YIELD_MS` later, takes a place at the back.
  *    Processes that keep waiting thus take turns of up to
- *    `MAX_HANDOVERS + 1` holds each. With nobody in line, handing over goes
- *    on: yielding would only cost time.
+ *    `MAX_HANDOVERS + 1` holds each. A grant by Redis (the lock went
+ *    through it: a yield, a loss, a release with no head ready) starts the
+ *    count over. With nobody in line, handing over goes on: yielding would
+ *    only cost time.
  * 6. **Nothing is left behind.** A handover whose head has gone (aborted)
  *    meanwhile is deleted by token; one that failed makes the head retry
  *    with its token, which finds the key its own if the handover landed. A
@@ -133,6 +135,17 @@ function turnsOf(queue: LocalQueue): Turns {
   let state = turns.get(queue);
   if (!state) turns.set(queue, state = new Turns());
   return state;
+}
+
+/**
+ * A head of `queue` was granted the lock by Redis: the lock went through
+ * Redis, so the next run of handovers in a row (rule 5) counts from 0.
+ */
+export function grantedByRedis(queue: LocalQueue): void {
+  const state = turns.get(queue);
+  if (!state) return;
+  state.handovers = 0;
+  state.waitingElsewhere = false;
 }
 
 // Rules 2 and 5: the head's offer, "yield" when this release must go

@@ -554,3 +554,67 @@ Deno.test("a holder that has lost the lock never hands it over eagerly", async (
   await using lock = await within(waiting, 20_000, "the waiter's grant");
   assert.equal(await side.send("GET", "deadbolt:{stolen}"), lock.token);
 });
+
+Deno.test("after the lock went through Redis to another process without a yield, this process's next turn is a full one", async () => {
+  await using env = await setup();
+  const here = new Redis(env.port, "127.0.0.1");
+  const there = new Redis(env.port, "127.0.0.1");
+  const name = "full-turn";
+  // Renewed often: a deleted key is found lost at once.
+  const HOLD = { ttl: 2_000, renewInterval: 20, timeout: 10_000 };
+  const ELSEWHERE = { timeout: 10_000, retryDelay: 50, maxRetryDelay: 50 };
+  const acquired = (lock: Promise<Lock>, what: string) =>
+    within(lock, 5_000, what);
+  try {
+    // Another process waits in line while this one hands the lock over 10
+    // times in a row.
+    let holder = await acquired(Lock.acquire(here, name, HOLD), "the grant");
+    const remote = Lock.acquire(there, name, ELSEWHERE);
+    await lineUp(there, name, 1);
+    for (let i = 0; i < 10; i++) {
+      const next = Lock.acquire(here, name, HOLD);
+      await lineUp(here, name, 1);
+      assert.equal(await within(holder.release(), 5_000, "release"), true);
+      holder = await acquired(next, "a local handover");
+    }
+    // The lock goes through Redis without a yield: the holder loses it, and
+    // the other process, first in line, gets it; then the local head.
+    const head = Lock.acquire(here, name, HOLD);
+    await lineUp(here, name, 1);
+    await env.side.send("DEL", Lock.keys(name).lock);
+    await abortedAt(holder.signal);
+    assert.equal(await within(holder.release(), 5_000, "release"), false);
+    const other = await acquired(remote, "the other process's turn");
+    await lineUp(here, name, 1);
+    assert.equal(await within(other.release(), 5_000, "release"), true);
+    holder = await acquired(head, "this process's turn");
+    // This process's turn: 16 handovers in a row while the other process
+    // waits in line again, then a yield.
+    const again = Lock.acquire(there, name, ELSEWHERE);
+    await lineUp(there, name, 1);
+    for (let i = 1; i <= 16; i++) {
+      const next = Lock.acquire(here, name, HOLD);
+      await lineUp(here, name, 1);
+      assert.equal(await within(holder.release(), 5_000, "release"), true);
+      const first = await within(
+        Promise.race([next.then(() => "here"), again.then(() => "there")]),
+        5_000,
+        "the next turn",
+      );
+      // Before: the 10 handovers of the last turn still counted, and the
+      // 7th release of this one yielded.
+      assert.equal(first, "here", `release ${i} of the turn yielded`);
+      holder = await next;
+    }
+    const next = Lock.acquire(here, name, HOLD);
+    await lineUp(here, name, 1);
+    assert.equal(await within(holder.release(), 5_000, "release"), true);
+    const yielded = await acquired(again, "the other process's next turn");
+    assert.equal(await within(yielded.release(), 5_000, "release"), true);
+    const last = await acquired(next, "the last local turn");
+    assert.equal(await within(last.release(), 5_000, "release"), true);
+  } finally {
+    await here.quit();
+    await there.quit();
+  }
+});

@@ -4,11 +4,19 @@ import {
   LockKeyError,
   LockLostError,
   LockTimeoutError,
+  type ScriptClient,
   Semaphore,
 } from "../mod.ts";
 import { redisEnv } from "./_env.ts";
 import { DbRedisShape } from "./_resp.ts";
-import { abortedAt, CountingClient, lineUp, until, within } from "./_util.ts";
+import {
+  abortedAt,
+  CountingClient,
+  lineUp,
+  slowBackoff,
+  until,
+  within,
+} from "./_util.ts";
 
 // Semaphore against a real redis-server: at most `limit` permits at once,
 // a lease per permit, and Lock's promises for each permit.
@@ -266,4 +274,51 @@ Deno.test("up to `limit` waiters of one process ask Redis at once, never more", 
   assert.deepEqual(released, new Array(8).fill(true));
   assert.equal(most, 4, `${most} calls in flight at once`);
   other.close();
+});
+
+Deno.test("a semaphore waiter aborted in the same tick as it is woken sends no attempt, and takes no permit, after its acquire() rejected", async () => {
+  await using env = await setup();
+  const key = "deadbolt:semaphore:{woken}";
+  // Every call sent once the waiter was aborted.
+  let aborted = false;
+  const late: string[] = [];
+  const client: ScriptClient = {
+    eval(script, keys, args) {
+      if (aborted) late.push(keys[0]);
+      return env.redis.eval(script, keys, args);
+    },
+  };
+  const holder = await within(
+    Semaphore.acquire(client, "woken", { limit: 1, renewInterval: 20 }),
+    5_000,
+    "the grant",
+  );
+  // The job's controller aborts when the holder's permit is lost; a waiter
+  // of the same job, queued behind it, is woken by that loss.
+  const controller = new AbortController();
+  holder.signal.addEventListener("abort", () => {
+    aborted = true;
+    controller.abort(new Error("the job is over"));
+  });
+  // Its backoff sleeps a second (jitter pinned): only the loss wakes it.
+  using _slow = slowBackoff();
+  const waiter = Semaphore.acquire(client, "woken", {
+    limit: 1,
+    timeout: 10_000,
+    retryDelay: 1_000,
+    maxRetryDelay: 1_000,
+    signal: controller.signal,
+  });
+  await lineUp(client, "woken", 1, 5_000, key);
+  await env.side.send("DEL", key);
+  await within(
+    assert.rejects(waiter, { message: "the job is over" }),
+    5_000,
+    "the waiter's rejection",
+  );
+  const permits = await env.side.send("ZCARD", key);
+  // Before: one attempt went out after the abort and took the free permit
+  // for a round trip, until its reply made deadbolt give it back.
+  assert.deepEqual(late.filter((k) => k === key), [], "calls after the abort");
+  assert.equal(permits, 0, "permits held after the rejection");
 });

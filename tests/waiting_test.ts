@@ -9,7 +9,7 @@ import {
   SubscriberErrorEvent,
 } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
-import { evalClient, scriptKind, within } from "./_util.ts";
+import { evalClient, lineUp, scriptKind, within } from "./_util.ts";
 
 // How waiting ends: the local queue, the backoff, the timeout and what it
 // reports. Each test fails on a specific broken behaviour, deterministically.
@@ -431,4 +431,55 @@ Deno.test("acquire() rejects with the caller's reason when the caller's abort li
     return true;
   });
   assert.equal(holder.held, true);
+});
+
+Deno.test("a waiter aborted in the same tick as it is woken sends no attempt, and takes nothing, after its acquire() rejected", async () => {
+  await using env = await setup();
+  const conn = await env.server.connect();
+  try {
+    const inner = evalClient(conn);
+    // Every acquire script sent once the waiter was aborted, and its reply.
+    let aborted = false;
+    const late: Promise<unknown>[] = [];
+    const client: ScriptClient = {
+      eval(script, keys, args) {
+        const reply = inner.eval(script, keys, args);
+        if (aborted && scriptKind(script) === "acquire") {
+          late.push(reply.then(String, () => "failed"));
+        }
+        return reply;
+      },
+    };
+    const holder = await within(
+      Lock.acquire(client, "woken", { renewInterval: 20 }),
+      5_000,
+      "the grant",
+    );
+    // The job's controller aborts when the holder's lock is lost; a waiter
+    // of the same job, queued behind it, is woken by that loss.
+    const controller = new AbortController();
+    holder.signal.addEventListener("abort", () => {
+      aborted = true;
+      controller.abort(new Error("the job is over"));
+    });
+    const waiter = Lock.acquire(client, "woken", {
+      timeout: 10_000,
+      signal: controller.signal,
+    });
+    await lineUp(client, "woken", 1);
+    await env.side.send("DEL", Lock.keys("woken").lock);
+    await within(
+      assert.rejects(waiter, { message: "the job is over" }),
+      5_000,
+      "the waiter's rejection",
+    );
+    const owner = await env.side.send("GET", Lock.keys("woken").lock);
+    const replies = await within(Promise.all(late), 5_000, "the replies");
+    // Before: one attempt went out after the abort and took the free lock
+    // for a round trip, until its reply made deadbolt delete it.
+    assert.deepEqual(replies, [], "attempts sent after the abort");
+    assert.equal(owner, null, "the key's owner after the rejection");
+  } finally {
+    await conn[Symbol.asyncDispose]();
+  }
 });
