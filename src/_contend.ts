@@ -205,7 +205,7 @@ function startLease(
     // if the holder's key was gone. With no answer, a renewal at once tells
     // (it runs after the script, on the same connection).
     confirmation.owner.then((owner) => {
-      if (owner === "ours") lease.extended(confirmation.sent, ttl);
+      if (owner === "ours") lease.confirmed(confirmation.sent, ttl);
       else {
         lease.lose(
           owner === "gone"

@@ -1,6 +1,7 @@
 import { backoff } from "./backoff.ts";
 import { now } from "./_timers.ts";
 import { Alarm } from "./_deadlines.ts";
+import { type Extension, Extensions } from "./_extensions.ts";
 import type { Loss, RenewalOutcome } from "./_telemetry.ts";
 
 const DRIFT_FACTOR = 0.01;
@@ -58,7 +59,9 @@ export const RENEWED: Renewal = { renewed: true };
 export class Lease {
   #options: LeaseOptions;
   #margin: number;
-  #validFrom: number;
+  // The scripts that may have set the key's expiry last: the lease holds
+  // until the soonest of them ends (`_extensions.ts`).
+  #extensions: Extensions;
   #validUntil = 0;
   #active = true;
   // At the next renewal or the loss deadline, whichever comes first.
@@ -75,8 +78,8 @@ export class Lease {
     this.#options = options;
     this.#alarm = new Alarm(this.#tick);
     this.#margin = lossMargin(options.ttl);
-    this.#validFrom = sent;
-    this.#setValidity(sent, sent + validity(options.ttl));
+    this.#extensions = new Extensions(sent, sent + validity(options.ttl));
+    this.#update();
   }
 
   /** Until when (monotonic ms) ownership is guaranteed. */
@@ -108,22 +111,48 @@ export class Lease {
   /**
    * An extension to `ttl` ms goes out at `sent`: where it would end the
    * lease sooner than now known, the lease ends that sooner from now on,
-   * answered or not (Redis may run it though its answer is lost or late).
+   * answered or not (Redis may run it though its answer is lost or late),
+   * until an extension sent after it settled has run. Pass what it returns
+   * to {@linkcode extended} or {@linkcode unanswered}.
    */
-  shorten(sent: number, ttl: number): void {
-    const until = sent + validity(ttl);
-    if (this.#active && until < this.#validUntil) {
-      this.#setValidity(sent, until);
-    }
+  extending(sent: number, ttl: number): Extension {
+    const extension = this.#extensions.add(sent, sent + validity(ttl));
+    if (this.#active) this.#update();
+    return extension;
   }
 
-  /** Records an extension to `ttl` ms, requested at `sent`. */
-  extended(sent: number, ttl: number): void {
-    // Replies can overtake each other on pooled clients: keep the newest.
-    if (!this.#active || sent < this.#validFrom) return;
-    this.#validFrom = sent;
+  /**
+   * Records that `extension` ran: the ones settled before it went out no
+   * longer count. Those still in flight then, or answered meanwhile, may
+   * have run after it (on pooled clients), and still do.
+   */
+  extended(extension: Extension): void {
+    if (!this.#active) return;
     this.#failures = 0;
-    this.#setValidity(sent, sent + validity(ttl));
+    this.#extensions.ran(extension);
+    this.#update();
+  }
+
+  /** Records that `extension` failed: it may have run all the same. */
+  unanswered(extension: Extension): void {
+    extension.settled = true;
+    if (this.#active) this.#update();
+  }
+
+  /**
+   * The grant, handed over before Redis answered, was confirmed by its
+   * script, which went out at `sent` and set `ttl` ms (unless an extension
+   * since has run after it).
+   */
+  confirmed(sent: number, ttl: number): void {
+    const grant = this.#extensions.grant;
+    if (!this.#active || !this.#extensions.counts(grant)) return;
+    const until = sent + validity(ttl);
+    if (until <= grant.until) return;
+    grant.sent = sent;
+    grant.until = until;
+    this.#failures = 0;
+    this.#update();
   }
 
   /**
@@ -153,15 +182,21 @@ export class Lease {
     this.#options.onLost(message, cause, loss);
   }
 
-  #setValidity(sent: number, validUntil: number): void {
-    this.#validUntil = validUntil;
+  // The lease holds until the soonest end of the extensions that may have
+  // run last. A renewal can only do away with settled ones: it is due by
+  // theirs (one still in flight is waited for).
+  #update(): void {
+    this.#validUntil = this.#extensions.validUntil();
+    const soonest = this.#extensions.soonestSettled();
     // Renew `renewInterval` into a normal lease (when that much less than a
     // normal lease remains, after an extension to another ttl).
     const normal = validity(this.#options.ttl);
-    this.#renewAt = this.#dueAt = Math.max(
-      sent,
-      validUntil - (normal - this.#options.renewInterval),
-    );
+    this.#renewAt = this.#dueAt = soonest
+      ? Math.max(
+        soonest.sent,
+        soonest.until - (normal - this.#options.renewInterval),
+      )
+      : Infinity;
     this.#arm();
   }
 
@@ -200,6 +235,7 @@ export class Lease {
     // Late: more than half the time between its due time and the loss
     // deadline had gone when it was sent.
     const late = left < (this.#validUntil - this.#margin - this.#dueAt) / 2;
+    const extension = this.extending(sent, ttl);
     try {
       const renewal = await this.#options.extend(
         ttl,
@@ -207,10 +243,13 @@ export class Lease {
       );
       if (renewal.renewed) {
         onRenewal?.(late ? "late" : "on_time");
-        this.extended(sent, ttl);
+        this.extended(extension);
       } else this.lose(renewal.lost);
     } catch (error) {
       onRenewal?.("failed");
+      // It may have run all the same: its end still counts. (No update:
+      // the retry is due by the backoff, the renewal by when it was due.)
+      extension.settled = true;
       this.#error = error;
       this.#renewAt = now() +
         backoff(this.#failures++, retryDelay, maxRetryDelay);

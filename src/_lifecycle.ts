@@ -249,17 +249,22 @@ export class Lifecycle {
     }
     const lease = holding.lease!;
     if (!lease.isActive()) return false;
-    const sent = now();
-    lease.shorten(sent, ttl);
-    const renewal = await this.#store.extend(holding.granted!, ttl, {
-      timeout: this.#settings.commandTimeout,
-    });
+    const extension = lease.extending(now(), ttl);
+    let renewal;
+    try {
+      renewal = await this.#store.extend(holding.granted!, ttl, {
+        timeout: this.#settings.commandTimeout,
+      });
+    } catch (error) {
+      lease.unanswered(extension);
+      throw error;
+    }
     if (!lease.isActive()) return false;
     if (!renewal.renewed) {
       lease.lose(renewal.lost);
       return false;
     }
-    lease.extended(sent, ttl);
+    lease.extended(extension);
     return true;
   }
 
