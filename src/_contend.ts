@@ -82,6 +82,9 @@ export async function contend(
       // abandoned call: delete it (by token) once the call has settled.
       const forget = () => store.forget(token);
       call.then(forget, forget);
+      // So may the seat's place in line, unread: the seat gives it up
+      // when the queue empties (its LEAVE goes after this call).
+      if (queue) queue.seat.place(leave ??= leaveLine(store, seat));
       throw error;
     }
     if (queue && reply.status === "granted") {
@@ -89,9 +92,7 @@ export async function contend(
       grantedByRedis(queue);
     }
     if (queue && reply.status === "held") {
-      leave ??= () =>
-        runScript(store.client, LEAVE, [line, seats], [seat]).then(noop, noop);
-      queue.seat.place(leave);
+      queue.seat.place(leave ??= leaveLine(store, seat));
     }
     if (reply.status === "granted") {
       let lease = adoptGrant(store, waiting, token, {
@@ -142,6 +143,12 @@ export async function contend(
     }
   }
 }
+
+// Takes `seat` out of `store`'s line, in the background.
+const leaveLine = (store: RedisStore, seat: string) => (): void => {
+  const { line, seats } = store.keys;
+  runScript(store.client, LEAVE, [line, seats], [seat]).then(noop, noop);
+};
 
 // Adopts a handover of this process: made before Redis answered, or after.
 const adoptHanded = (

@@ -91,6 +91,9 @@ export async function contendInCrowd(
       // after an abandoned call: free it (by token) once the call settled.
       const forget = () => store.forget(token);
       call.then(forget, forget);
+      // So may the seat's place in line, unread: the seat gives it up when
+      // the crowd empties (its LEAVE goes after this call).
+      if (leaveLine) seat!.place(leaveLine);
       throw error;
     }
     if (reply.status === "busy") refused = true;

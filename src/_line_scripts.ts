@@ -83,6 +83,7 @@ export const LEAVE: LuaScript = {
   source: `redis.pcall('ZREM', KEYS[1], ARGV[1])
 redis.pcall('ZREM', KEYS[2], ARGV[1])
 return 1`,
+  inOrder: true,
 };
 
 /**

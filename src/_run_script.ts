@@ -16,7 +16,8 @@ async function sha1(source: string): Promise<string> {
 /**
  * Runs a script with `EVALSHA`, and with `EVAL` (which also loads it) when
  * the server answers `NOSCRIPT`: after a restart, a failover or `SCRIPT FLUSH`.
- * A cluster's `TRYAGAIN` (see {@linkcode whileMigrating}) is retried.
+ * A script `inOrder` always goes with `EVAL`. A cluster's `TRYAGAIN` (see
+ * {@linkcode whileMigrating}) is retried.
  */
 export function runScript(
   client: ScriptClient,
@@ -24,6 +25,9 @@ export function runScript(
   keys: string[],
   args: string[],
 ): Promise<unknown> {
+  if (script.inOrder) {
+    return whileMigrating(() => client.eval(script.source, keys, args));
+  }
   // The usual case, one promise deep: the script's SHA-1 is known.
   if (client.evalsha && script.sha) {
     let call: Promise<unknown>;

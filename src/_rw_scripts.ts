@@ -126,6 +126,7 @@ if redis.pcall('ZCARD', KEYS[1]) == 0 and redis.pcall('DEL', KEYS[3]) == 1 then
   if type(sent) == 'table' or sent == 0 then redis.pcall('PUBLISH', KEYS[4], '') end
 end
 return 1`,
+  inOrder: true,
 };
 
 /** The readers' sorted set of the read-write lock whose keys are `keys`. */

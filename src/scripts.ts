@@ -7,6 +7,14 @@ export interface LuaScript {
   readonly source: string;
   /** Its SHA-1 in hex, once {@linkcode runScript} has computed it. */
   sha?: string;
+  /**
+   * Always sent with `EVAL`, so that it runs before whatever the process
+   * sends next on the client: a `NOSCRIPT` answer to `EVALSHA` (after a
+   * restart, a failover or `SCRIPT FLUSH`) would send it again only after
+   * those (a line's LEAVE after the process's next attempt, which then
+   * found the process's own seat still in line and was refused).
+   */
+  readonly inOrder?: boolean;
 }
 
 // Every script replies with integers only: Lua booleans and numeric strings

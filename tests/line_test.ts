@@ -5,13 +5,24 @@ import {
   Lock,
   MultiLock,
   ReadWriteLock,
+  type RedisClient,
+  type ScriptClient,
   Semaphore,
 } from "../mod.ts";
 import { existingQueue } from "../src/_queue.ts";
 import { toScriptClient } from "../src/client.ts";
+import { LEAVE } from "../src/_line_scripts.ts";
 import { startRedis } from "./_redis.ts";
-import type { RespClient } from "./_resp.ts";
-import { evalClient, lineUp, sleep, until, within } from "./_util.ts";
+import { DbRedisShape, type RespClient } from "./_resp.ts";
+import {
+  evalClient,
+  lineUp,
+  scriptKind,
+  sleep,
+  slowBackoff,
+  until,
+  within,
+} from "./_util.ts";
 
 // Across processes, waiters take places in the lock's line in Redis: once
 // the first process in line has waited the patience (30 ms), a free lock
@@ -348,4 +359,185 @@ Deno.test("a MultiLock gets no free lock promised to a process that has waited i
   const set = await MultiLock.tryAcquire(env.woken, ["set-a", "set-b"]);
   assert.ok(set, "the set once nobody waits");
   assert.equal(await set.release(), true);
+});
+
+/**
+ * A client with `eval` and `evalsha` over one RESP connection: calls go out
+ * at once, one behind the other (pipelined, as ioredis and node-redis send).
+ */
+function shaClient(conn: RespClient): ScriptClient {
+  return {
+    eval: (script, keys, args) =>
+      conn.send("EVAL", script, keys.length, ...keys, ...args),
+    evalsha: (sha, keys, args) =>
+      conn.send("EVALSHA", sha, keys.length, ...keys, ...args),
+  };
+}
+
+/** How a process's client sends: pipelined, or one command at a time. */
+const SHAPES: [string, (conn: RespClient) => RedisClient][] = [
+  ["pipelined", shaClient],
+  ["one command at a time (@db/redis shape)", (conn) => new DbRedisShape(conn)],
+];
+
+// Waits of 2 s backoff: a place lasts 2.1 s past an attempt.
+const PLACE_OUTLASTS_TEST = {
+  timeout: 10_000,
+  retryDelay: 2_000,
+  maxRetryDelay: 2_000,
+};
+
+Deno.test("a wait that ends after Redis lost the scripts (NOSCRIPT) takes its place out of line before the process's next try asks", async (t) => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await using otherConn = await server.connect();
+  const other = evalClient(otherConn);
+  for (const [shape, open] of SHAPES) {
+    await t.step(shape, async () => {
+      await using conn = await server.connect();
+      const client = open(conn);
+      const name = `flushed ${shape}`;
+      const holder = await within(Lock.acquire(other, name), 1_000, "hold");
+      // The process knows LEAVE's SHA-1 (from a wait that gave up earlier,
+      // as F21's did before F22), and Redis has lost the script (a restart,
+      // a failover, SCRIPT FLUSH): the next wait's first attempt loads
+      // ACQUIRE again, LEAVE stays unknown to Redis.
+      LEAVE.sha ??= String(
+        await within(side.send("SCRIPT", "LOAD", LEAVE.source), 1_000, "load"),
+      );
+      assert.equal(
+        await within(side.send("SCRIPT", "FLUSH"), 1_000, "flush"),
+        "OK",
+      );
+      using _slow = slowBackoff();
+      const stop = new AbortController();
+      const waiting = Lock.acquire(client, name, {
+        ...PLACE_OUTLASTS_TEST,
+        signal: stop.signal,
+      });
+      waiting.catch(() => {});
+      await lineUp(client, name, 1);
+      await patientLine(side, name, 1);
+      assert.equal(await within(holder.release(), 1_000, "release"), true);
+      // The wait ends (an abort here, a timeout in F22: both empty the
+      // queue, which gives the place up), and the process tries at once.
+      stop.abort();
+      await assert.rejects(within(waiting, 1_000, "the abort"));
+      const next = await within(Lock.tryAcquire(client, name), 1_000, "try");
+      assert.ok(
+        next,
+        "a free lock refused: promised to the process's own place, still in line",
+      );
+      assert.equal(await within(next.release(), 1_000, "release"), true);
+      assert.deepEqual((await line(side, name)).seats, []);
+    });
+  }
+});
+
+Deno.test("a wait called off before its first attempt's reply takes the place that attempt took out of line", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await using otherConn = await server.connect();
+  await using conn = await server.connect();
+  const other = evalClient(otherConn);
+  const inner = shaClient(conn);
+  // Attempts run in Redis, but their replies are held back (a slow network)
+  // while `stalling`, until let go.
+  let stalling = true;
+  const held: (() => void)[] = [];
+  const stall = (reply: Promise<unknown>, kind: string): Promise<unknown> => {
+    if (!stalling || kind !== "acquire") return reply;
+    const late = Promise.withResolvers<unknown>();
+    held.push(() => reply.then(late.resolve, late.reject));
+    return late.promise;
+  };
+  const client: ScriptClient = {
+    eval: (script, keys, args) =>
+      stall(inner.eval(script, keys, args), scriptKind(script)),
+    evalsha: (sha, keys, args) =>
+      stall(inner.evalsha!(sha, keys, args), scriptKind(sha)),
+  };
+  try {
+    const holder = await within(Lock.acquire(other, "stalled"), 1_000, "hold");
+    const stop = new AbortController();
+    const waiting = Lock.acquire(client, "stalled", {
+      ...PLACE_OUTLASTS_TEST,
+      signal: stop.signal,
+    });
+    waiting.catch(() => {});
+    // The first attempt took a place; its reply has not come.
+    await patientLine(side, "stalled", 1);
+    assert.equal(held.length, 1);
+    assert.equal(await within(holder.release(), 1_000, "release"), true);
+    stop.abort();
+    await assert.rejects(within(waiting, 1_000, "the abort"));
+    stalling = false;
+    const next = await within(Lock.tryAcquire(client, "stalled"), 1_000, "try");
+    assert.ok(
+      next,
+      "a free lock refused: promised to the process's own place, still in line",
+    );
+    assert.equal(await within(next.release(), 1_000, "release"), true);
+    assert.deepEqual((await line(side, "stalled")).seats, []);
+  } finally {
+    for (const letGo of held) letGo();
+  }
+});
+
+Deno.test("a semaphore wait called off before its first attempt's reply takes the place that attempt took out of line", async () => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await using otherConn = await server.connect();
+  await using conn = await server.connect();
+  const other = evalClient(otherConn);
+  const inner = shaClient(conn);
+  // The waiter's first call (its first attempt) runs in Redis, but its reply
+  // is held back (a slow network) until let go.
+  const held: (() => void)[] = [];
+  let calls = 0;
+  const stall = (reply: Promise<unknown>): Promise<unknown> => {
+    if (++calls > 1) return reply;
+    const late = Promise.withResolvers<unknown>();
+    held.push(() => reply.then(late.resolve, late.reject));
+    return late.promise;
+  };
+  const client: ScriptClient = {
+    eval: (script, keys, args) => stall(inner.eval(script, keys, args)),
+    evalsha: (sha, keys, args) => stall(inner.evalsha!(sha, keys, args)),
+  };
+  const limit = { limit: 1 };
+  try {
+    const holder = await within(
+      Semaphore.acquire(other, "stalled-permits", limit),
+      1_000,
+      "hold",
+    );
+    const key = holder.key;
+    const stop = new AbortController();
+    const waiting = Semaphore.acquire(client, "stalled-permits", {
+      ...limit,
+      ...PLACE_OUTLASTS_TEST,
+      signal: stop.signal,
+    });
+    waiting.catch(() => {});
+    // The first attempt took a place; its reply has not come.
+    await patientLine(side, "stalled-permits", 1, key);
+    assert.equal(held.length, 1);
+    assert.equal(await within(holder.release(), 1_000, "release"), true);
+    stop.abort();
+    await assert.rejects(within(waiting, 1_000, "the abort"));
+    const next = await within(
+      Semaphore.tryAcquire(client, "stalled-permits", limit),
+      1_000,
+      "try",
+    );
+    assert.ok(
+      next,
+      "a free permit refused: promised to the process's own place, still in line",
+    );
+    assert.equal(await within(next.release(), 1_000, "release"), true);
+    assert.deepEqual((await line(side, "stalled-permits", key)).seats, []);
+  } finally {
+    for (const letGo of held) letGo();
+  }
 });

@@ -23,20 +23,20 @@ const setup = redisEnv;
 
 /**
  * A client that forwards to `inner` and resolves `released` once a release
- * script (the only script with a single argument, the token) has answered.
+ * script has answered (not a LEAVE, whose one argument is a seat).
  */
 function watchingReleases(inner: ScriptClient): ScriptClient & {
   released: Promise<void>;
 } {
   const { promise, resolve } = Promise.withResolvers<void>();
-  const watch = (args: string[], reply: Promise<unknown>) => {
-    if (args.length === 1) reply.then(() => resolve(), () => {});
+  const watch = (script: string, reply: Promise<unknown>) => {
+    if (scriptKind(script) === "release") reply.then(() => resolve(), () => {});
     return reply;
   };
   return {
     released: promise,
-    eval: (script, keys, args) => watch(args, inner.eval(script, keys, args)),
-    evalsha: (sha, keys, args) => watch(args, inner.evalsha!(sha, keys, args)),
+    eval: (script, keys, args) => watch(script, inner.eval(script, keys, args)),
+    evalsha: (sha, keys, args) => watch(sha, inner.evalsha!(sha, keys, args)),
   };
 }
 
