@@ -17,7 +17,6 @@ import { DbRedisShape, type RespClient } from "./_resp.ts";
 import {
   evalClient,
   lineUp,
-  scriptKind,
   sleep,
   slowBackoff,
   until,
@@ -434,65 +433,12 @@ Deno.test("a wait that ends after Redis lost the scripts (NOSCRIPT) takes its pl
   }
 });
 
-Deno.test("a wait called off before its first attempt's reply takes the place that attempt took out of line", async () => {
-  await using server = await startRedis();
-  await using side = await server.connect();
-  await using otherConn = await server.connect();
-  await using conn = await server.connect();
-  const other = evalClient(otherConn);
+/**
+ * A client over `conn` whose first call (a wait's first attempt) runs in
+ * Redis but has its reply held back (a slow network) until `letGo`.
+ */
+function firstReplyHeldBack(conn: RespClient) {
   const inner = shaClient(conn);
-  // Attempts run in Redis, but their replies are held back (a slow network)
-  // while `stalling`, until let go.
-  let stalling = true;
-  const held: (() => void)[] = [];
-  const stall = (reply: Promise<unknown>, kind: string): Promise<unknown> => {
-    if (!stalling || kind !== "acquire") return reply;
-    const late = Promise.withResolvers<unknown>();
-    held.push(() => reply.then(late.resolve, late.reject));
-    return late.promise;
-  };
-  const client: ScriptClient = {
-    eval: (script, keys, args) =>
-      stall(inner.eval(script, keys, args), scriptKind(script)),
-    evalsha: (sha, keys, args) =>
-      stall(inner.evalsha!(sha, keys, args), scriptKind(sha)),
-  };
-  try {
-    const holder = await within(Lock.acquire(other, "stalled"), 1_000, "hold");
-    const stop = new AbortController();
-    const waiting = Lock.acquire(client, "stalled", {
-      ...PLACE_OUTLASTS_TEST,
-      signal: stop.signal,
-    });
-    waiting.catch(() => {});
-    // The first attempt took a place; its reply has not come.
-    await patientLine(side, "stalled", 1);
-    assert.equal(held.length, 1);
-    assert.equal(await within(holder.release(), 1_000, "release"), true);
-    stop.abort();
-    await assert.rejects(within(waiting, 1_000, "the abort"));
-    stalling = false;
-    const next = await within(Lock.tryAcquire(client, "stalled"), 1_000, "try");
-    assert.ok(
-      next,
-      "a free lock refused: promised to the process's own place, still in line",
-    );
-    assert.equal(await within(next.release(), 1_000, "release"), true);
-    assert.deepEqual((await line(side, "stalled")).seats, []);
-  } finally {
-    for (const letGo of held) letGo();
-  }
-});
-
-Deno.test("a semaphore wait called off before its first attempt's reply takes the place that attempt took out of line", async () => {
-  await using server = await startRedis();
-  await using side = await server.connect();
-  await using otherConn = await server.connect();
-  await using conn = await server.connect();
-  const other = evalClient(otherConn);
-  const inner = shaClient(conn);
-  // The waiter's first call (its first attempt) runs in Redis, but its reply
-  // is held back (a slow network) until let go.
   const held: (() => void)[] = [];
   let calls = 0;
   const stall = (reply: Promise<unknown>): Promise<unknown> => {
@@ -505,39 +451,72 @@ Deno.test("a semaphore wait called off before its first attempt's reply takes th
     eval: (script, keys, args) => stall(inner.eval(script, keys, args)),
     evalsha: (sha, keys, args) => stall(inner.evalsha!(sha, keys, args)),
   };
-  const limit = { limit: 1 };
-  try {
-    const holder = await within(
-      Semaphore.acquire(other, "stalled-permits", limit),
-      1_000,
-      "hold",
-    );
-    const key = holder.key;
-    const stop = new AbortController();
-    const waiting = Semaphore.acquire(client, "stalled-permits", {
-      ...limit,
-      ...PLACE_OUTLASTS_TEST,
-      signal: stop.signal,
+  return { client, held, letGo: () => held.forEach((letGo) => letGo()) };
+}
+
+/** A lock or a semaphore of one permit, as the line's tests need it. */
+interface Kind {
+  key: (name: string) => string;
+  acquire(
+    client: RedisClient,
+    name: string,
+    options?: Record<string, unknown>,
+  ): Promise<{ release(): Promise<boolean> }>;
+  tryAcquire(
+    client: RedisClient,
+    name: string,
+  ): Promise<{ release(): Promise<boolean> } | null>;
+}
+
+const KINDS: [string, Kind][] = [
+  ["a lock", {
+    key: (name) => Lock.keys(name).lock,
+    acquire: (client, name, options) => Lock.acquire(client, name, options),
+    tryAcquire: (client, name) => Lock.tryAcquire(client, name),
+  }],
+  ["a semaphore", {
+    key: (name) => `deadbolt:semaphore:{${name}}`,
+    acquire: (client, name, options) =>
+      Semaphore.acquire(client, name, { ...options, limit: 1 }),
+    tryAcquire: (client, name) =>
+      Semaphore.tryAcquire(client, name, { limit: 1 }),
+  }],
+];
+
+Deno.test("a wait called off before its first attempt's reply takes the place that attempt took out of line", async (t) => {
+  await using server = await startRedis();
+  await using side = await server.connect();
+  await using otherConn = await server.connect();
+  const other = evalClient(otherConn);
+  for (const [kind, { key, acquire, tryAcquire }] of KINDS) {
+    await t.step(kind, async () => {
+      await using conn = await server.connect();
+      const { client, held, letGo } = firstReplyHeldBack(conn);
+      const name = `stalled ${kind}`;
+      try {
+        const holder = await within(acquire(other, name), 1_000, "hold");
+        const stop = new AbortController();
+        const waiting = acquire(client, name, {
+          ...PLACE_OUTLASTS_TEST,
+          signal: stop.signal,
+        });
+        waiting.catch(() => {});
+        // The first attempt took a place; its reply has not come.
+        await patientLine(side, name, 1, key(name));
+        assert.equal(held.length, 1);
+        assert.equal(await within(holder.release(), 1_000, "release"), true);
+        stop.abort();
+        await assert.rejects(within(waiting, 1_000, "the abort"));
+        const next = await within(tryAcquire(client, name), 1_000, "try");
+        assert.ok(
+          next,
+          "refused: promised to the process's own place, still in line",
+        );
+        assert.equal(await within(next.release(), 1_000, "release"), true);
+        assert.deepEqual((await line(side, name, key(name))).seats, []);
+      } finally {
+        letGo();
+      }
     });
-    waiting.catch(() => {});
-    // The first attempt took a place; its reply has not come.
-    await patientLine(side, "stalled-permits", 1, key);
-    assert.equal(held.length, 1);
-    assert.equal(await within(holder.release(), 1_000, "release"), true);
-    stop.abort();
-    await assert.rejects(within(waiting, 1_000, "the abort"));
-    const next = await within(
-      Semaphore.tryAcquire(client, "stalled-permits", limit),
-      1_000,
-      "try",
-    );
-    assert.ok(
-      next,
-      "a free permit refused: promised to the process's own place, still in line",
-    );
-    assert.equal(await within(next.release(), 1_000, "release"), true);
-    assert.deepEqual((await line(side, "stalled-permits", key)).seats, []);
-  } finally {
-    for (const letGo of held) letGo();
   }
 });
