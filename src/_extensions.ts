@@ -9,7 +9,11 @@
  * connections of a pool run in either order. So every script that may have
  * run last counts, and ownership is guaranteed until the soonest of their
  * ends. One answered as run rules out those answered before it went out:
- * Redis ran them before it.
+ * Redis ran them before it; and those it leaves, if they ran last, ran
+ * after it, so no sooner than it went out. One given up on ran before any
+ * sent after it, if at all, where calls run in the order sent (`ordered`);
+ * elsewhere (a pool, HTTP) it may run yet, after any other, and counts as
+ * one in flight that never answers.
  *
  * @module
  */
@@ -19,49 +23,97 @@
  * holds if Redis ran it last.
  */
 export interface Extension {
-  /** When it went out (monotonic ms). */
+  /**
+   * When it went out (monotonic ms); once one sent later has run, when
+   * that one went out (run last, it ran after that one).
+   */
   sent: number;
   /** `sent` plus the validity of its ttl. */
   until: number;
-  /** Answered, or given up on (it may have run all the same). */
+  /** The validity of its ttl (`until` less `sent` as it went out). */
+  readonly span: number;
+  /**
+   * Answered, or given up on where calls run in the order sent (it may
+   * have run all the same, before any sent after it).
+   */
   settled: boolean;
-  /** The extensions settled when it went out: Redis ran them before it. */
-  readonly follows: readonly Extension[];
+  /**
+   * The extensions settled when it went out: Redis ran them before it.
+   * Emptied once it settles: kept, each extension would keep alive the
+   * ones before it, every one the lease ever made.
+   */
+  follows: readonly Extension[];
+  /** Given up on where calls may overtake each other: it may run yet. */
+  adrift: boolean;
 }
+
+const NONE: readonly Extension[] = [];
 
 /** The scripts that may have set a key's expiry last. */
 export class Extensions {
   /** The grant, settled from the start (its answer made the lease). */
   readonly grant: Extension;
   #known: Extension[];
+  #ordered: boolean;
 
-  /** Starts from the grant, sent at `sent`, valid until `until`. */
-  constructor(sent: number, until: number) {
-    this.grant = { sent, until, settled: true, follows: [] };
+  /**
+   * Starts from the grant, sent at `sent`, valid until `until`; `ordered`
+   * when the client runs calls in the order they are sent.
+   */
+  constructor(sent: number, until: number, ordered: boolean) {
+    this.grant = extension(sent, until, true, NONE);
     this.#known = [this.grant];
+    this.#ordered = ordered;
   }
 
   /** An extension goes out at `sent`, valid until `until` if it runs last. */
   add(sent: number, until: number): Extension {
-    const extension: Extension = {
+    const added = extension(
       sent,
       until,
-      settled: false,
-      follows: this.#known.filter((known) => known.settled),
-    };
-    this.#known.push(extension);
-    return extension;
+      false,
+      this.#known.filter((known) => known.settled),
+    );
+    this.#known.push(added);
+    return added;
   }
 
   /**
    * `extension` ran: the ones settled before it went out no longer count.
-   * Those in flight then may have run after it (on pooled clients).
+   * Those in flight then may have run after it (on pooled clients), so no
+   * sooner than it went out.
    */
   ran(extension: Extension): void {
+    const { follows, sent } = extension;
     extension.settled = true;
-    this.#known = this.#known.filter((known) =>
-      !extension.follows.includes(known)
-    );
+    extension.follows = NONE;
+    this.#known = this.#known.filter((known) => !follows.includes(known));
+    for (const known of this.#known) {
+      if (known.sent >= sent) continue;
+      known.sent = sent;
+      known.until = sent + known.span;
+    }
+  }
+
+  /**
+   * `extension` failed: it may have run all the same, and still counts;
+   * where calls may overtake each other, it may run yet, after any other.
+   */
+  gaveUp(extension: Extension): void {
+    extension.follows = NONE;
+    if (this.#ordered) {
+      extension.settled = true;
+      return;
+    }
+    extension.adrift = true;
+    // Of two adrift, one ending no later for a ttl no longer is all that
+    // counts, now and after any extension runs.
+    const covers = (one: Extension, other: Extension) =>
+      one !== other && one.adrift && other.adrift &&
+      one.until <= other.until && one.span <= other.span;
+    this.#known = this.#known.some((known) => covers(known, extension))
+      ? this.#known.filter((known) => known !== extension)
+      : this.#known.filter((known) => !covers(extension, known));
   }
 
   /** Whether `extension` may still have run last. */
@@ -78,15 +130,32 @@ export class Extensions {
 
   /**
    * The settled one that ends soonest, which the next renewal is due by
-   * (one still in flight is waited for).
+   * (one still in flight is waited for); `adrift`, the adrift one instead.
    */
-  soonestSettled(): Extension | undefined {
+  soonestSettled(adrift = false): Extension | undefined {
     let soonest: Extension | undefined;
     for (const known of this.#known) {
-      if (known.settled && (!soonest || known.until < soonest.until)) {
+      if (
+        (adrift ? known.adrift : known.settled) &&
+        (!soonest || known.until < soonest.until)
+      ) {
         soonest = known;
       }
     }
     return soonest;
   }
 }
+
+const extension = (
+  sent: number,
+  until: number,
+  settled: boolean,
+  follows: readonly Extension[],
+): Extension => ({
+  sent,
+  until,
+  span: until - sent,
+  settled,
+  follows,
+  adrift: false,
+});

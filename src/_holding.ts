@@ -97,6 +97,7 @@ export class Holding {
     // call's timeout); the lease reads only those.
     const lease: Lease = new Lease(sent, {
       ...this.#settings,
+      ordered: this.#store.ordered,
       extend: (ttl, timeout) =>
         this.#store.extend(token, ttl, { timeout, background: true }),
       onRenewal: record && ((outcome) => record.renewal(outcome)),

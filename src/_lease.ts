@@ -31,6 +31,12 @@ export interface LeaseOptions {
   maxRetryDelay: number;
   /** How long one renewal call may take, in ms. */
   commandTimeout: number;
+  /**
+   * Whether the client runs calls in the order they are sent (see
+   * `ClientHooks.ordered`): a renewal given up on then ran before any sent
+   * after it, if at all.
+   */
+  ordered?: boolean;
   /** Renews the lease to `ttl` ms from now, giving up after `timeout` ms. */
   extend(ttl: number, timeout: number): Promise<Renewal>;
   /**
@@ -78,7 +84,11 @@ export class Lease {
     this.#options = options;
     this.#alarm = new Alarm(this.#tick);
     this.#margin = lossMargin(options.ttl);
-    this.#extensions = new Extensions(sent, sent + validity(options.ttl));
+    this.#extensions = new Extensions(
+      sent,
+      sent + validity(options.ttl),
+      options.ordered === true,
+    );
     this.#update();
   }
 
@@ -133,9 +143,12 @@ export class Lease {
     this.#update();
   }
 
-  /** Records that `extension` failed: it may have run all the same. */
+  /**
+   * Records that `extension` failed: it may have run all the same (or, on
+   * a client whose calls may overtake each other, may run yet).
+   */
   unanswered(extension: Extension): void {
-    extension.settled = true;
+    this.#extensions.gaveUp(extension);
     if (this.#active) this.#update();
   }
 
@@ -184,19 +197,25 @@ export class Lease {
 
   // The lease holds until the soonest end of the extensions that may have
   // run last. A renewal can only do away with settled ones: it is due by
-  // theirs (one still in flight is waited for).
+  // theirs (one still in flight is waited for). One adrift stays, its end
+  // moved on by each renewal that runs: one is due by it too, though not
+  // sooner than `renewInterval` after the last.
   #update(): void {
     this.#validUntil = this.#extensions.validUntil();
-    const soonest = this.#extensions.soonestSettled();
     // Renew `renewInterval` into a normal lease (when that much less than a
     // normal lease remains, after an extension to another ttl).
-    const normal = validity(this.#options.ttl);
-    this.#renewAt = this.#dueAt = soonest
-      ? Math.max(
-        soonest.sent,
-        soonest.until - (normal - this.#options.renewInterval),
-      )
-      : Infinity;
+    const { ttl, renewInterval } = this.#options;
+    const normal = validity(ttl);
+    const due = (extension: Extension | undefined, from: number) =>
+      extension
+        ? Math.max(from, extension.until - (normal - renewInterval))
+        : Infinity;
+    const settled = this.#extensions.soonestSettled();
+    const adrift = this.#extensions.soonestSettled(true);
+    this.#renewAt = this.#dueAt = Math.min(
+      due(settled, settled?.sent ?? 0),
+      due(adrift, (adrift?.sent ?? 0) + renewInterval),
+    );
     this.#arm();
   }
 
@@ -249,7 +268,7 @@ export class Lease {
       onRenewal?.("failed");
       // It may have run all the same: its end still counts. (No update:
       // the retry is due by the backoff, the renewal by when it was due.)
-      extension.settled = true;
+      this.#extensions.gaveUp(extension);
       this.#error = error;
       this.#renewAt = now() +
         backoff(this.#failures++, retryDelay, maxRetryDelay);

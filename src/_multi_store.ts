@@ -74,6 +74,10 @@ export class MultiStore implements Store {
     return clientKind(this.#client);
   }
 
+  get ordered(): boolean {
+    return this.#client.deadbolt?.ordered === true;
+  }
+
   acquire(
     wait: WaitSettings,
     signal: StopSignal,

@@ -55,6 +55,10 @@ export class QuorumStore implements Store {
     return clientKind(this.#clients[0]);
   }
 
+  get ordered(): boolean {
+    return this.#clients.every((client) => client.deadbolt?.ordered === true);
+  }
+
   async acquire(
     wait: WaitSettings,
     signal: StopSignal,

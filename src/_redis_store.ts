@@ -68,6 +68,10 @@ export class RedisStore implements Store {
     return clientKind(this.client);
   }
 
+  get ordered(): boolean {
+    return this.client.deadbolt?.ordered === true;
+  }
+
   acquire(
     wait: WaitSettings,
     signal: StopSignal,

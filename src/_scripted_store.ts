@@ -62,6 +62,10 @@ export class ScriptedStore implements Store {
     return clientKind(this.client);
   }
 
+  get ordered(): boolean {
+    return this.client.deadbolt?.ordered === true;
+  }
+
   async acquire(
     wait: WaitSettings,
     signal: StopSignal,

@@ -48,6 +48,11 @@ export interface Store {
   /** The kind of client, for telemetry's `deadbolt.client` (see `clientKind`). */
   readonly clientKind: string;
   /**
+   * Whether its calls run in Redis in the order they are sent (the
+   * client's `ordered`; every client's, on several servers).
+   */
+  readonly ordered?: boolean;
+  /**
    * Waits by `wait` for the lock; once it is granted, calls `grant` (before
    * resolving). Rejects with a `LockTimeoutError` when the wait
    * ran out, with `signal.reason` when called off, or with what failed.

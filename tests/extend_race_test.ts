@@ -203,3 +203,43 @@ Deno.test("a renewal run after a longer extend() leaves validUntil at the renewa
 function setup(): Promise<Env> {
   return redisEnv();
 }
+
+Deno.test("an extend() given up on before it reached Redis, then run there after a renewal, leaves validUntil at the shorter lease", async () => {
+  await using env = await setup();
+  // The extend is held back on its way to Redis (a busy connection of a
+  // pool, a retried HTTP request) past commandTimeout: extend() rejects,
+  // a renewal runs and answers, and then Redis runs the extend.
+  const client = standIn(env.redis, (ttl) => ({
+    send: ttl === 2_000,
+    answer: false,
+  }));
+  const lock = await Lock.acquire(client, "given-up-shorter", {
+    ttl: 10_000,
+    renewInterval: 300,
+    commandTimeout: 200,
+  });
+  try {
+    await assert.rejects(
+      within(lock.extend(2_000), 3_000, "extend()"),
+      (error: Error) => error.name === "TimeoutError",
+    );
+    const extension = await firstCall(client.calls, 2_000, "the extend");
+    const after = client.calls.length;
+    await until(
+      () => Promise.resolve(client.calls.length > after),
+      3_000,
+      "a renewal after the extend() gave up",
+    );
+    const renewal = client.calls[after];
+    assert.equal(renewal.ttl, 10_000);
+    await within(renewal.done, 3_000, "the renewal's answer");
+    await settleDown();
+    await assertValidity(env, lock, "after the renewal's answer");
+    // Redis runs the extend now: the key ends 2 s from now.
+    extension.send();
+    await within(extension.ran, 3_000, "the extend in Redis");
+    await assertValidity(env, lock, "once Redis ran the extend");
+  } finally {
+    await drain(client, lock);
+  }
+});
