@@ -129,20 +129,24 @@ export class Extensions {
   }
 
   /**
-   * The settled one that ends soonest, which the next renewal is due by
-   * (one still in flight is waited for); `adrift`, the adrift one instead.
+   * When the next renewal is due, for a lease renewed `ahead` ms before its
+   * end: by the soonest end of a settled one (one still in flight is waited
+   * for), and by that of an adrift one, though not sooner than `interval`
+   * after the renewal that moved it on (so that renewals do not storm).
    */
-  soonestSettled(adrift = false): Extension | undefined {
-    let soonest: Extension | undefined;
+  renewalDue(ahead: number, interval: number): number {
+    let due = Infinity;
     for (const known of this.#known) {
-      if (
-        (adrift ? known.adrift : known.settled) &&
-        (!soonest || known.until < soonest.until)
-      ) {
-        soonest = known;
+      if (known.settled) {
+        due = Math.min(due, Math.max(known.sent, known.until - ahead));
+      } else if (known.adrift) {
+        due = Math.min(
+          due,
+          Math.max(known.sent + interval, known.until - ahead),
+        );
       }
     }
-    return soonest;
+    return due;
   }
 }
 

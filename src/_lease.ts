@@ -205,16 +205,9 @@ export class Lease {
     // Renew `renewInterval` into a normal lease (when that much less than a
     // normal lease remains, after an extension to another ttl).
     const { ttl, renewInterval } = this.#options;
-    const normal = validity(ttl);
-    const due = (extension: Extension | undefined, from: number) =>
-      extension
-        ? Math.max(from, extension.until - (normal - renewInterval))
-        : Infinity;
-    const settled = this.#extensions.soonestSettled();
-    const adrift = this.#extensions.soonestSettled(true);
-    this.#renewAt = this.#dueAt = Math.min(
-      due(settled, settled?.sent ?? 0),
-      due(adrift, (adrift?.sent ?? 0) + renewInterval),
+    this.#renewAt = this.#dueAt = this.#extensions.renewalDue(
+      validity(ttl) - renewInterval,
+      renewInterval,
     );
     this.#arm();
   }
