@@ -82,9 +82,10 @@ export class Holding {
 
   /** Starts the lease of a grant (the store calls it; see {@linkcode Grant}). */
   readonly grant: Grant = (token, sent, fence, handover?: Handover) => {
-    // The last hold's record is open only when its release failed and the
-    // handle moved on, leaving its key to expire: its span ends now.
-    this.record?.end("lost");
+    // The last hold's record is open here when its release failed and the
+    // handle moved on, leaving its key to expire: its span ends now. (One
+    // whose release is still under way is ended by that release.)
+    if (this.acquired) this.record?.end("lost");
     const record = this.record = recording()
       ? recordHold(this.#subject(), handover, fence)
       : undefined;

@@ -336,8 +336,10 @@ export class Lifecycle {
         );}
       return released;
     } catch (error) {
-      // Let a later release() try again, unless the handle moved on.
+      // Let a later release() try again, unless the handle moved on (it
+      // acquired again meanwhile): the key is then left to expire.
       if (holding.lease === lease) holding.acquired = true;
+      else record?.end("lost");
       throw error;
     } finally {
       endOperation();
