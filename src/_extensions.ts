@@ -28,9 +28,9 @@ export interface Extension {
    * that one went out (run last, it ran after that one).
    */
   sent: number;
-  /** `sent` plus the validity of its ttl. */
+  /** `sent` plus `span`. */
   until: number;
-  /** The validity of its ttl (`until` less `sent` as it went out). */
+  /** The validity of its ttl (ms). */
   readonly span: number;
   /**
    * Answered, or given up on where calls run in the order sent (it may
@@ -57,20 +57,20 @@ export class Extensions {
   #ordered: boolean;
 
   /**
-   * Starts from the grant, sent at `sent`, valid until `until`; `ordered`
+   * Starts from the grant, sent at `sent`, valid for `span` ms; `ordered`
    * when the client runs calls in the order they are sent.
    */
-  constructor(sent: number, until: number, ordered: boolean) {
-    this.grant = extension(sent, until, true, NONE);
+  constructor(sent: number, span: number, ordered: boolean) {
+    this.grant = extension(sent, span, true, NONE);
     this.#known = [this.grant];
     this.#ordered = ordered;
   }
 
-  /** An extension goes out at `sent`, valid until `until` if it runs last. */
-  add(sent: number, until: number): Extension {
+  /** An extension goes out at `sent`, valid for `span` ms if it runs last. */
+  add(sent: number, span: number): Extension {
     const added = extension(
       sent,
-      until,
+      span,
       false,
       this.#known.filter((known) => known.settled),
     );
@@ -79,14 +79,22 @@ export class Extensions {
   }
 
   /**
-   * `extension` ran: the ones settled before it went out no longer count.
-   * Those in flight then may have run after it (on pooled clients), so no
-   * sooner than it went out.
+   * `extension` ran: the ones settled before it went out no longer count,
+   * nor, where calls run in the order sent, any sent before it. Elsewhere
+   * those in flight then may have run after it, so no sooner than it went
+   * out.
    */
   ran(extension: Extension): void {
     const { follows, sent } = extension;
     extension.settled = true;
     extension.follows = NONE;
+    if (this.#ordered) {
+      // Every one sent before it, answered or not, ran before it: those
+      // come before it in the list (gone already if a later one ran).
+      const index = this.#known.indexOf(extension);
+      if (index > 0) this.#known = this.#known.slice(index);
+      return;
+    }
     this.#known = this.#known.filter((known) => !follows.includes(known));
     for (const known of this.#known) {
       if (known.sent >= sent) continue;
@@ -152,13 +160,13 @@ export class Extensions {
 
 const extension = (
   sent: number,
-  until: number,
+  span: number,
   settled: boolean,
   follows: readonly Extension[],
 ): Extension => ({
   sent,
-  until,
-  span: until - sent,
+  until: sent + span,
+  span,
   settled,
   follows,
   adrift: false,

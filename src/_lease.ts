@@ -86,7 +86,7 @@ export class Lease {
     this.#margin = lossMargin(options.ttl);
     this.#extensions = new Extensions(
       sent,
-      sent + validity(options.ttl),
+      validity(options.ttl),
       options.ordered === true,
     );
     this.#update();
@@ -126,7 +126,7 @@ export class Lease {
    * to {@linkcode extended} or {@linkcode unanswered}.
    */
   extending(sent: number, ttl: number): Extension {
-    const extension = this.#extensions.add(sent, sent + validity(ttl));
+    const extension = this.#extensions.add(sent, validity(ttl));
     if (this.#active) this.#update();
     return extension;
   }

@@ -63,6 +63,7 @@ export const EXTEND_ALL: LuaScript = {
 end
 for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[2]) end
 return 1`,
+  inOrder: true,
 };
 
 /**

@@ -103,6 +103,7 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 ${expireWithLast("KEYS[1]")}
 return 1`,
+  inOrder: true,
 };
 
 /**

@@ -11,8 +11,12 @@ export interface LuaScript {
    * Always sent with `EVAL`, so that it runs before whatever the process
    * sends next on the client: a `NOSCRIPT` answer to `EVALSHA` (after a
    * restart, a failover or `SCRIPT FLUSH`) would send it again only after
-   * those (a line's LEAVE after the process's next attempt, which then
-   * found the process's own seat still in line and was refused).
+   * those. A line's LEAVE then came after the process's next attempt,
+   * which found the process's own seat still in line and was refused; an
+   * extension (a renewal, `extend()`) could run after one sent later,
+   * which a lease on an `ordered` client counts on (`_extensions.ts`).
+   * Extensions are sent every few seconds at most: their bytes cost nothing
+   * that matters.
    */
   readonly inOrder?: boolean;
 }
@@ -225,6 +229,7 @@ if holder == ARGV[1] then
 end
 if holder == false then return 0 end
 return -1`,
+  inOrder: true,
 };
 
 /**
