@@ -55,7 +55,10 @@ export interface ClientHooks {
    * (one connection, pipelined), as with ioredis, node-redis and Bun's
    * client. A release in this process may then pass the lock to a waiter of
    * the same process before Redis has answered: whatever the waiter sends
-   * next runs after the handover. Leave it unset for pooled or HTTP clients.
+   * next runs after the handover; and a lease takes a renewal's answer to
+   * mean that every renewal or `extend()` sent before it ran before it.
+   * Leave it unset for pooled or HTTP clients: set wrongly, `validUntil`
+   * can outlast the key.
    */
   readonly ordered?: boolean;
   /**
