@@ -5,6 +5,7 @@ import * as trace from "npm:@opentelemetry/sdk-trace-base@2.12.1";
 import { Lock, LockLostError, LockTimeoutError } from "../mod.ts";
 import { startRedis } from "./_redis.ts";
 import { DbRedisShape } from "./_resp.ts";
+import { fakeOtel } from "./_fake_otel.ts";
 import { registerOtel, total } from "./_otel.ts";
 import { runTelemetryCase, TELEMETRY_CASES } from "./_telemetry_cases.ts";
 import { abortedAt, scriptKind, until, within } from "./_util.ts";
@@ -160,105 +161,52 @@ Deno.test("telemetryName: a wrong type or length is refused before any Redis com
   );
 });
 
-/**
- * A telemetry implementation in the API's slot whose spans count their
- * ends; `failing` names what throws: the instruments' recordings, the
- * spans' annotations (never their end), or both.
- */
-function countingSlot(failing: "metrics" | "spans" | "both") {
-  const fail = () => {
-    throw new Error("a broken telemetry implementation");
-  };
-  const noop = () => {};
-  const metricsFail = failing !== "spans";
-  const spansFail = failing !== "metrics";
-  const spans: { name: string; ends: number }[] = [];
-  const instrument = {
-    add: metricsFail ? fail : noop,
-    record: metricsFail ? fail : noop,
-    addCallback: noop,
-  };
-  const slot = {
-    version: "1.9.1",
-    metrics: {
-      getMeter: () => ({
-        createHistogram: () => instrument,
-        createCounter: () => instrument,
-        createObservableUpDownCounter: () => instrument,
-      }),
-    },
-    trace: {
-      getTracer: () => ({
-        startSpan(name: string) {
-          const span = { name, ends: 0 };
-          spans.push(span);
-          return {
-            setAttribute: spansFail ? fail : noop,
-            addEvent: spansFail ? fail : noop,
-            setStatus: spansFail ? fail : noop,
-            end: () => void span.ends++,
-          };
-        },
-      }),
-    },
-  };
-  return { slot, spans };
-}
-
 Deno.test("telemetry: every span started is ended once, whatever the instruments or the spans' annotations throw", async () => {
   await using server = await startRedis();
   await using side = await server.connect();
   const conn = await server.connect();
   const redis = new DbRedisShape(conn);
-  const key = Symbol.for("opentelemetry.js.api.1");
-  const slots = globalThis as unknown as Record<symbol, unknown>;
-  const before = slots[key];
   try {
     for (const failing of ["metrics", "spans", "both"] as const) {
-      const { slot, spans } = countingSlot(failing);
-      slots[key] = slot;
-      try {
-        // A grant, a renewal, a timeout, a busy try, a loss, a release that
-        // finds its key gone, and a release.
-        const lock = await within(
-          Lock.acquire(redis, "ended", { ttl: 1_000, renewInterval: 20 }),
-          5_000,
-          "the grant",
-        );
-        await until(
-          async () => Number(await side.send("PTTL", lock.key)) > 980,
-          5_000,
-          "a renewal",
-        );
-        await within(
-          assert.rejects(
-            Lock.acquire(redis, "ended", { timeout: 30 }),
-            LockTimeoutError,
-          ),
-          5_000,
-          "the timeout",
-        );
-        assert.equal(
-          await within(new Lock(redis, "ended").tryAcquire(), 5_000, "try"),
-          false,
-        );
-        await side.send("DEL", lock.key);
-        await abortedAt(lock.signal);
-        assert.equal(await within(lock.release(), 5_000, "release"), false);
-        const again = await within(
-          Lock.acquire(redis, "ended"),
-          5_000,
-          "the next grant",
-        );
-        assert.equal(await within(again.release(), 5_000, "release"), true);
-        const open = spans.filter(({ ends }) => ends !== 1);
-        assert.deepEqual(open, [], `${failing} throwing: spans not ended once`);
-        // acquire ×4, hold ×2.
-        assert.equal(spans.length, 6, `${failing} throwing: spans started`);
-      } finally {
-        if (before === undefined) delete slots[key];
-        else slots[key] = before;
-      }
+      using telemetry = fakeOtel(failing);
+      const { spans } = telemetry;
+      // A grant, a renewal, a timeout, a busy try, a loss, a release that
+      // finds its key gone, and a release.
+      const lock = await within(
+        Lock.acquire(redis, "ended", { ttl: 1_000, renewInterval: 20 }),
+        5_000,
+        "the grant",
+      );
+      await until(
+        async () => Number(await side.send("PTTL", lock.key)) > 980,
+        5_000,
+        "a renewal",
+      );
+      await within(
+        assert.rejects(
+          Lock.acquire(redis, "ended", { timeout: 30 }),
+          LockTimeoutError,
+        ),
+        5_000,
+        "the timeout",
+      );
+      assert.equal(
+        await within(new Lock(redis, "ended").tryAcquire(), 5_000, "try"),
+        false,
+      );
+      await side.send("DEL", lock.key);
+      await abortedAt(lock.signal);
+      assert.equal(await within(lock.release(), 5_000, "release"), false);
+      const again = await within(
+        Lock.acquire(redis, "ended"),
+        5_000,
+        "the next grant",
+      );
+      assert.equal(await within(again.release(), 5_000, "release"), true);
+      const open = spans.filter(({ ends }) => ends !== 1);
+      assert.deepEqual(open, [], `${failing} throwing: spans not ended once`);
+      // acquire ×4, hold ×2.
+      assert.equal(spans.length, 6, `${failing} throwing: spans started`);
     }
   } finally {
     redis.close();
@@ -271,11 +219,8 @@ Deno.test("telemetry: a hold whose release failed ends its span when the handle 
   await using side = await server.connect();
   const conn = await server.connect();
   const redis = new DbRedisShape(conn);
-  const key = Symbol.for("opentelemetry.js.api.1");
-  const slots = globalThis as unknown as Record<symbol, unknown>;
-  const before = slots[key];
-  const { slot, spans } = countingSlot("metrics");
-  slots[key] = slot;
+  using telemetry = fakeOtel("metrics");
+  const { spans } = telemetry;
   try {
     // Redis fails every release while `failing`.
     let failing = false;
@@ -303,8 +248,6 @@ Deno.test("telemetry: a hold whose release failed ends its span when the handle 
     const holds = spans.filter(({ name }) => name === "hold lock");
     assert.deepEqual(holds.map(({ ends }) => ends), [1, 1]);
   } finally {
-    if (before === undefined) delete slots[key];
-    else slots[key] = before;
     redis.close();
     await conn.closed;
   }
