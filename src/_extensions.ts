@@ -68,12 +68,11 @@ export class Extensions {
 
   /** An extension goes out at `sent`, valid for `span` ms if it runs last. */
   add(sent: number, span: number): Extension {
-    const added = extension(
-      sent,
-      span,
-      false,
-      this.#known.filter((known) => known.settled),
-    );
+    // Where calls run in the order sent, `ran` needs no list of followed.
+    const follows = this.#ordered
+      ? NONE
+      : this.#known.filter((known) => known.settled);
+    const added = extension(sent, span, false, follows);
     this.#known.push(added);
     return added;
   }
